@@ -1,0 +1,141 @@
+"""One entry point for every method: ``solve(problem, method=..., **options) -> Solution``.
+
+A method is a function ``fn(problem, *, option=default, ...) -> (weight, mask, info)`` in its own
+module; this file only looks it up, checks the options against its signature, times it and
+packs the figures every report uses. The layer tolerance search (:func:`solve_to_tolerance`)
+works with any method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import time
+
+import torch
+
+from .problem import LayerProblem
+from .solution import Solution
+
+__all__ = ["METHODS", "solve", "solve_to_tolerance"]
+
+#: method name -> "module:function" (imported on first use).
+METHODS = {
+    "magnitude": "solvers.magnitude:magnitude",
+    "wanda": "solvers.magnitude:wanda",
+    "obs": "solvers.obs:obs",
+    "iht": "solvers.iht:iht",
+    "admm": "solvers.admm:admm",
+    "hard_concrete": "solvers.hard_concrete:hard_concrete",
+    "exact": "solvers.exact:exact",
+}
+
+
+def _method(method: str):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    module, name = METHODS[method].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _options_used(fn, method: str, options: dict) -> dict:
+    """The options of ``fn`` with defaults filled in; unknown names are a ``ValueError``."""
+    params = {
+        name: p for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method!r}; it takes {sorted(params)}"
+        )
+    used = {name: p.default for name, p in params.items()}
+    used.update(options)
+    return {k: ("<tensor>" if isinstance(v, torch.Tensor) else v) for k, v in used.items()}
+
+
+def solve(problem: LayerProblem, method: str = "admm", **options) -> Solution:
+    """Solve ``problem`` with ``method``.
+
+    Args:
+        problem: a :class:`~solvers.problem.LayerProblem` with a sized budget.
+        method: one of :data:`METHODS`.
+        **options: the method's own options (see its docstring).
+
+    Returns:
+        A :class:`~solvers.solution.Solution` whose mask meets the budget exactly.
+
+    Example:
+        >>> import torch
+        >>> from solvers import LayerProblem, NM, solve
+        >>> W = torch.randn(4, 8)
+        >>> solve(LayerProblem(W, None, budget=NM(2, 4)), method="magnitude").sparsity
+        0.5
+    """
+    if not isinstance(problem, LayerProblem):
+        raise ValueError(f"problem must be a LayerProblem, got {type(problem).__name__}")
+    fn = _method(method)
+    if not problem.budget.sized:
+        raise ValueError(
+            f"problem.budget={problem.budget!r} has no size: give sparsity= or k="
+        )
+    used = _options_used(fn, method, options)
+    start = time.perf_counter()
+    weight, mask, info = fn(problem, **options)
+    seconds = time.perf_counter() - start
+    info = {"method": method, "options": used, "seconds": seconds, **info}
+    return Solution(
+        weight=weight,
+        mask=mask,
+        objective=problem.objective(weight),
+        relative_error=problem.relative_error(weight),
+        info=info,
+    )
+
+
+def solve_to_tolerance(
+    problem: LayerProblem, eps: float, method: str = "admm", **options
+) -> Solution:
+    """The sparsest solution of ``method`` whose relative error is at most ``eps``.
+
+    Bisection over the budget's count (weights, weights per row, ``n`` of N:M, or column groups)
+    in the family of ``problem.budget``; its size, if any, is ignored. Each trial starts from the
+    best solution found at a larger count when the method takes ``init``. Heuristic errors are not
+    exactly monotone in the count, so the answer is the smallest count meeting ``eps`` whose
+    neighbour one below does not.
+
+    Returns:
+        The :class:`Solution` at that count; ``info["search"]`` lists ``(count, relative_error)``
+        for every trial.
+    """
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    fn = _method(method)
+    warm = "init" in inspect.signature(fn).parameters
+    family = problem.budget
+    lo, hi = 0, family.max_count(problem.shape)  # error(lo) > eps unless eps >= 1; error(hi) = 0
+    best: Solution | None = None
+    trials = []
+
+    def attempt(count: int) -> Solution:
+        extra = {"init": best.weight} if warm and best is not None and "init" not in options else {}
+        sol = solve(problem.with_budget(family.with_count(count)), method, **options, **extra)
+        trials.append((count, sol.relative_error))
+        return sol
+
+    zero = attempt(0)
+    if zero.relative_error <= eps:
+        zero.info["search"] = trials
+        return zero
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        sol = attempt(mid)
+        if sol.relative_error <= eps:
+            hi, best = mid, sol
+        else:
+            lo = mid
+    if best is None:  # only the dense count meets eps
+        best = attempt(hi)
+    best.info["search"] = trials
+    return best

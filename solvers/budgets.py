@@ -1,0 +1,231 @@
+"""Sparsity budgets: the feasible sets ``S`` of the layer problem and their projections.
+
+Every budget answers one question, :meth:`Budget.select`: given a non-negative score per weight,
+which support in ``S`` has the largest total score? With the score ``W**2`` that support is the
+Euclidean projection ``P_S(W)`` (:meth:`Budget.project`); with ``(H_jj + lam) W_ij**2`` it is the
+exact solution of the layer problem under a diagonal ``H``. Every solver goes through these two
+methods and never special-cases a budget (the skglm "penalty" role).
+
+Ties are broken deterministically: among equal scores the lower flat index is kept.
+
+A budget's size is its ``count``: weights kept (unstructured), weights kept per row (per-row),
+``n`` of ``n:m`` (N:M), or column groups kept (structured). ``with_count`` makes the same family
+at another size, which is how the relative-error tolerance search walks the sparsity axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["Budget", "Unstructured", "PerRow", "NM", "Structured"]
+
+
+def top_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest entries along the last dimension of ``score``.
+
+    Ties at the threshold go to the lowest indices, so the mask is deterministic and holds exactly
+    ``k`` entries per slice.
+    """
+    n = score.shape[-1]
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    threshold = torch.topk(score, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    above = score > threshold
+    tied = score == threshold
+    missing = k - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (torch.cumsum(tied, dim=-1) <= missing))
+
+
+def _check_fraction(sparsity: float) -> None:
+    if not (isinstance(sparsity, (int, float)) and math.isfinite(sparsity) and 0 <= sparsity < 1):
+        raise ValueError(f"sparsity must be a fraction in [0, 1), got {sparsity!r}")
+
+
+def _check_count(k: int, name: str = "k") -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {k!r}")
+
+
+def _count_from(sparsity: float | None, k: int | None, total: int, what: str) -> int:
+    if k is not None:
+        if k > total:
+            raise ValueError(f"k={k} exceeds the {total} {what} available")
+        return k
+    if sparsity is None:
+        raise ValueError(
+            "the budget has no size: give sparsity= (a fraction in [0, 1)) or k= (a count)"
+        )
+    return int(round((1.0 - sparsity) * total))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Base class. Subclasses define :meth:`kept_count`, :meth:`select` and :meth:`max_count`."""
+
+    sparsity: float | None = None
+    k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None and self.k is not None:
+            raise ValueError(
+                f"give one of sparsity= or k=, not both (got sparsity={self.sparsity!r}, "
+                f"k={self.k!r})"
+            )
+        if self.sparsity is not None:
+            _check_fraction(self.sparsity)
+        if self.k is not None:
+            _check_count(self.k)
+
+    @property
+    def sized(self) -> bool:
+        """Whether the budget has a size (a sparsity or a count)."""
+        return self.sparsity is not None or self.k is not None
+
+    def check(self, shape: tuple[int, int]) -> None:
+        """Raise ``ValueError`` if the budget cannot apply to a weight of ``shape``."""
+        self.count(shape)
+
+    def count(self, shape: tuple[int, int]) -> int:
+        """The budget's size for a weight of ``shape`` (see the module docstring)."""
+        return _count_from(self.sparsity, self.k, self.max_count(shape), self._unit)
+
+    def max_count(self, shape: tuple[int, int]) -> int:
+        raise NotImplementedError
+
+    def kept(self, shape: tuple[int, int]) -> int:
+        """Number of weights a support of this budget holds."""
+        raise NotImplementedError
+
+    def with_count(self, count: int) -> Budget:
+        """The same budget family, sized by ``count``."""
+        return replace(self, sparsity=None, k=count)
+
+    def select(self, score: torch.Tensor) -> torch.Tensor:
+        """The feasible support maximising ``score`` summed over it (a boolean mask)."""
+        raise NotImplementedError
+
+    def project(self, weight: torch.Tensor) -> torch.Tensor:
+        """Euclidean projection onto the budget: ``weight`` kept on ``select(weight**2)``."""
+        return weight * self.select(weight * weight)
+
+    _unit = "weights"
+
+
+@dataclass(frozen=True)
+class Unstructured(Budget):
+    """At most ``k`` non-zeros anywhere in the layer (``sparsity = 1 - k / W.numel()``)."""
+
+    def max_count(self, shape):
+        return shape[0] * shape[1]
+
+    def kept(self, shape):
+        return self.count(shape)
+
+    def select(self, score):
+        k = self.count(tuple(score.shape))
+        return top_k_mask(score.reshape(1, -1), k).reshape(score.shape)
+
+
+@dataclass(frozen=True)
+class PerRow(Budget):
+    """At most ``k`` non-zeros in each output row (``k`` counts weights per row)."""
+
+    _unit = "weights per row"
+
+    def max_count(self, shape):
+        return shape[1]
+
+    def kept(self, shape):
+        return shape[0] * self.count(shape)
+
+    def select(self, score):
+        return top_k_mask(score, self.count(tuple(score.shape)))
+
+
+@dataclass(frozen=True, init=False)
+class NM(Budget):
+    """At most ``n`` non-zeros in every group of ``m`` consecutive inputs of a row (2:4 on GPUs).
+
+    ``NM(2, 4)``; its count is ``n``.
+    """
+
+    n: int = 2
+    m: int = 4
+
+    def __init__(self, n: int = 2, m: int = 4):
+        _check_count(n, "n")
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"m must be a positive integer, got {m!r}")
+        if n > m:
+            raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "m", m)
+        object.__setattr__(self, "sparsity", None)
+        object.__setattr__(self, "k", None)
+
+    @property
+    def sized(self):
+        return True
+
+    def count(self, shape):
+        if shape[1] % self.m:
+            raise ValueError(
+                f"N:M budget {self.n}:{self.m} needs the input size divisible by m={self.m}, "
+                f"got W with {shape[1]} inputs"
+            )
+        return self.n
+
+    def max_count(self, shape):
+        return self.m
+
+    def kept(self, shape):
+        return shape[0] * shape[1] // self.m * self.count(shape)
+
+    def with_count(self, count):
+        return NM(count, self.m)
+
+    def select(self, score):
+        out, inp = score.shape
+        n = self.count((out, inp))
+        return top_k_mask(score.reshape(out, inp // self.m, self.m), n).reshape(out, inp)
+
+
+@dataclass(frozen=True)
+class Structured(Budget):
+    """Whole input columns kept or dropped: at most ``k`` column groups survive.
+
+    ``group`` consecutive input columns form one unit (a Conv's ``kh * kw`` columns of one input
+    channel); ``k`` counts groups kept, ``sparsity`` the fraction of groups dropped.
+    """
+
+    group: int = 1
+
+    _unit = "column groups"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.group, bool) or not isinstance(self.group, int) or self.group < 1:
+            raise ValueError(f"group must be a positive integer, got {self.group!r}")
+
+    def max_count(self, shape):
+        if shape[1] % self.group:
+            raise ValueError(
+                f"structured budget with group={self.group} needs the input size divisible by "
+                f"the group, got W with {shape[1]} inputs"
+            )
+        return shape[1] // self.group
+
+    def kept(self, shape):
+        return shape[0] * self.count(shape) * self.group
+
+    def select(self, score):
+        out, inp = score.shape
+        k = self.count((out, inp))
+        group_score = score.sum(dim=0).reshape(1, inp // self.group, self.group).sum(dim=-1)
+        keep = top_k_mask(group_score, k).reshape(-1)
+        return keep.repeat_interleave(self.group).reshape(1, inp).expand(out, inp).clone()

@@ -1,0 +1,207 @@
+"""The layer problem: ``min_W' f(W') = tr((W'-W) H (W'-W)^T) + lam ||W'-W||_F^2`` over a budget.
+
+``W`` is a layer's dense weight (out x in), ``H = X^T X / N`` the second moment of its inputs
+(in x in, symmetric PSD; ``None`` means the identity, the plain Frobenius problem) and ``lam`` a
+ridge that keeps ``H + lam I`` well conditioned. This module is the "datafit" every solver shares:
+value, gradient, Lipschitz constant, the scale-free relative error, and the refit on a support.
+
+Inputs are checked here, once; solvers trust a ``LayerProblem``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from .budgets import Budget, Unstructured
+
+__all__ = ["LayerProblem", "as_tensor"]
+
+
+def as_tensor(value, name: str, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """``value`` (a numpy array or torch tensor) as a floating torch tensor, detached."""
+    if isinstance(value, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        raise ValueError(
+            f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}"
+        )
+    if dtype is None:
+        dtype = tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
+    return tensor.to(dtype=dtype, device=device)
+
+
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{name} must be finite, got {bad} NaN or Inf entries")
+
+
+class LayerProblem:
+    """One layer's pruning problem.
+
+    Args:
+        W: dense weight, out x in (numpy or torch; a Conv weight flattened to out x in*kh*kw).
+        H: input second moment, in x in, symmetric; ``None`` for the identity.
+        lam: ridge weight; ``None`` means ``0.01 * mean(diag H)`` (0 when ``H`` is ``None``).
+        budget: a :class:`~solvers.budgets.Budget`; or give ``sparsity`` / ``k`` for an
+            unstructured one.
+        sparsity: fraction of weights removed, in [0, 1) (unstructured).
+        k: number of weights kept (unstructured).
+        dtype: computation dtype (``torch.float64`` for small exact work); default: ``W``'s
+            floating dtype, float32 for anything else.
+
+    Computation runs in torch on ``W``'s device.
+
+    Example:
+        >>> import torch
+        >>> from solvers import LayerProblem, solve
+        >>> W = torch.randn(8, 16); X = torch.randn(64, 16)
+        >>> problem = LayerProblem(W, X.T @ X / 64, sparsity=0.5)
+        >>> solve(problem, method="magnitude").mask.sum().item()
+        64
+    """
+
+    def __init__(
+        self,
+        W,
+        H=None,
+        lam: float | None = None,
+        budget: Budget | None = None,
+        *,
+        sparsity: float | None = None,
+        k: int | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        W = as_tensor(W, "W", dtype)
+        if W.ndim != 2:
+            raise ValueError(f"W must be a 2-D matrix (out x in), got shape {tuple(W.shape)}")
+        _check_finite(W, "W")
+        self.W = W
+        self.shape = (W.shape[0], W.shape[1])
+        n_in = W.shape[1]
+
+        if H is not None:
+            H = as_tensor(H, "H", W.dtype, W.device)
+            if H.ndim != 2 or H.shape[0] != H.shape[1]:
+                raise ValueError(f"H must be a square matrix, got shape {tuple(H.shape)}")
+            if H.shape[0] != n_in:
+                raise ValueError(
+                    f"H must be {n_in} x {n_in} to match W's {n_in} inputs, "
+                    f"got shape {tuple(H.shape)}"
+                )
+            _check_finite(H, "H")
+            asym = float((H - H.T).abs().max()) if n_in else 0.0
+            scale = float(H.abs().max()) if n_in else 0.0
+            if asym > 1e-5 * scale + 1e-12:
+                raise ValueError(f"H must be symmetric, got max |H - H^T| = {asym:.3g}")
+            H = (H + H.T) / 2
+        self.H = H
+
+        if lam is None:
+            lam = 0.01 * float(H.diagonal().mean()) if H is not None and n_in else 0.0
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        self.lam = float(lam)
+
+        if budget is not None and (sparsity is not None or k is not None):
+            raise ValueError(
+                f"give either budget= or sparsity=/k=, not both (got budget={budget!r}, "
+                f"sparsity={sparsity!r}, k={k!r})"
+            )
+        if budget is None:
+            budget = Unstructured(sparsity=sparsity, k=k)
+        if not isinstance(budget, Budget):
+            raise ValueError(f"budget must be a solvers Budget, got {budget!r}")
+        if budget.sized:
+            budget.check(self.shape)
+        self.budget = budget
+
+    @classmethod
+    def from_inputs(cls, W, X, lam: float | None = None, budget: Budget | None = None, **kw):
+        """The problem with ``H = X^T X / N`` from raw inputs ``X`` (tokens x in, or ``(..., in)``)."""
+        W_t = as_tensor(W, "W", kw.get("dtype"))
+        X = as_tensor(X, "X", W_t.dtype, W_t.device)
+        if X.ndim < 2 or X.shape[-1] != W_t.shape[-1]:
+            raise ValueError(
+                f"X must have W's {W_t.shape[-1]} inputs in its last dimension, "
+                f"got shape {tuple(X.shape)}"
+            )
+        X = X.reshape(-1, X.shape[-1])
+        if X.shape[0] == 0:
+            raise ValueError("X must hold at least one row, got 0")
+        return cls(W_t, X.T @ X / X.shape[0], lam, budget, **kw)
+
+    def with_budget(self, budget: Budget) -> LayerProblem:
+        """The same ``(W, H, lam)`` under another budget (shares the cached factorisations)."""
+        clone = object.__new__(LayerProblem)
+        clone.__dict__.update(self.__dict__)
+        budget.check(self.shape)
+        clone.budget = budget
+        return clone
+
+    # --- the datafit ------------------------------------------------------------------------
+    @property
+    def identity(self) -> bool:
+        """Whether ``H`` is the identity (the plain Frobenius problem)."""
+        return self.H is None
+
+    @cached_property
+    def damped(self) -> torch.Tensor:
+        """``H + lam I``, the matrix the objective uses."""
+        n = self.shape[1]
+        eye = torch.eye(n, dtype=self.W.dtype, device=self.W.device)
+        return eye * (1.0 + self.lam) if self.H is None else self.H + self.lam * eye
+
+    @cached_property
+    def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e, Q)`` with ``H + lam I = Q diag(e) Q^T`` (computed in float64)."""
+        e, Q = torch.linalg.eigh(self.damped.double())
+        return e.clamp_min(0).to(self.W.dtype), Q.to(self.W.dtype)
+
+    def objective(self, weight: torch.Tensor) -> float:
+        """``f(W') = tr((W'-W)(H + lam I)(W'-W)^T)``."""
+        D = weight - self.W
+        if self.H is None:
+            return float((1.0 + self.lam) * (D * D).sum())
+        return float(((D @ self.damped) * D).sum())
+
+    def gradient(self, weight: torch.Tensor) -> torch.Tensor:
+        """``grad f(W') = 2 (W' - W)(H + lam I)``."""
+        return 2.0 * (weight - self.W) @ self.damped
+
+    def lipschitz(self) -> float:
+        """Lipschitz constant of the gradient, ``2 lambda_max(H + lam I)``."""
+        return 2.0 * float(self.eigh[0][-1]) if self.shape[1] else 0.0
+
+    @cached_property
+    def output_energy(self) -> float:
+        """``tr(W H W^T)``: the dense layer's output energy, the relative error's denominator."""
+        if self.H is None:
+            return float((self.W * self.W).sum())
+        return float(((self.W @ self.H) * self.W).sum())
+
+    def relative_error(self, weight: torch.Tensor) -> float:
+        """``tr((W'-W) H (W'-W)^T) / tr(W H W^T)``: the layer's relative output change."""
+        D = weight - self.W
+        num = float((D * D).sum()) if self.H is None else float(((D @ self.H) * D).sum())
+        den = self.output_energy
+        return num / den if den > 0 else (0.0 if num <= 0 else math.inf)
+
+    def refit(self, mask: torch.Tensor, **options) -> torch.Tensor:
+        """Optimal weights on the support ``mask``; see :func:`solvers.refit.refit`."""
+        from .refit import refit
+
+        return refit(self, mask, **options)
+
+    def __repr__(self) -> str:
+        h = "I" if self.H is None else f"{self.shape[1]}x{self.shape[1]}"
+        return (
+            f"LayerProblem(W={self.shape[0]}x{self.shape[1]}, H={h}, lam={self.lam:.3g}, "
+            f"budget={self.budget!r})"
+        )

@@ -1,0 +1,129 @@
+"""The refit: optimal weights on a fixed support.
+
+With the support ``S_r`` of row ``r`` fixed, ``f`` separates by row and each row solves the normal
+equations ``(H + lam I)_SS w_S = ((H + lam I) w)_S`` for the dense row ``w``. Two ways:
+
+- ``exact``: a batched Cholesky per row. Rows are gathered into ``|S_r| x |S_r|`` systems padded
+  to the largest support with identity, so one ``cholesky`` call serves a chunk of rows.
+- ``cg``: batched preconditioned conjugate gradient over all rows at once, the residual zeroed
+  off the support and a Jacobi preconditioner; each iteration is one ``out x in x in`` matmul, so
+  it is the choice for wide layers and for polishing a nearly optimal start (ADMM's last iterate).
+
+A singular ``(H + lam I)_SS`` (``lam = 0`` with few calibration rows) is damped by a growing jitter
+instead of failing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["refit"]
+
+_EXACT_FLOP_LIMIT = 4e9
+
+
+def refit(
+    problem,
+    mask: torch.Tensor,
+    *,
+    method: str = "auto",
+    init: torch.Tensor | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+) -> torch.Tensor:
+    """Optimal weights of ``problem`` on the support ``mask`` (zero elsewhere).
+
+    Args:
+        problem: the :class:`~solvers.problem.LayerProblem`.
+        mask: boolean support, same shape as ``W``.
+        method: ``"exact"``, ``"cg"`` or ``"auto"`` (exact when the batched Cholesky costs
+            under ~4 GFlop, CG otherwise).
+        init: CG starting point (default: ``W`` on the support).
+        tol: CG stops when every row's preconditioned residual norm is below ``tol`` times its
+            right-hand side's.
+        max_iter: CG iteration cap.
+
+    Returns:
+        The refitted weight, zero off ``mask``.
+    """
+    mask = mask.to(device=problem.W.device, dtype=torch.bool)
+    if problem.identity:
+        return problem.W * mask
+    if method == "auto":
+        width = int(mask.sum(dim=1).max()) if mask.numel() else 0
+        method = "exact" if mask.shape[0] * width**3 / 3 <= _EXACT_FLOP_LIMIT else "cg"
+    if method == "exact":
+        return _refit_exact(problem, mask)
+    if method == "cg":
+        return _refit_cg(problem, mask, init, tol, max_iter)
+    raise ValueError(f"method must be 'auto', 'exact' or 'cg', got {method!r}")
+
+
+def damped_cholesky(A: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of a batch of PSD matrices; a singular one gets a growing jitter."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if not bool((info > 0).any()):
+        return L
+    n = A.shape[-1]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    scale = A.diagonal(dim1=-2, dim2=-1).abs().mean(dim=-1, keepdim=True).clamp_min(1e-30)
+    jitter = 1e-7
+    while bool((info > 0).any()):
+        bad = info > 0
+        A = torch.where(bad[..., None, None], A + (jitter * scale)[..., None] * eye, A)
+        L_new, info = torch.linalg.cholesky_ex(A)
+        L = torch.where(bad[..., None, None], L_new, L)
+        info = torch.where(bad, info, torch.zeros_like(info))
+        jitter *= 10
+    return L
+
+
+def _refit_exact(problem, mask: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    A_full = problem.damped
+    B = problem.W @ A_full  # row r: (H + lam I) w_r, as a row
+    out = torch.zeros_like(problem.W)
+    sizes = mask.sum(dim=1)
+    width = int(sizes.max()) if mask.numel() else 0
+    if width == 0:
+        return out
+    # Support indices of each row, padded: sorting the mask puts kept columns first.
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < sizes[:, None]
+    eye = torch.eye(width, dtype=A_full.dtype, device=A_full.device)
+    for start in range(0, mask.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        idx, ok = order[rows], valid[rows]
+        A = A_full[idx[:, :, None], idx[:, None, :]]
+        pair = ok[:, :, None] & ok[:, None, :]
+        A = torch.where(pair, A, eye)
+        b = torch.where(ok, torch.gather(B[rows], 1, idx), 0)
+        x = torch.cholesky_solve(b[..., None], damped_cholesky(A))[..., 0]
+        out[rows].scatter_(1, idx, torch.where(ok, x, 0))
+    return out
+
+
+def _refit_cg(problem, mask, init, tol, max_iter) -> torch.Tensor:
+    A = problem.damped
+    maskf = mask.to(A.dtype)
+    X = problem.W * maskf if init is None else init * maskf
+    rhs = (problem.W @ A) * maskf
+    R = rhs - (X @ A) * maskf
+    d = A.diagonal().clamp_min(1e-30)
+    Z = R / d
+    P = Z
+    rz = (R * Z).sum(dim=1)
+    stop = (tol**2) * ((rhs * rhs / d).sum(dim=1)).clamp_min(1e-30)
+    for _ in range(max_iter):
+        if bool((rz <= stop).all()):
+            break
+        Q = (P @ A) * maskf
+        pq = (P * Q).sum(dim=1)
+        alpha = torch.where(pq > 0, rz / pq.clamp_min(1e-30), 0)
+        X = X + alpha[:, None] * P
+        R = R - alpha[:, None] * Q
+        Z = R / d
+        rz_new = (R * Z).sum(dim=1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), 0)
+        P = Z + beta[:, None] * P
+        rz = rz_new
+    return X * maskf

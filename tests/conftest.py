@@ -1,0 +1,23 @@
+"""Shared fixtures: small layer problems with a realistic, correlated H."""
+
+import pytest
+import torch
+
+
+def correlated_inputs(n: int, d: int, seed: int = 0, decay: float = 0.9) -> torch.Tensor:
+    """``n x d`` inputs with a decaying spectrum and correlated columns."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    scales = decay ** torch.arange(d, dtype=torch.float64)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scales) @ basis.T + 0.3 * (
+        torch.randn(n, 1, generator=g, dtype=torch.float64)
+    )
+
+
+@pytest.fixture
+def layer():
+    """A 24 x 32 layer with a correlated H (float64)."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(24, 32, generator=g, dtype=torch.float64)
+    X = correlated_inputs(256, 32, seed=2)
+    return W, X.T @ X / X.shape[0]
