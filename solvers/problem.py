@@ -124,7 +124,7 @@ class LayerProblem:
 
     @classmethod
     def from_inputs(cls, W, X, lam: float | None = None, budget: Budget | None = None, **kw):
-        """The problem with ``H = X^T X / N`` from raw inputs ``X`` (tokens x in, or ``(..., in)``)."""
+        """The problem with ``H = X^T X / N`` from raw inputs ``X`` (tokens x in)."""
         W_t = as_tensor(W, "W", kw.get("dtype"))
         X = as_tensor(X, "X", W_t.dtype, W_t.device)
         if X.ndim < 2 or X.shape[-1] != W_t.shape[-1]:
