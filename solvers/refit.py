@@ -28,7 +28,7 @@ def refit(
     *,
     method: str = "auto",
     init: torch.Tensor | None = None,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
     max_iter: int = 200,
 ) -> torch.Tensor:
     """Optimal weights of ``problem`` on the support ``mask`` (zero elsewhere).

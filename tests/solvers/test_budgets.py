@@ -1,0 +1,118 @@
+"""Budgets: exact counts for every family, deterministic ties, projections, bad input."""
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from solvers import NM, PerRow, Structured, Unstructured
+from solvers.budgets import top_k_mask
+
+
+@st.composite
+def weight_and_budget(draw):
+    out = draw(st.integers(1, 6))
+    groups = draw(st.integers(1, 4))
+    m = draw(st.sampled_from([1, 2, 4]))
+    inp = groups * m
+    # Few distinct values, so ties are common.
+    values = draw(st.lists(st.integers(-3, 3), min_size=out * inp, max_size=out * inp))
+    W = torch.tensor(values, dtype=torch.float32).reshape(out, inp)
+    kind = draw(st.sampled_from(["unstructured", "per_row", "nm", "structured"]))
+    if kind == "unstructured":
+        budget = Unstructured(k=draw(st.integers(0, out * inp)))
+    elif kind == "per_row":
+        budget = PerRow(k=draw(st.integers(0, inp)))
+    elif kind == "nm":
+        budget = NM(draw(st.integers(0, m)), m)
+    else:
+        budget = Structured(k=draw(st.integers(0, groups)), group=m)
+    return W, budget
+
+
+@settings(max_examples=300, deadline=None)
+@given(weight_and_budget())
+def test_select_meets_budget_exactly(case):
+    W, budget = case
+    mask = budget.select(W * W)
+    assert mask.dtype == torch.bool and mask.shape == W.shape
+    assert int(mask.sum()) == budget.kept(tuple(W.shape))
+    out, inp = W.shape
+    if isinstance(budget, PerRow):
+        assert (mask.sum(dim=1) == budget.k).all()
+    if isinstance(budget, NM):
+        assert (mask.reshape(out, -1, budget.m).sum(dim=-1) == budget.n).all()
+    if isinstance(budget, Structured):
+        cols = mask.reshape(out, -1, budget.group)
+        assert (cols.all(dim=(0, 2)) | ~cols.any(dim=(0, 2))).all()
+    assert torch.equal(mask, budget.select(W * W))  # deterministic
+
+
+@settings(max_examples=200, deadline=None)
+@given(weight_and_budget())
+def test_select_maximises_the_score(case):
+    """No feasible swap improves the kept score: the selection is the best support."""
+    W, budget = case
+    score = W * W
+    mask = budget.select(score)
+    if isinstance(budget, Unstructured) and 0 < mask.sum() < mask.numel():
+        assert score[mask].min() >= score[~mask].max()
+    if isinstance(budget, PerRow):
+        for row, keep in zip(score, mask, strict=True):
+            if 0 < keep.sum() < keep.numel():
+                assert row[keep].min() >= row[~keep].max()
+
+
+def test_ties_go_to_the_lowest_index():
+    mask = top_k_mask(torch.ones(1, 6), 3)
+    assert mask.tolist() == [[True, True, True, False, False, False]]
+
+
+def test_projection_is_the_nearest_feasible_point():
+    W = torch.tensor([[3.0, -1.0, 0.5, -4.0], [0.1, 0.2, -0.3, 2.0]])
+    expected = torch.tensor([[3.0, 0.0, 0.0, -4.0], [0.0, 0.0, 0.0, 2.0]])
+    assert torch.equal(Unstructured(k=3).project(W), expected)
+    expected[1, 1] = 0.2
+    assert torch.equal(NM(1, 2).project(W), expected)
+
+
+def test_structured_groups_whole_channels():
+    W = torch.tensor([[1.0, 1.0, 5.0, 0.0, 2.0, 2.0]])
+    mask = Structured(k=1, group=2).select(W * W)
+    assert mask.tolist() == [[False, False, True, True, False, False]]
+
+
+def test_sparsity_and_counts():
+    assert Unstructured(sparsity=0.7).kept((10, 10)) == 30
+    assert PerRow(sparsity=0.5).kept((4, 10)) == 20
+    assert NM(2, 4).kept((3, 8)) == 12
+    assert Structured(sparsity=0.5, group=3).kept((2, 12)) == 12
+    assert Unstructured(sparsity=0.7).with_count(5).kept((10, 10)) == 5
+    assert NM(2, 4).with_count(1) == NM(1, 4)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Unstructured(sparsity=1.0), "sparsity"),
+        (lambda: Unstructured(sparsity=-0.1), "sparsity"),
+        (lambda: Unstructured(sparsity=float("nan")), "sparsity"),
+        (lambda: Unstructured(sparsity=0.5, k=3), "not both"),
+        (lambda: PerRow(k=-1), "k must"),
+        (lambda: NM(3, 2), "n <= m"),
+        (lambda: NM(2, 0), "m must"),
+        (lambda: Structured(k=1, group=0), "group"),
+    ],
+)
+def test_bad_budgets(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_budget_that_does_not_fit_the_shape():
+    with pytest.raises(ValueError, match="divisible by m=4"):
+        NM(2, 4).check((3, 6))
+    with pytest.raises(ValueError, match="exceeds"):
+        Unstructured(k=100).check((3, 6))
+    with pytest.raises(ValueError, match="divisible by the group"):
+        Structured(k=1, group=4).check((3, 6))
