@@ -42,7 +42,7 @@ def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     t_hi = sample[max(int(rank - margin), 0)]
     t_lo = sample[min(int(rank + margin) + 1, m - 1)]
     below_hi = flat <= t_hi
-    need = k - (n - int(below_hi.sum()))
+    need = k - (n - int(torch.count_nonzero(below_hi)))
     if need > 0:
         band = flat[below_hi & (flat >= t_lo)]
         if need <= band.numel():
@@ -67,8 +67,8 @@ def top_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
         threshold = torch.topk(score, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     above = score > threshold
     tied = score == threshold
-    missing = k - above.sum(dim=-1, keepdim=True)
-    if bool((tied.sum(dim=-1, keepdim=True) == missing).all()):  # no tie to break
+    missing = k - torch.count_nonzero(above, dim=-1).unsqueeze(-1)
+    if bool((torch.count_nonzero(tied, dim=-1).unsqueeze(-1) == missing).all()):  # no tie to break
         return above | tied
     return above | (tied & (torch.cumsum(tied, dim=-1) <= missing))
 

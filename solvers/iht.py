@@ -36,6 +36,7 @@ import torch
 
 from .safeguard import best_of
 from .scaling import scale
+from .swaps import swap_search
 
 __all__ = ["iht"]
 
@@ -49,8 +50,10 @@ def iht(
     grow: float = 1.5,
     patience: int = 10,
     warmup: int = 100,
-    max_refits: int = 10,
+    max_refits: int = 5,
+    tol: float = 1e-3,
     init: torch.Tensor | None = None,
+    swap_rounds: int = 10,
 ):
     """Projected gradient with momentum, restart and line search, then the refit.
 
@@ -62,6 +65,10 @@ def iht(
         patience: iterations of an unchanged support that stop the run.
         warmup: iterations of the budget continuation (0: threshold to the target at once).
         max_refits: refits on intermediate supports (0: plain IHT).
+        tol: relative decrease of ``f`` over ``patience`` iterations below which the support
+            counts as settled even if a few weights still flip.
+        swap_rounds: rounds of the swap local search on small layers
+            (:mod:`solvers.swaps`; 0: none).
         init: a starting weight (default ``W``; its projection is the first iterate); a given
             start skips the warm-up.
 
@@ -127,7 +134,8 @@ def iht(
         X_prev, R_prev, X, R, mask, f, t = X, R, Xn, Rn, new_mask, fn, t_next
         history.append(f)
         steps.append(eta)
-        if unchanged < patience or iterations <= warmup:
+        stalled = len(history) > patience and history[-patience - 1] - f <= tol * abs(f)
+        if iterations <= warmup or (unchanged < patience and not stalled):
             continue
         if polished is not None and bool((polished == mask).all()) or refits == max_refits:
             converged = polished is not None and bool((polished == mask).all())
@@ -140,7 +148,8 @@ def iht(
         refits += 1
         history.append(f)
 
-    weight = problem.refit(mask, method="cg", init=sc.from_scaled(X))
+    weight = problem.refit(mask, init=sc.from_scaled(X))
+    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds)
     weight, mask, fallback = best_of(
         problem, weight, mask, {"start": start_mask, "magnitude": budget.select(problem.W**2)}
     )
@@ -151,6 +160,7 @@ def iht(
         "step": steps,
         "restarts": restarts,
         "refits": refits,
+        "swaps": swaps,
         "fallback": fallback,
     }
     return weight, mask, info

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["refit"]
+__all__ = ["refit", "support_factors", "swap_costs"]
 
-_EXACT_FLOP_LIMIT = 4e9
+_EXACT_FLOP_LIMIT = 1e8
 
 
 def refit(
@@ -37,7 +37,7 @@ def refit(
         problem: the :class:`~solvers.problem.LayerProblem`.
         mask: boolean support, same shape as ``W``.
         method: ``"exact"``, ``"cg"`` or ``"auto"`` (exact when the batched Cholesky costs
-            under ~4 GFlop, CG otherwise).
+            under ~0.1 GFlop, CG otherwise).
         init: CG starting point (default: ``W`` on the support).
         tol: CG stops when every row's preconditioned residual norm is below ``tol`` times its
             right-hand side's.
@@ -78,14 +78,17 @@ def damped_cholesky(A: torch.Tensor) -> torch.Tensor:
     return L
 
 
-def _refit_exact(problem, mask: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def support_factors(problem, mask: torch.Tensor, chunk: int = 256):
+    """Cholesky factors of every row's ``(H + lam I)_SS``, a chunk of rows at a time.
+
+    Yields ``(rows, idx, ok, L)``: the row slice, each row's support indices padded to the widest
+    row (``ok`` marks the real ones), and the factors of the padded systems (identity on pads).
+    """
     A_full = problem.damped
-    B = problem.W @ A_full  # row r: (H + lam I) w_r, as a row
-    out = torch.zeros_like(problem.W)
     sizes = mask.sum(dim=1)
     width = int(sizes.max()) if mask.numel() else 0
     if width == 0:
-        return out
+        return
     # Support indices of each row, padded: sorting the mask puts kept columns first.
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
     valid = torch.arange(width, device=mask.device)[None, :] < sizes[:, None]
@@ -93,13 +96,44 @@ def _refit_exact(problem, mask: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     for start in range(0, mask.shape[0], chunk):
         rows = slice(start, start + chunk)
         idx, ok = order[rows], valid[rows]
-        A = A_full[idx[:, :, None], idx[:, None, :]]
-        pair = ok[:, :, None] & ok[:, None, :]
-        A = torch.where(pair, A, eye)
+        block = A_full[idx[:, :, None], idx[:, None, :]]
+        A = torch.where(ok[:, :, None] & ok[:, None, :], block, eye)
+        yield rows, idx, ok, damped_cholesky(A)
+
+
+def _refit_exact(problem, mask: torch.Tensor) -> torch.Tensor:
+    B = problem.W @ problem.damped  # row r: (H + lam I) w_r, as a row
+    out = torch.zeros_like(problem.W)
+    for rows, idx, ok, L in support_factors(problem, mask):
         b = torch.where(ok, torch.gather(B[rows], 1, idx), 0)
-        x = torch.cholesky_solve(b[..., None], damped_cholesky(A))[..., 0]
+        x = torch.cholesky_solve(b[..., None], L)[..., 0]
         out[rows].scatter_(1, idx, torch.where(ok, x, 0))
     return out
+
+
+def swap_costs(problem, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per weight, the two exact one-sided quantities a support swap is scored by.
+
+    With ``A = H + lam I`` and each row's support ``S``:
+
+    - ``inverse``: ``[(A_SS)^-1]_jj`` on the support; ``w_j**2`` over it is the exact cost of
+      removing ``j`` with the rest of the row refitted (the OBS saliency);
+    - ``schur``: ``A_ii - A_iS (A_SS)^-1 A_Si`` off the support; ``R_i**2`` over it (``R`` half the
+      gradient at the refit) is the exact gain of adding ``i`` with the row refitted.
+
+    Returns:
+        ``(inverse, schur)``, each zero where it does not apply.
+    """
+    A_full = problem.damped
+    inverse = torch.zeros_like(problem.W)
+    schur = A_full.diagonal().expand_as(problem.W).clone()
+    for rows, idx, ok, L in support_factors(problem, mask):
+        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
+        L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
+        inverse[rows].scatter_(1, idx, torch.where(ok, (L_inv * L_inv).sum(dim=-2), 0))
+        Y = L_inv @ torch.where(ok[:, :, None], A_full[idx], 0)  # L^-1 A_S,: per row
+        schur[rows] -= (Y * Y).sum(dim=-2)
+    return inverse, torch.where(mask, 0, schur.clamp_min(0))
 
 
 def _refit_cg(problem, mask, init, tol, max_iter) -> torch.Tensor:

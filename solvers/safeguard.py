@@ -2,9 +2,8 @@
 
 IHT and ADMM are heuristics on a non-convex set; on rare instances (a nearly diagonal ``H``, a tiny
 layer) they end on a support worse than the one they started from, or than plain magnitude.
-Each such support is refitted from its projection by a few CG iterations (an upper bound on its
-refitted objective, and exact once the iterations reach the row width) and replaces the solver's
-answer when it is better.
+Each such support is refitted (exactly on small layers; by a few CG iterations on large ones, an
+upper bound on its refitted objective) and replaces the solver's answer when it is better.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ __all__ = ["best_of"]
 
 def best_of(
     problem, weight: torch.Tensor, mask: torch.Tensor, candidates: dict[str, torch.Tensor],
-    check_iter: int = 25,
+    check_iter: int = 10,
 ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     """The best of ``(weight, mask)`` and the refitted ``candidates`` (name -> support mask).
 
@@ -28,10 +27,10 @@ def best_of(
     for name, candidate in candidates.items():
         if bool((candidate == best_mask).all()):
             continue
-        trial = problem.refit(candidate, method="cg", max_iter=check_iter)
+        trial = problem.refit(candidate, max_iter=check_iter)
         trial_value = problem.objective(trial)
         if trial_value < value:
             best, best_mask, winner, value = trial, candidate, name, trial_value
     if winner is not None:
-        best = problem.refit(best_mask, method="cg", init=best)
+        best = problem.refit(best_mask, init=best)
     return best, best_mask, winner

@@ -1,0 +1,64 @@
+"""ADMM: the schedules, warm starts, invariants and robustness."""
+
+import pytest
+import torch
+
+from solvers import LayerProblem, solve
+
+
+def test_default_schedule_runs_longer_and_lands_lower(layer):
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.8)
+    alps = solve(problem, "admm", schedule="alps")
+    default = solve(problem, "admm")
+    assert alps.info["converged"] and default.info["converged"]
+    assert default.info["iterations"] > alps.info["iterations"]
+    assert default.objective <= alps.objective * (1 + 1e-6)
+
+
+def test_rho_only_grows_and_history_is_recorded(layer):
+    W, H = layer
+    info = solve(LayerProblem(W, H, sparsity=0.6), "admm").info
+    rho = info["rho"]
+    assert rho[0] == pytest.approx(0.1)
+    assert all(b >= a for a, b in zip(rho, rho[1:], strict=False))
+    assert len(info["history"]) == info["iterations"] == len(rho)
+    assert info["support_changes"][-1] == 0
+
+
+def test_never_worse_than_its_start(layer):
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.75)
+    start = solve(problem, "wanda", refit=True)  # the scaled-magnitude support, refitted
+    assert solve(problem, "admm").objective <= start.objective * (1 + 1e-9)
+
+
+def test_warm_start_from_a_denser_solution(layer):
+    W, H = layer
+    dense = solve(LayerProblem(W, H, sparsity=0.5), "admm")
+    problem = LayerProblem(W, H, sparsity=0.7)
+    warm = solve(problem, "admm", init=dense.weight)
+    cold = solve(problem, "admm")
+    assert int(warm.mask.sum()) == problem.budget.kept(problem.shape)
+    assert warm.objective <= cold.objective * 1.1
+    assert warm.info["options"]["init"] == "<tensor>"
+
+
+def test_singular_H_without_ridge():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 16, generator=g)
+    W = torch.randn(8, 16, generator=g)
+    problem = LayerProblem(W, X.T @ X / 5, lam=0.0, sparsity=0.5)
+    solution = solve(problem, "admm")
+    assert torch.isfinite(solution.weight).all()
+    assert solution.objective <= solve(problem, "magnitude", refit=True).objective + 1e-5
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"schedule": "fast"}, "schedule must be one of"), ({"rho0": 0.0}, "rho0 must be > 0")],
+)
+def test_bad_options(layer, options, message):
+    W, H = layer
+    with pytest.raises(ValueError, match=message):
+        solve(LayerProblem(W, H, sparsity=0.5), "admm", **options)

@@ -1,0 +1,80 @@
+"""solve() and solve_to_tolerance(): dispatch, option checks, the documented calls, the search."""
+
+import numpy as np
+import pytest
+import torch
+
+from solvers import NM, LayerProblem, PerRow, Unstructured, solve, solve_to_tolerance
+
+
+def test_the_calls_other_code_relies_on():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(8, 16, generator=g)
+    X = torch.randn(64, 16, generator=g)
+    H = X.T @ X / 64
+    for problem in (
+        LayerProblem(W, H, sparsity=0.7),
+        LayerProblem(W, None, sparsity=0.7),
+        LayerProblem(W, H, lam=0.0, budget=NM(2, 4)),
+    ):
+        solution = solve(problem, method="admm")
+        assert solution.weight.shape == W.shape
+        assert isinstance(solution.objective, float)
+        assert 0 <= solution.relative_error
+        assert set(solution.info) >= {
+            "method", "options", "seconds", "iterations", "converged", "history"
+        }
+
+
+def test_numpy_in_torch_out():
+    W = np.random.default_rng(0).standard_normal((4, 8))
+    solution = solve(LayerProblem(W, None, sparsity=0.5), "magnitude")
+    assert isinstance(solution.weight, torch.Tensor) and solution.weight.dtype == torch.float64
+    assert solution.sparsity == 0.5
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: solve(p, method="lasso"), "method must be one of .* got 'lasso'"),
+        (lambda p: solve(p, method="admm", rho=1.0), "unknown option\\(s\\) \\['rho'\\]"),
+        (lambda p: solve("W", method="admm"), "problem must be a LayerProblem"),
+        (lambda p: solve(p.with_budget(Unstructured()), "admm"), "has no size"),
+        (lambda p: solve_to_tolerance(p, eps=-1.0), "eps must be"),
+    ],
+)
+def test_bad_calls(call, message):
+    problem = LayerProblem(torch.ones(2, 4), None, sparsity=0.5)
+    with pytest.raises(ValueError, match=message):
+        call(problem)
+
+
+def test_tolerance_search_is_exact_for_magnitude_under_identity():
+    """Under H = I the error of the top-k is monotone in k: the search finds the exact count."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(10, 20, generator=g, dtype=torch.float64)
+    problem = LayerProblem(W, None, budget=Unstructured())
+    eps = 0.1
+    found = solve_to_tolerance(problem, eps, method="magnitude")
+    errors = (W.flatten() ** 2).sort().values.cumsum(0) / (W**2).sum()  # error after dropping j
+    dropped = int((errors <= eps).sum())
+    assert int(found.mask.sum()) == W.numel() - dropped
+    assert found.relative_error <= eps
+
+
+def test_tolerance_search_with_warm_starts(layer):
+    W, H = layer
+    problem = LayerProblem(W, H, budget=PerRow())
+    found = solve_to_tolerance(problem, 0.05, method="admm")
+    assert found.relative_error <= 0.05
+    k = int(found.mask.sum(dim=1)[0])
+    if k > 0:
+        fewer = solve(problem.with_budget(PerRow(k=k - 1)), "admm")
+        assert fewer.relative_error > 0.05 or (k - 1, fewer.relative_error) in found.info["search"]
+    assert len(found.info["search"]) <= 8  # bisection over 32 counts
+
+
+def test_tolerance_of_one_or_more_prunes_everything(layer):
+    W, H = layer
+    found = solve_to_tolerance(LayerProblem(W, H, sparsity=0.5), 1.0, method="magnitude")
+    assert not found.mask.any()
