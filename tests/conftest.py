@@ -14,6 +14,16 @@ def correlated_inputs(n: int, d: int, seed: int = 0, decay: float = 0.9) -> torc
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch thread: the tests run many small LAPACK calls (``eigh``, batched Cholesky),
+    which multi-threaded OpenMP slows down by orders of magnitude on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def layer():
     """A 24 x 32 layer with a correlated H (float64)."""

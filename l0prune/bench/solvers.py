@@ -1,0 +1,227 @@
+"""The solver benchmark: every method on the same layers and budgets, measured against OBS.
+
+``python -m l0prune.bench solvers [--quick] [--out FILE] [--methods NAME ...] [--threads N]``
+
+Each method variant solves every layer of :func:`~l0prune.bench.layers.benchmark_layers` at
+50 / 70 / 90 % unstructured sparsity and 2:4, each solve on a fresh :class:`~solvers.LayerProblem`
+(default ``lam``, nothing cached from another method) and timed by its ``info["seconds"]``.
+A row reports the mean and max relative error over the layers, the total seconds, and three
+figures against OBS (SparseGPT) from the same run: the ratio of mean relative errors, the ratio
+of times and the number of layers where the method's error is above OBS's. The table is printed
+and written as markdown (default ``bench-results/solvers.md``).
+
+A variant whose solver module does not exist is skipped with a note, and so is a layer a budget
+cannot apply to (2:4 needs an input size divisible by 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from solvers import METHODS, NM, Budget, LayerProblem, Unstructured, solve
+
+from .layers import benchmark_layers
+
+__all__ = ["VARIANTS", "BUDGETS", "Row", "main", "run", "table"]
+
+#: ``(label, method, options)`` in the order of the table.
+VARIANTS: list[tuple[str, str, dict]] = [
+    ("magnitude", "magnitude", {}),
+    ("magnitude+refit", "magnitude", {"refit": True}),
+    ("wanda", "wanda", {}),
+    ("obs", "obs", {}),
+    ("obs+refit", "obs", {"refit": True}),
+    ("iht", "iht", {}),
+    ("admm", "admm", {}),
+    ("admm (alps schedule)", "admm", {"schedule": "alps"}),
+    ("hard_concrete", "hard_concrete", {}),
+]
+
+#: ``(label, budget)`` of the sparsity axis.
+BUDGETS: list[tuple[str, Budget]] = [
+    ("50%", Unstructured(sparsity=0.5)),
+    ("70%", Unstructured(sparsity=0.7)),
+    ("90%", Unstructured(sparsity=0.9)),
+    ("2:4", NM(2, 4)),
+]
+
+REFERENCE = "obs"
+_WORSE_TOL = 1e-6  # relative: errors within float noise of OBS's do not count as worse
+
+HEADER = [
+    "method", "sparsity", "layers", "mean rel. error", "max rel. error", "seconds",
+    "error / OBS", "time / OBS", "worse than OBS",
+]
+
+
+@dataclass
+class Row:
+    """One method variant at one sparsity: relative error and seconds per layer."""
+
+    label: str
+    sparsity: str
+    errors: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_error(self) -> float:
+        """Mean relative error over the layers."""
+        return sum(self.errors.values()) / len(self.errors)
+
+    @property
+    def total_seconds(self) -> float:
+        """Seconds summed over the layers."""
+        return sum(self.seconds.values())
+
+
+def _fits(budget: Budget, shape: tuple[int, int]) -> bool:
+    try:
+        budget.check(shape)
+    except ValueError:
+        return False
+    return True
+
+
+def run(
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    variants: list[tuple[str, str, dict]],
+    budgets: list[tuple[str, Budget]],
+    progress=None,
+) -> list[Row]:
+    """Solve every layer with every variant under every budget the layer admits.
+
+    Args:
+        layers: ``name -> (W, H)``.
+        variants: ``(label, method, options)``.
+        budgets: ``(label, budget)``.
+        progress: called with each finished :class:`Row`, if given.
+
+    Returns:
+        One :class:`Row` per budget and variant, budgets outermost.
+    """
+    rows = []
+    for sparsity, budget in budgets:
+        for label, method, options in variants:
+            row = Row(label, sparsity)
+            for name, (W, H) in layers.items():
+                if not _fits(budget, tuple(W.shape)):
+                    continue
+                solution = solve(LayerProblem(W, H, budget=budget), method, **options)
+                row.errors[name] = solution.relative_error
+                row.seconds[name] = solution.info["seconds"]
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    """The markdown table of ``rows``; ratios against the ``obs`` row of the same sparsity
+    (``rows`` must hold one for every sparsity)."""
+    reference = {row.sparsity: row for row in rows if row.label == REFERENCE}
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for row in rows:
+        ref = reference[row.sparsity]
+        worse = sum(
+            row.errors[name] > ref.errors[name] * (1 + _WORSE_TOL) for name in row.errors
+        )
+        cells = [
+            row.label,
+            row.sparsity,
+            str(len(row.errors)),
+            f"{row.mean_error:.3e}",
+            f"{max(row.errors.values()):.3e}",
+            f"{row.total_seconds:.3f}",
+            f"{row.mean_error / ref.mean_error:.3f}",
+            f"{row.total_seconds / ref.total_seconds:.2f}",
+            str(worse),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _available(variants):
+    """The variants whose solver module exists, and a note for each one skipped."""
+    kept, notes = [], []
+    for variant in variants:
+        module = METHODS[variant[1]].split(":")[0]
+        if importlib.util.find_spec(module) is None:
+            notes.append(f"skipped `{variant[0]}`: `{module}` does not exist yet")
+        else:
+            kept.append(variant)
+    return kept, notes
+
+
+def _report(layers, rows, notes, argv) -> str:
+    notes = list(notes)
+    names = ", ".join(f"{name} ({W.shape[0]}x{W.shape[1]})" for name, (W, _) in layers.items())
+    for label, budget in BUDGETS:
+        skipped = [n for n, (W, _) in layers.items() if not _fits(budget, tuple(W.shape))]
+        if skipped:
+            notes.append(f"{label} does not apply to (skips): {', '.join(skipped)}")
+    command = shlex.join(["python", "-m", "l0prune.bench", "solvers", *argv])
+    return "\n".join(
+        [
+            "# Solver benchmark",
+            "",
+            f"Layers: {names}.",
+            "",
+            "Relative error `tr((W'-W) H (W'-W)^T) / tr(W H W^T)` per layer (default `lam`); "
+            "seconds summed over the layers. The last three columns compare with `obs` "
+            "(SparseGPT) in the same run: ratio of mean relative errors, ratio of times, "
+            "number of layers where the method's error is above OBS's.",
+            "",
+            table(rows),
+            "",
+            *(f"- {note}" for note in notes),
+            f"- torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); "
+            f"command: `{command}`",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the solver benchmark from the command line (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = sorted({label for label, _, _ in VARIANTS} | {m for _, m, _ in VARIANTS})
+    parser = argparse.ArgumentParser(
+        prog="python -m l0prune.bench solvers",
+        description="Layer solvers against OBS (SparseGPT) on digits and synthetic layers.",
+    )
+    parser.add_argument("--quick", action="store_true", help="few small layers (for tests)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results/solvers.md"), help="markdown file"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=names, metavar="NAME",
+        help=f"methods or variant labels to run (obs always runs); one of {names}",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+    chosen = set(args.methods or names)
+    variants, notes = _available(
+        [v for v in VARIANTS if v[0] == REFERENCE or v[0] in chosen or v[1] in chosen]
+    )
+    layers = benchmark_layers(quick=args.quick)
+
+    def progress(row: Row) -> None:
+        print(f"{row.label} {row.sparsity}: {row.total_seconds:.2f} s", file=sys.stderr)
+
+    rows = run(layers, variants, BUDGETS, progress)
+    report = _report(layers, rows, notes, argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)

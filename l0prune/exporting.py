@@ -1,0 +1,212 @@
+"""Exporting a pruned model: a dense state dict with pruning made permanent, and a compact file.
+
+- The *dense file* is ``torch.save`` of :func:`~l0prune.masks.permanent_state_dict`: keys equal
+  those of the dense model, so ``dense_model.load_state_dict(torch.load(path))`` works.
+- The *sparse file* stores each tensor in the smallest of three encodings: ``dense`` (the
+  values), ``bitmask`` (one bit per entry, packed eight to a byte, plus the non-zero values in
+  order) or ``indices`` (int32 / int64 flat indices of the non-zeros plus their values). Its size
+  is about ``numel / 8 + nnz * itemsize`` bytes for a pruned weight, so it shrinks with the
+  density. :func:`load_sparse` reads it back to the same tensors, bit for bit.
+
+Both files hold CPU tensors and load with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .masks import permanent_state_dict
+
+__all__ = ["ExportReport", "TensorExport", "export", "load_sparse"]
+
+_FORMAT = "l0prune-sparse"
+_VERSION = 1
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+@dataclass
+class TensorExport:
+    """How one tensor was stored in the sparse file.
+
+    Attributes:
+        name: state dict key.
+        shape: its shape.
+        nonzero: non-zero entries.
+        encoding: ``"dense"``, ``"bitmask"`` or ``"indices"``.
+        bytes: payload bytes (values plus mask or indices).
+    """
+
+    name: str
+    shape: list[int]
+    nonzero: int
+    encoding: str
+    bytes: int
+
+
+@dataclass
+class ExportReport:
+    """The files :func:`export` wrote and their sizes.
+
+    Attributes:
+        path: the dense state dict file.
+        sparse_path: the compact file.
+        dense_bytes: size of the dense file.
+        sparse_bytes: size of the compact file.
+        tensors: per tensor, its encoding in the compact file.
+    """
+
+    path: str
+    sparse_path: str
+    dense_bytes: int
+    sparse_bytes: int
+    tensors: list[TensorExport]
+
+    @property
+    def ratio(self) -> float:
+        """``sparse_bytes / dense_bytes``."""
+        return self.sparse_bytes / self.dense_bytes
+
+    def __str__(self) -> str:
+        return (
+            f"dense state dict: {self.path} ({self.dense_bytes:,} bytes)\n"
+            f"sparse file: {self.sparse_path} ({self.sparse_bytes:,} bytes, "
+            f"{100 * self.ratio:.1f} % of dense)"
+        )
+
+
+def _pack(mask: torch.Tensor) -> torch.Tensor:
+    flat = mask.reshape(-1)
+    padded = torch.zeros(math.ceil(flat.numel() / 8) * 8, dtype=torch.uint8)
+    padded[: flat.numel()] = flat
+    return (padded.reshape(-1, 8) * _BITS).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack(bits: torch.Tensor, numel: int) -> torch.Tensor:
+    return ((bits.reshape(-1, 1) & _BITS) != 0).reshape(-1)[:numel]
+
+
+def _encode(tensor: torch.Tensor) -> dict:
+    tensor = tensor.detach().cpu()
+    numel, item = tensor.numel(), tensor.element_size()
+    if not tensor.is_floating_point() or numel == 0:
+        return {"encoding": "dense", "values": tensor.clone()}
+    nonzero = tensor != 0
+    nnz = int(nonzero.sum())
+    index_dtype = torch.int32 if numel < 2**31 else torch.int64
+    index_bytes = torch.empty((), dtype=index_dtype).element_size()
+    sizes = {
+        "dense": numel * item,
+        "bitmask": math.ceil(numel / 8) + nnz * item,
+        "indices": nnz * (index_bytes + item),
+    }
+    encoding = min(sizes, key=sizes.get)
+    if encoding == "dense":
+        return {"encoding": "dense", "values": tensor.clone()}
+    entry = {"encoding": encoding, "shape": list(tensor.shape), "values": tensor[nonzero]}
+    if encoding == "bitmask":
+        entry["bits"] = _pack(nonzero)
+    else:
+        entry["indices"] = nonzero.reshape(-1).nonzero().reshape(-1).to(index_dtype)
+    return entry
+
+
+def _decode(entry: dict) -> torch.Tensor:
+    if entry["encoding"] == "dense":
+        return entry["values"]
+    values, shape = entry["values"], entry["shape"]
+    numel = math.prod(shape)
+    out = torch.zeros(numel, dtype=values.dtype)
+    if entry["encoding"] == "bitmask":
+        out[_unpack(entry["bits"], numel)] = values
+    elif entry["encoding"] == "indices":
+        out[entry["indices"].long()] = values
+    else:
+        raise ValueError(f"unknown encoding {entry['encoding']!r} in the sparse file")
+    return out.reshape(shape)
+
+
+def _payload(entry: dict) -> int:
+    return sum(
+        v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor)
+    )
+
+
+def export(
+    model: nn.Module, path: str | Path, sparse_path: str | Path | None = None
+) -> ExportReport:
+    """Write ``model``'s weights with pruning made permanent, densely and compactly.
+
+    The model is not changed.
+
+    Args:
+        model: a model, pruned the ``torch.nn.utils.prune`` way or not.
+        path: the dense state dict file (keys as in the dense model).
+        sparse_path: the compact file; default: ``path`` with ``.sparse`` before its suffix.
+
+    Returns:
+        An :class:`ExportReport` with both sizes.
+
+    Example:
+        >>> import tempfile, os
+        >>> from l0prune.masks import attach
+        >>> layer = nn.Linear(64, 64)
+        >>> attach(layer, layer.weight.detach(), torch.rand(64, 64) < 0.1)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     report = export(layer, os.path.join(d, "layer.pt"))
+        >>> report.sparse_bytes < report.dense_bytes
+        True
+    """
+    path = Path(path)
+    sparse_path = Path(sparse_path) if sparse_path is not None else path.with_name(
+        f"{path.stem}.sparse{path.suffix}"
+    )
+    if sparse_path == path:
+        raise ValueError(f"sparse_path must differ from path, both are {str(path)!r}")
+    state = {k: v.detach().cpu() for k, v in permanent_state_dict(model).items()}
+    entries = {name: _encode(tensor) for name, tensor in state.items()}
+    torch.save(state, path)
+    torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
+    tensors = [
+        TensorExport(
+            name, list(state[name].shape), int((state[name] != 0).sum()), entry["encoding"],
+            _payload(entry),
+        )
+        for name, entry in entries.items()
+    ]
+    return ExportReport(
+        str(path), str(sparse_path), path.stat().st_size, sparse_path.stat().st_size, tensors
+    )
+
+
+def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict stored in a sparse file written by :func:`export` (CPU tensors).
+
+    Args:
+        path: the sparse file.
+
+    Returns:
+        The dense state dict, equal to the one in the dense file.
+
+    Example:
+        >>> import tempfile, os
+        >>> layer = nn.Linear(4, 4)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = export(layer, os.path.join(d, "l.pt"))
+        ...     state = load_sparse(os.path.join(d, "l.sparse.pt"))
+        >>> torch.equal(state["weight"], layer.weight.detach())
+        True
+    """
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise ValueError(f"{str(path)!r} is not an l0prune sparse file")
+    if data.get("version") != _VERSION:
+        raise ValueError(
+            f"{str(path)!r} has sparse format version {data.get('version')!r}; "
+            f"this l0prune reads version {_VERSION}"
+        )
+    return {name: _decode(entry) for name, entry in data["tensors"].items()}

@@ -1,0 +1,303 @@
+"""Pruning a model's target layers at given budgets, from streamed statistics.
+
+Each target becomes a :class:`~solvers.LayerProblem` per convolution group and
+:func:`solvers.solve` does all the math. With ``W`` the dense weight (from the run's
+:class:`~l0prune.snapshot.Snapshot`), ``X_0`` the layer's inputs in the dense model and ``X``
+those it sees:
+
+- ``sequential=False``: every layer's statistics come from the dense model (``X = X_0``), in
+  one pass over the calibration data reused by every later run; the problem is ``(W, H)`` with
+  ``H = X^T X / N``, and the layers are independent.
+- ``sequential=True``: input groups are handled in the order they run; each group's statistics
+  are taken with every earlier group already pruned (one pass per group), and its problem is to
+  reproduce the *dense model's* output from the inputs it now sees:
+  ``min ||X W'^T - X_0 W^T||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
+  ``C = X^T X_0 / N`` and ``A = H + lam I`` this is the layer problem
+  ``tr((W' - W~) A (W' - W~)^T)`` (plus a constant) for the target ``W~ = (W C^T + lam W) A^-1``,
+  so a layer corrects the error of the layers before it (``W~ = W`` when ``X = X_0``). The first
+  group only ever sees the dense model, so its statistics are taken once.
+
+The relative error reported per layer is ``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2``: how far the
+layer's output is from the dense model's (in parallel mode, the layer problem's relative error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from solvers import METHODS, Budget, LayerProblem, solve
+
+from .allocation import Curve, layer_family
+from .masks import attach
+from .snapshot import Snapshot
+from .statistics import Discovery, Moments, collect, input_groups
+from .targets import Target
+
+__all__ = ["LayerPruner", "LayerResult", "method_options"]
+
+
+def method_options(method: str, options: Mapping | None, seed: int) -> dict:
+    """``options`` for ``method``, with ``seed`` added when the method takes one.
+
+    Args:
+        method: a :data:`solvers.METHODS` name.
+        options: the user's options, or ``None``.
+        seed: the run's seed.
+
+    Returns:
+        The options to pass to :func:`solvers.solve`.
+
+    Example:
+        >>> method_options("magnitude", {"refit": True}, seed=0)
+        {'refit': True}
+    """
+    options = dict(options or {})
+    module, name = METHODS[method].split(":")
+    fn = getattr(importlib.import_module(module), name)
+    if "seed" in inspect.signature(fn).parameters:
+        options.setdefault("seed", seed)
+    return options
+
+
+@dataclass
+class LayerResult:
+    """One layer's solution.
+
+    Attributes:
+        name: the layer's name.
+        shape: the stored weight's shape.
+        kept: weights kept.
+        total: weights in the layer.
+        relative_error: ``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2`` over all its groups.
+        seconds: solver time.
+        weight: the pruned weight, in the stored shape.
+        mask: its support, boolean.
+
+    Example: see :class:`LayerPruner`.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kept: int
+    total: int
+    relative_error: float
+    seconds: float
+    weight: torch.Tensor
+    mask: torch.Tensor
+
+
+class LayerPruner:
+    """Prunes the target layers of one model at given budgets.
+
+    Args:
+        model: the model; its targets must be dense when :meth:`run` starts.
+        calibration: re-iterable calibration batches.
+        targets: the layers to prune.
+        discovery: the model's :class:`~l0prune.statistics.Discovery`.
+        snapshot: holds the dense weights.
+        method: a :data:`solvers.METHODS` name.
+        options: the method's options.
+        sequential: see the module docstring.
+        device: where statistics and solves run.
+        progress: show a progress bar over layers.
+
+    Attributes:
+        passes: passes over the calibration data so far.
+        moments: :class:`~l0prune.statistics.Moments` per target from the last run.
+
+    Example:
+        >>> from torch import nn
+        >>> from solvers import Unstructured
+        >>> from l0prune.allocation import uniform
+        >>> from l0prune.snapshot import Snapshot
+        >>> from l0prune.statistics import discover
+        >>> from l0prune.targets import select_targets
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+        >>> data = [torch.randn(64, 8)]
+        >>> discovery = discover(model, data[0], torch.device("cpu"))
+        >>> targets = select_targets(model, discovery.order)
+        >>> pruner = LayerPruner(model, data, targets, discovery, Snapshot(model),
+        ...                      method="wanda", options={}, sequential=True,
+        ...                      device=torch.device("cpu"), progress=False)
+        >>> pruner.run(uniform(targets, Unstructured(), 0.75))["0"].kept
+        32
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calibration: Iterable,
+        targets: Sequence[Target],
+        discovery: Discovery,
+        snapshot: Snapshot,
+        *,
+        method: str,
+        options: Mapping,
+        sequential: bool,
+        device: torch.device,
+        progress: bool,
+    ):
+        self.model, self.calibration, self.targets = model, calibration, list(targets)
+        self.discovery, self.snapshot = discovery, snapshot
+        self.method, self.options = method, dict(options)
+        self.sequential, self.device, self.progress = sequential, device, progress
+        self.groups = input_groups(self.targets, discovery)
+        self.weights = {t.name: t.module.weight for t in self.targets}
+        self.passes = 0
+        self.moments: dict[str, Moments] = {}
+        self._first: dict[str, Moments] = {}
+
+    def _collect(self, groups, reference=None) -> dict[str, Moments]:
+        self.passes += 1
+        return collect(
+            self.model, self.calibration, groups, self.device, self.discovery, reference
+        )
+
+    @contextmanager
+    def _dense(self, results: Mapping[str, LayerResult]) -> Iterator[None]:
+        """Put the dense weights back into the layers pruned so far, for the duration."""
+        modules = {t.name: t.module for t in self.targets}
+        with torch.no_grad():
+            for name in results:
+                modules[name].weight.copy_(self.snapshot.value(self.weights[name]))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, result in results.items():
+                    modules[name].weight.copy_(result.weight)
+
+    def solve(self, target: Target, budget: Budget, moments: Moments) -> LayerResult:
+        """Solve ``target``'s problem (each convolution group apart) under ``budget``.
+
+        Args:
+            target: the layer.
+            budget: a sized budget for one of its problems.
+            moments: its statistics (paired ones give the sequential problem).
+
+        Returns:
+            The :class:`LayerResult`; the model is not changed.
+        """
+        W = target.matrix(self.snapshot.value(self.weights[target.name])).to(self.device)
+        weights, masks, errors, seconds = [], [], [], 0.0
+        for i in range(target.groups):
+            solution = solve(_problem(W[i], moments, i, budget), self.method, **self.options)
+            weights.append(solution.weight)
+            masks.append(solution.mask)
+            errors.append(
+                (solution.relative_error, 1.0) if moments.cross is None
+                else _output_error(W[i], solution.weight, moments, i)
+            )
+            seconds += solution.info["seconds"]
+        if len(errors) == 1 and moments.cross is None:
+            error = errors[0][0]
+        else:
+            num, den = sum(e[0] for e in errors), sum(e[1] for e in errors)
+            error = num / den if den > 0 else (0.0 if num <= 0 else math.inf)
+        mask = target.unmatrix(torch.stack(masks))
+        return LayerResult(
+            name=target.name,
+            shape=target.weight_shape,
+            kept=int(mask.sum()),
+            total=target.total,
+            relative_error=float(error),
+            seconds=seconds,
+            weight=target.unmatrix(torch.stack(weights)),
+            mask=mask,
+        )
+
+    def run(self, budgets: Mapping[str, Budget]) -> dict[str, LayerResult]:
+        """Prune every target under its budget and attach the masks.
+
+        Args:
+            budgets: a sized budget per target name (for one problem of the layer).
+
+        Returns:
+            A :class:`LayerResult` per target name, in the order the layers run.
+        """
+        results: dict[str, LayerResult] = {}
+        plan = [[group] for group in self.groups] if self.sequential else [self.groups]
+        if not self.sequential and not self.moments:
+            self.moments = self._collect(self.groups)
+        with tqdm(
+            total=len(self.targets), desc="layers", leave=False, disable=not self.progress
+        ) as bar:
+            for index, level in enumerate(plan):
+                if self.sequential and index == 0:
+                    self._first = self._first or self._collect(level)
+                    self.moments.update(self._first)
+                elif self.sequential:
+                    self.moments.update(
+                        self._collect(level, reference=lambda: self._dense(results))
+                    )
+                for target in (t for group in level for t in group):
+                    result = self.solve(target, budgets[target.name], self.moments[target.name])
+                    with torch.no_grad():
+                        target.module.weight.copy_(result.weight)
+                    results[target.name] = result
+                    bar.update()
+        for target in self.targets:
+            result = results[target.name]
+            attach(target.module, result.weight, result.mask)
+        return results
+
+    def curves(self, family: Budget, grid: Sequence[float]) -> list[Curve]:
+        """Each target's error curve at the sparsities in ``grid``, on the last run's ``H``.
+
+        Args:
+            family: the run's budget family.
+            grid: sparsities in [0, 1).
+
+        Returns:
+            One :class:`~l0prune.allocation.Curve` per target.
+        """
+        curves = []
+        with tqdm(
+            total=len(self.targets), desc="error curves", leave=False, disable=not self.progress
+        ) as bar:
+            for t in self.targets:
+                fam = layer_family(t, family)
+                top = fam.max_count(t.shape)
+                counts = sorted({int(round((1 - s) * top)) for s in grid} | {top}, reverse=True)
+                errors = [0.0] + [
+                    self.solve(t, fam.with_count(c), self.moments[t.name]).relative_error
+                    for c in counts[1:]
+                ]
+                curves.append(Curve(t, fam, counts, errors))
+                bar.update()
+        return curves
+
+
+def _problem(W: torch.Tensor, moments: Moments, i: int, budget: Budget) -> LayerProblem:
+    """The layer problem of group ``i``: ``(W, H)``, or ``(W~, H)`` from paired statistics."""
+    H = moments.H[i]
+    if moments.cross is None:
+        return LayerProblem(W, H, budget=budget)
+    lam = 0.01 * float(H.diagonal().mean())
+    target = W.double()
+    if lam > 0:
+        A = H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        target = torch.linalg.solve(A, moments.cross[i] @ target.T + lam * target.T).T
+    return LayerProblem(target.to(W.dtype), H, lam=lam, budget=budget)
+
+
+def _output_error(
+    W: torch.Tensor, pruned: torch.Tensor, moments: Moments, i: int
+) -> tuple[float, float]:
+    """``(||X W'^T - X_0 W^T||^2, ||X_0 W^T||^2) / N`` from paired statistics."""
+    W, P = W.double(), pruned.double()
+    dense = float(((W @ moments.dense[i]) * W).sum())
+    change = (
+        float(((P @ moments.H[i]) * P).sum()) - 2 * float(((P @ moments.cross[i]) * W).sum())
+        + dense
+    )
+    return max(change, 0.0), dense

@@ -1,0 +1,122 @@
+"""A model's state, captured so that a run can put it back exactly.
+
+A run changes a model in place: weights are rewritten, masks attached, parameters and buffers
+finetuned, the model moved between devices and switched between train and eval mode. A
+:class:`Snapshot` records every module's parameter and buffer objects (and their values), its
+hooks and its mode, and :meth:`Snapshot.restore` puts all of it back: the same tensor objects,
+the same values, on the same devices, with any pruning re-parametrization undone. The search uses
+it to start each trial from the dense model; a failed run uses it to leave the model untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Snapshot"]
+
+
+class _ModuleState:
+    def __init__(self, module: nn.Module):
+        self.params = list(module._parameters.items())
+        self.buffers = list(module._buffers.items())
+        self.pre_hooks = set(module._forward_pre_hooks)
+        self.hooks = set(module._forward_hooks)
+        self.attributes = set(module.__dict__)
+        self.training = module.training
+
+
+class Snapshot:
+    """Everything a run may change in ``model``; memory: one copy of its parameters and buffers
+    (and of their gradients, if any).
+
+    Args:
+        model: the model to capture.
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> snapshot = Snapshot(model)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.zero_()
+        >>> snapshot.restore(); bool(model.weight.abs().sum() > 0)
+        True
+    """
+
+    def __init__(self, model: nn.Module):
+        self.modules = [(m, _ModuleState(m)) for m in model.modules()]
+        self.values: dict[int, tuple] = {}
+        for _, state in self.modules:
+            for _, tensor in state.params + state.buffers:
+                if tensor is not None and id(tensor) not in self.values:
+                    grad = None if tensor.grad is None else tensor.grad.detach().clone()
+                    self.values[id(tensor)] = (
+                        tensor, tensor.detach().clone(), tensor.requires_grad, grad
+                    )
+
+    def value(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The captured value of ``tensor`` (a parameter or buffer of the model), read-only use.
+
+        Args:
+            tensor: a parameter or buffer captured.
+
+        Returns:
+            Its value at capture time.
+
+        Example:
+            >>> layer = nn.Linear(2, 2); snapshot = Snapshot(layer)
+            >>> torch.equal(snapshot.value(layer.weight), layer.weight)
+            True
+        """
+        return self.values[id(tensor)][1]
+
+    def restore(self) -> None:
+        """Put the model back as captured: structure, values, devices, hooks and modes.
+
+        Returns:
+            None.
+
+        Example:
+            >>> layer = nn.Linear(2, 2); snapshot = Snapshot(layer)
+            >>> _ = layer.train(False); snapshot.restore(); layer.training
+            True
+        """
+        for module, state in self.modules:
+            for key in set(module._forward_pre_hooks) - state.pre_hooks:
+                del module._forward_pre_hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+            for key in set(module._forward_hooks) - state.hooks:
+                del module._forward_hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_always_called.pop(key, None)
+            for name, _ in state.params + state.buffers:
+                if name not in state.attributes:
+                    module.__dict__.pop(name, None)
+            module._parameters.clear()
+            module._parameters.update(state.params)
+            module._buffers.clear()
+            module._buffers.update(state.buffers)
+            module.training = state.training
+        with torch.no_grad():
+            for tensor, saved, requires_grad, grad in self.values.values():
+                if (tensor.device, tensor.dtype, tensor.shape) == (
+                    saved.device, saved.dtype, saved.shape
+                ):
+                    tensor.copy_(saved)
+                else:
+                    tensor.data = saved.clone()
+                tensor.requires_grad_(requires_grad)
+                tensor.grad = None if grad is None else grad.clone()
+
+    def restore_modes(self) -> None:
+        """Put back only each module's train / eval mode.
+
+        Returns:
+            None.
+
+        Example:
+            >>> layer = nn.Linear(2, 2); snapshot = Snapshot(layer)
+            >>> _ = layer.eval(); snapshot.restore_modes(); layer.training
+            True
+        """
+        for module, state in self.modules:
+            module.training = state.training

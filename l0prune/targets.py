@@ -1,0 +1,296 @@
+"""The layers a run prunes, and each one's weight and inputs as the solvers see them.
+
+Prunable layers are ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` (grouped too) and Hugging Face's
+``Conv1D`` (GPT-2 style, weight stored in x out). The solvers work on an ``out x in`` matrix and
+the ``in x in`` second moment of its input rows; here is how each layer maps onto that:
+
+- ``Linear``: the weight as is; input rows are the input's last dimension (tokens x in).
+- ``Conv1D``: the transposed weight; rows as for ``Linear``.
+- ``Conv1d`` / ``Conv2d``: the weight flattened to ``out x (in * kh * kw)`` (channel-major, the
+  order ``F.unfold`` uses); input rows are the unfolded patches, one per output position.
+  With ``groups = g`` the output channels of group ``i`` read only the input channels of group
+  ``i``, so the layer is ``g`` independent problems of ``out/g x (in/g * kh * kw)``, each with
+  its own second moment.
+
+Every weight is therefore seen as ``(groups, rows, cols)``; ``groups = 1`` except for grouped
+convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+__all__ = ["Target", "layer_types", "prunable_layers", "select_targets"]
+
+
+def layer_types() -> tuple[type, ...]:
+    """The prunable layer types; Hugging Face's ``Conv1D`` when ``transformers`` is loaded.
+
+    A model holding a ``Conv1D`` has imported ``transformers``, so the check never imports it.
+
+    Args:
+        None.
+
+    Returns:
+        A tuple of ``nn.Module`` subclasses.
+
+    Example:
+        >>> nn.Linear in layer_types()
+        True
+    """
+    types: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    hf = sys.modules.get("transformers.pytorch_utils")
+    if hf is not None and hasattr(hf, "Conv1D"):
+        types += (hf.Conv1D,)
+    return types
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable layer of ``model`` by fully qualified name, in registration order.
+
+    Args:
+        model: the model.
+
+    Returns:
+        ``name -> module``.
+
+    Example:
+        >>> list(prunable_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))))
+        ['0', '2']
+    """
+    types = layer_types()
+    return {name: m for name, m in model.named_modules() if isinstance(m, types)}
+
+
+@dataclass(eq=False)
+class Target:
+    """One prunable layer: its name, module and the ``(groups, rows, cols)`` view of its weight.
+
+    Example:
+        >>> t = Target("conv", nn.Conv2d(4, 6, 3, groups=2))
+        >>> t.shape, t.groups, t.kernel
+        ((3, 18), 2, 9)
+    """
+
+    name: str
+    module: nn.Module
+
+    @property
+    def is_conv(self) -> bool:
+        """Whether the layer is a ``Conv1d`` / ``Conv2d``."""
+        return isinstance(self.module, (nn.Conv1d, nn.Conv2d))
+
+    @property
+    def is_transposed(self) -> bool:
+        """Whether the weight is stored in x out (Hugging Face ``Conv1D``)."""
+        return not isinstance(self.module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+
+    @property
+    def groups(self) -> int:
+        """Independent problems in the layer: a convolution's ``groups``, else 1."""
+        return self.module.groups if self.is_conv else 1
+
+    @property
+    def kernel(self) -> int:
+        """Weight columns per input feature: ``kh * kw`` for a convolution, else 1."""
+        return math.prod(self.module.kernel_size) if self.is_conv else 1
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The stored weight's shape."""
+        return tuple(self.module.weight.shape)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of one problem: ``(out/groups, in/groups * kernel)``."""
+        w = self.weight_shape
+        if self.is_transposed:
+            return (w[1], w[0])
+        return (w[0] // self.groups, math.prod(w[1:]))
+
+    @property
+    def total(self) -> int:
+        """Number of weights in the layer."""
+        return math.prod(self.weight_shape)
+
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor as ``(groups, rows, cols)``.
+
+        Args:
+            weight: the weight, or anything of its shape (a mask).
+
+        Returns:
+            The view (a transpose for ``Conv1D``).
+        """
+        if self.is_transposed:
+            return weight.T.unsqueeze(0)
+        return weight.reshape(self.groups, *self.shape)
+
+    def unmatrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`matrix`: ``(groups, rows, cols)`` back to the weight's shape.
+
+        Args:
+            matrix: ``(groups, rows, cols)``.
+
+        Returns:
+            The tensor in the stored weight's shape.
+        """
+        if self.is_transposed:
+            return matrix[0].T.contiguous()
+        return matrix.reshape(self.weight_shape)
+
+    @property
+    def signature(self) -> tuple:
+        """How the layer turns its input into rows; layers reading one input share ``H`` only
+        when this agrees."""
+        m = self.module
+        if not self.is_conv:
+            return ("rows", self.shape[1])
+        return (
+            "patches", m.in_channels, m.groups, tuple(m.kernel_size), tuple(m.stride),
+            tuple(m.dilation), tuple(m._reversed_padding_repeated_twice), m.padding_mode,
+        )
+
+    def rows(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's input as ``(n, groups * cols)`` rows (patches for a convolution).
+
+        Args:
+            x: the layer's input.
+            mask: an ``attention_mask`` (batch x sequence); rows at its zeros (padding) are
+                dropped when ``x`` is batch x sequence x features.
+
+        Returns:
+            The rows whose second moment is ``H``.
+
+        Example:
+            >>> Target("c", nn.Conv2d(2, 4, 3)).rows(torch.zeros(1, 2, 5, 5)).shape
+            torch.Size([9, 18])
+        """
+        if self.is_conv:
+            return self._patches(x)
+        if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+            x = x[mask.to(device=x.device) != 0]
+        return x.reshape(-1, x.shape[-1])
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        spatial = len(m.kernel_size)
+        if x.ndim == spatial + 1:  # unbatched input
+            x = x.unsqueeze(0)
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        x = nn.functional.pad(x, list(m._reversed_padding_repeated_twice), mode=mode)
+        kernel, stride, dilation = m.kernel_size, m.stride, m.dilation
+        if spatial == 1:
+            x = x.unsqueeze(2)
+            kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
+        cols = nn.functional.unfold(x, kernel, dilation=dilation, stride=stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _patterns(value, name: str) -> list[re.Pattern] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not all(isinstance(p, str) for p in items):
+        raise ValueError(
+            f"{name} must be a regex string or a list of them, got {type(value).__name__}"
+        )
+    compiled = []
+    for pattern in items:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f"{name} pattern {pattern!r} is not a valid regex: {err}") from None
+    return compiled
+
+
+def _unmatched(pattern: re.Pattern, name: str, model: nn.Module, layers, executed) -> str:
+    hits = [n for n, _ in model.named_modules() if pattern.fullmatch(n)]
+    if not hits:
+        return f"{name} pattern {pattern.pattern!r} matches no module name in the model"
+    layer_hits = [n for n in hits if n in layers]
+    if layer_hits:
+        return (
+            f"{name} pattern {pattern.pattern!r} matches only layers that never run in the "
+            f"forward pass on the calibration data: {layer_hits[:5]}"
+        )
+    kinds = sorted({type(dict(model.named_modules())[n]).__name__ for n in hits})
+    return (
+        f"{name} pattern {pattern.pattern!r} matches no prunable layer (it matches {hits[:5]} "
+        f"of type {', '.join(kinds)}; prunable: Linear, Conv1d, Conv2d, Conv1D)"
+    )
+
+
+def select_targets(
+    model: nn.Module,
+    executed: list[str],
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
+) -> list[Target]:
+    """The layers to prune, in the order they run.
+
+    Names are fully qualified module names; patterns are regular expressions matched against the
+    whole name (``re.fullmatch``), so a plain name selects exactly that layer.
+
+    Args:
+        model: the model.
+        executed: prunable layer names in the order they first run on a calibration batch
+            (layers that never run cannot be pruned from data).
+        targets: patterns choosing the layers; default: every layer that runs except the last
+            one to run (the classifier / output head).
+        ignore: patterns removing layers from the choice.
+
+    Returns:
+        The :class:`Target` list.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> [t.name for t in select_targets(model, ["0", "2"])]
+        ['0']
+    """
+    layers = prunable_layers(model)
+    patterns, ignores = _patterns(targets, "targets"), _patterns(ignore, "ignore")
+    for pattern_list, name in ((patterns, "targets"), (ignores, "ignore")):
+        for pattern in pattern_list or ():
+            if not any(pattern.fullmatch(n) for n in executed):
+                raise ValueError(_unmatched(pattern, name, model, layers, executed))
+    if patterns is None:
+        chosen = executed[:-1]
+    else:
+        chosen = [n for n in executed if any(p.fullmatch(n) for p in patterns)]
+    chosen = [n for n in chosen if not any(p.fullmatch(n) for p in ignores or ())]
+    if not chosen:
+        raise ValueError(
+            "no layer to prune: targets/ignore leave none of the layers that run "
+            f"({executed[:8]}{'...' if len(executed) > 8 else ''}); the default skips the last "
+            "one (the output head)"
+        )
+    result = [Target(n, layers[n]) for n in chosen]
+    _check_weights(result)
+    return result
+
+
+def _check_weights(targets: list[Target]) -> None:
+    owners: dict[int, str] = {}
+    for t in targets:
+        if hasattr(t.module, "weight_orig") or hasattr(t.module, "weight_mask"):
+            raise ValueError(
+                f"target {t.name!r} is already pruned (it has weight_orig / weight_mask); call "
+                f"torch.nn.utils.prune.remove(module, 'weight') on it first"
+            )
+        if parametrize.is_parametrized(t.module, "weight"):
+            raise ValueError(f"target {t.name!r} has a parametrized weight; remove it first")
+        key = id(t.module.weight)
+        if key in owners:
+            raise ValueError(
+                f"targets {owners[key]!r} and {t.name!r} share one weight tensor; prune one of them"
+            )
+        owners[key] = t.name

@@ -1,0 +1,60 @@
+"""Shared fixtures: digits models trained for a few seconds, and a tiny random BERT."""
+
+import copy
+
+import pytest
+import torch
+
+from l0prune.digits import trained_model
+
+
+@pytest.fixture(scope="session")
+def digits_mlp_trained():
+    """The digits MLP trained 10 epochs, and its data (never changed by a test)."""
+    return trained_model("mlp", epochs=10)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_trained():
+    """The digits CNN trained 5 epochs, and its data (never changed by a test)."""
+    return trained_model("cnn", epochs=5)
+
+
+@pytest.fixture
+def mlp(digits_mlp_trained):
+    """A fresh copy of the trained MLP and the data."""
+    model, data = digits_mlp_trained
+    return copy.deepcopy(model), data
+
+
+@pytest.fixture
+def cnn(digits_cnn_trained):
+    """A fresh copy of the trained CNN and the data."""
+    model, data = digits_cnn_trained
+    return copy.deepcopy(model), data
+
+
+@pytest.fixture
+def bert():
+    """A randomly initialised 2-layer BERT with hidden size 32 (nothing downloaded)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32,
+    )
+    return transformers.BertModel(config).eval()
+
+
+@pytest.fixture
+def tokens():
+    """Random token batches whose sequences end in padding (``attention_mask`` zeros)."""
+    g = torch.Generator().manual_seed(0)
+    batch, length = 4, 12
+    batches = []
+    for _ in range(3):
+        ids = torch.randint(1, 97, (batch, length), generator=g)
+        lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
+        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        batches.append({"input_ids": ids * mask, "attention_mask": mask})
+    return batches

@@ -1,0 +1,125 @@
+"""The benchmark's layers (their H against the layer's real output change) and the solver table."""
+
+import pytest
+import torch
+
+from l0prune.bench import solvers as bench
+from l0prune.bench.__main__ import main as bench_main
+from l0prune.bench.layers import digits_layers, synthetic_layer
+from l0prune.digits import load_digits_data
+from solvers import NM, Unstructured
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two fighting over shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """The quick solver benchmark (magnitude, wanda, obs) run through ``l0prune.bench``."""
+    out = tmp_path_factory.mktemp("bench") / "solvers.md"
+    bench_main(["solvers", "--quick", "--methods", "magnitude", "wanda", "obs",
+                "--threads", "1", "--out", str(out)])
+    return out.read_text()
+
+
+def table_rows(report: str) -> list[list[str]]:
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_table_header_and_rows(quick_report):
+    rows = table_rows(quick_report)
+    assert rows[0] == bench.HEADER
+    assert set(rows[1]) == {"---"}
+    labels = ["magnitude", "magnitude+refit", "wanda", "obs", "obs+refit"]
+    expected = [(label, s) for s, _ in bench.BUDGETS for label in labels]
+    assert [(r[0], r[1]) for r in rows[2:]] == expected
+
+
+def test_table_numbers(quick_report):
+    rows = {(r[0], r[1]): r for r in table_rows(quick_report)[2:]}
+    for (label, sparsity), r in rows.items():
+        layers, mean, top, seconds, ratio, time_ratio, worse = (
+            int(r[2]), float(r[3]), float(r[4]), float(r[5]), float(r[6]), float(r[7]), int(r[8])
+        )
+        assert layers == 4  # 2 MLP layers (no head) + 2 synthetic, inputs divisible by 4
+        assert 0 <= mean <= top and seconds >= 0 and time_ratio >= 0 and 0 <= worse <= layers
+        ref = rows[("obs", sparsity)]
+        assert ratio == pytest.approx(mean / float(ref[3]), rel=2e-3)
+        if label == "obs":
+            assert (r[6], r[7], worse) == ("1.000", "1.00", 0)
+        if label == "magnitude":  # no weight update: far worse than OBS
+            assert ratio > 2
+        if label == "obs+refit":  # optimal weights on OBS's support are never worse
+            assert ratio <= 1 and worse == 0
+
+
+def test_report_notes_the_command(quick_report):
+    assert "# Solver benchmark" in quick_report
+    assert "command: `python -m l0prune.bench solvers --quick --methods" in quick_report
+    assert "1 CPU thread(s)" in quick_report
+
+
+def test_missing_solver_module_is_skipped_with_a_note(monkeypatch):
+    monkeypatch.setitem(bench.METHODS, "ghost", "solvers.ghost:ghost")
+    kept, notes = bench._available([("ghost", "ghost", {}), ("obs", "obs", {})])
+    assert kept == [("obs", "obs", {})]
+    assert notes == ["skipped `ghost`: `solvers.ghost` does not exist yet"]
+
+
+def test_run_skips_layers_a_budget_cannot_apply_to():
+    layers = {"a": synthetic_layer(8, 8, seed=1), "b": synthetic_layer(8, 6, seed=2)}
+    budgets = [("50%", Unstructured(sparsity=0.5)), ("2:4", NM(2, 4))]
+    rows = bench.run(layers, [("obs", "obs", {})], budgets)
+    assert [sorted(r.errors) for r in rows] == [["a", "b"], ["a"]]
+
+
+def test_unknown_benchmark_or_method_exits():
+    with pytest.raises(SystemExit):
+        bench_main(["nope"])
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "nope"])
+
+
+def test_conv_layer_H_gives_the_output_change():
+    """``tr(D H D^T)`` is the mean squared change of the conv output over all positions."""
+    layers = digits_layers("cnn", samples=300, epochs=1)
+    assert {name: tuple(W.shape) for name, (W, _) in layers.items()} == {
+        "cnn.0": (16, 9), "cnn.2": (32, 144), "cnn.6": (64, 512)
+    }
+    W, H = layers["cnn.0"]
+    images = load_digits_data(0).train.tensors[0][:300]
+    D = torch.randn(W.shape, generator=torch.Generator().manual_seed(0))
+    change = torch.nn.functional.conv2d(images, D.reshape(16, 1, 3, 3), padding=1)
+    positions = images.shape[0] * 8 * 8
+    expected = float((change**2).sum()) / positions
+    assert float(((D @ H) * D).sum()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_mlp_input_layer_H_is_the_image_second_moment():
+    layers = digits_layers("mlp", samples=100, epochs=1)
+    X = load_digits_data(0).train.tensors[0][:100].reshape(100, 64)
+    assert torch.allclose(layers["mlp.1"][1], X.T @ X / 100, atol=1e-6)
+    with pytest.raises(ValueError, match="samples"):
+        digits_layers("mlp", samples=0, epochs=1)
+
+
+def test_synthetic_layer():
+    W, H = synthetic_layer(12, 10, seed=3)
+    assert W.shape == (12, 10) and H.shape == (10, 10) and H.dtype == torch.float32
+    assert torch.equal(H, H.T)
+    assert float(torch.linalg.eigvalsh(H.double())[0]) > 0  # 40 samples of 10 inputs
+    W2, H2 = synthetic_layer(12, 10, seed=3)
+    assert torch.equal(W, W2) and torch.equal(H, H2)
+    assert not torch.equal(H, synthetic_layer(12, 10, seed=4)[1])
+    bad = [({"out": 0, "inp": 3}, "out"), ({"out": 3, "inp": 2.5}, "inp"),
+           ({"out": 3, "inp": 3, "outliers": 4}, "outliers")]
+    for kwargs, name in bad:
+        with pytest.raises(ValueError, match=name):
+            synthetic_layer(**kwargs)
