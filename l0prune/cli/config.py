@@ -1,0 +1,254 @@
+"""The prune recipe: every option of ``l0prune prune``, from flags or a TOML file, checked once.
+
+A recipe file holds the same keys as the long flags (``alpha = 1.02``, ``finetune-epochs = 3``;
+underscores work too). Flags given on the command line override the file; giving ``--sparsity``
+or ``--alpha`` replaces the file's choice between the two. Each run writes the recipe it ran as
+``recipe.toml`` in its output folder, so ``l0prune prune --config that/recipe.toml`` repeats it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from solvers import METHODS
+
+from .errors import UsageError
+from .values import (
+    choice,
+    flag,
+    fraction,
+    integer,
+    nonempty,
+    parse_budget,
+    patterns,
+    positive,
+    reference,
+    solver,
+    tolerance,
+    torch_device,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["DEFAULT_ALPHA", "OPTIONS", "Settings", "add_arguments", "as_recipe", "resolve",
+           "to_toml"]
+
+#: The loss tolerance used when neither a sparsity nor a tolerance is given.
+DEFAULT_ALPHA = 1.02
+#: Finetuning epochs by default, and with ``quick``.
+FINETUNE_EPOCHS, QUICK_FINETUNE_EPOCHS = 3, 1
+
+
+@dataclass(frozen=True)
+class Option:
+    """One recipe key and its flag ``--name``."""
+
+    name: str
+    convert: Callable[[object, str], object]
+    help: str
+    kind: str = "value"  # "value", "list" (one or more values) or "flag" (--x / --no-x)
+    metavar: str | None = None
+
+    @property
+    def field(self) -> str:
+        return self.name.replace("-", "_")
+
+
+#: Every option of ``l0prune prune``, in the order ``--help`` lists them.
+OPTIONS: tuple[Option, ...] = (
+    Option("model", reference, "your model: MODULE:FACTORY returning a trained nn.Module "
+           "(MODULE may be a .py file); default: the built-in digits CNN", metavar="MODULE:NAME"),
+    Option("calibration", reference, "batches to take layer statistics from (a DataLoader, a "
+           "list, or a function returning one); needed with --model", metavar="MODULE:NAME"),
+    Option("validation", reference, "batches to measure the loss on; needed with --model",
+           metavar="MODULE:NAME"),
+    Option("loss", reference, "loss_fn(outputs, batch) -> scalar; default: cross-entropy "
+           "against the batch's last item", metavar="MODULE:NAME"),
+    Option("method", solver(), f"layer solver: {', '.join(sorted(METHODS))} (default: admm)",
+           metavar="NAME"),
+    Option("baseline", solver("none"), "solver compared against under the same "
+           "settings, or none (default: magnitude)", metavar="NAME"),
+    Option("sparsity", fraction, "fraction of each target's weights removed, in [0, 1)",
+           metavar="S"),
+    Option("alpha", tolerance, "loss tolerance: the sparsest model with loss <= alpha x "
+           f"dense (default: {DEFAULT_ALPHA} when no --sparsity is given)", metavar="A"),
+    Option("budget", parse_budget, "sparsity pattern: unstructured, per-row, structured (whole "
+           "input channels) or N:M such as 2:4 (default: unstructured)", metavar="B"),
+    Option("targets", patterns, "regexes of the layer names to prune (default: every Linear / "
+           "Conv that runs except the last)", kind="list", metavar="REGEX"),
+    Option("ignore", patterns, "regexes of layer names left dense", kind="list",
+           metavar="REGEX"),
+    Option("sequential", flag, "take each layer's statistics with the layers before it "
+           "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
+    Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
+           "every search trial, on the training split (built-in model) or the calibration "
+           f"batches (--model); 0: none (default: {FINETUNE_EPOCHS}, {QUICK_FINETUNE_EPOCHS} "
+           "with --quick)", metavar="N"),
+    Option("finetune-lr", positive, "finetuning learning rate (default: 0.001)", metavar="LR"),
+    Option("finetune-optimizer", choice("adam", "adamw", "sgd"), "finetuning optimizer: "
+           "adam, adamw or sgd (default: adam)", metavar="NAME"),
+    Option("seed", integer(0), "seed of training, finetuning and solvers (default: 0)",
+           metavar="N"),
+    Option("device", torch_device, "where to compute, such as cpu or cuda (default: the model's)",
+           metavar="DEVICE"),
+    Option("threads", integer(1), "torch CPU threads (default: torch's; 1 for the built-in "
+           "model, whose layers are too small to gain from more)", metavar="N"),
+    Option("quick", flag, "a fast look: the built-in model trains 5 epochs instead of 30 and "
+           f"finetuning runs {QUICK_FINETUNE_EPOCHS} epoch", kind="flag"),
+    Option("out", nonempty, "output folder (default: l0prune-run); a previous run there is "
+           "replaced", metavar="DIR"),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass
+class Settings:
+    """A resolved recipe: every option's value (see :data:`OPTIONS`)."""
+
+    model: str | None = None
+    calibration: str | None = None
+    validation: str | None = None
+    loss: str | None = None
+    method: str = "admm"
+    baseline: str = "magnitude"
+    sparsity: float | None = None
+    alpha: float | None = None
+    budget: str = "unstructured"
+    targets: list[str] | None = None
+    ignore: list[str] | None = None
+    sequential: bool = True
+    finetune_epochs: int | None = None
+    finetune_lr: float = 1e-3
+    finetune_optimizer: str = "adam"
+    seed: int = 0
+    device: str | None = None
+    threads: int | None = None
+    quick: bool = False
+    out: str = "l0prune-run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option; a flag not given is absent from the parsed namespace."""
+    for option in OPTIONS:
+        name = f"--{option.name}"
+        if option.kind == "flag":
+            parser.add_argument(name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=option.help)
+        else:
+            parser.add_argument(name, nargs="+" if option.kind == "list" else None,
+                                default=argparse.SUPPRESS, metavar=option.metavar,
+                                help=option.help)
+
+
+def _read_recipe(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {path}: is a folder, not a TOML file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"--config {path}: not valid TOML ({err})") from None
+    values = {}
+    for key, value in data.items():
+        option = _BY_NAME.get(key.replace("_", "-"))
+        if option is None:
+            raise UsageError(
+                f"--config {path}: unknown key {key!r}; the keys are the long flags: "
+                f"{', '.join(_BY_NAME)}"
+            )
+        values[option.field] = option.convert(value, f"{key} in {path}")
+    return values
+
+
+def _check(settings: Settings) -> None:
+    if settings.sparsity is not None and settings.alpha is not None:
+        raise UsageError(
+            f"give --sparsity or --alpha, not both (got sparsity {settings.sparsity:g}, "
+            f"alpha {settings.alpha:g})"
+        )
+    if ":" in settings.budget and (settings.sparsity is not None or settings.alpha is not None):
+        raise UsageError(
+            f"--budget {settings.budget} fixes the sparsity: give it without --sparsity or "
+            "--alpha"
+        )
+    user = ("calibration", "validation", "loss")
+    if settings.model is None:
+        given = [f"--{name}" for name in user if getattr(settings, name) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} needs --model (your model); without it the "
+                             "built-in digits CNN runs on its own data")
+    else:
+        missing = [f"--{name}" for name in user[:2] if getattr(settings, name) is None]
+        if missing:
+            raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of batches)")
+    if settings.baseline == settings.method:
+        raise UsageError(
+            f"--baseline must differ from --method (both {settings.method}); use --baseline none "
+            "to skip the comparison"
+        )
+
+
+def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
+    """The settings from flags ``given`` (by field name, as parsed) over the recipe ``config``.
+
+    Raises:
+        UsageError: naming the flag or recipe key and the value, for any bad input.
+    """
+    values = _read_recipe(config) if config is not None else {}
+    flags = {
+        option.field: option.convert(given[option.field], f"--{option.name}")
+        for option in OPTIONS if option.field in given
+    }
+    if "sparsity" in flags or "alpha" in flags:
+        values.pop("sparsity", None)
+        values.pop("alpha", None)
+    values.update(flags)
+    settings = Settings(**values)
+    _check(settings)
+    if settings.sparsity is None and settings.alpha is None and ":" not in settings.budget:
+        settings.alpha = DEFAULT_ALPHA
+    if settings.finetune_epochs is None:
+        settings.finetune_epochs = QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
+    return settings
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def as_recipe(settings: Settings) -> dict[str, object]:
+    """``settings`` keyed by the long flag names, unset options left out.
+
+    Example:
+        >>> as_recipe(Settings(alpha=1.05))["alpha"]
+        1.05
+    """
+    values = {option.name: getattr(settings, option.field) for option in OPTIONS}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def to_toml(settings: Settings) -> str:
+    """``settings`` as a recipe file (see :func:`as_recipe`).
+
+    Example:
+        >>> print(to_toml(Settings(alpha=1.05, targets=["0"])).splitlines()[3])
+        alpha = 1.05
+    """
+    lines = ["# l0prune prune --config this-file (flags given on the command line win)"]
+    lines += [f"{name} = {_toml_value(value)}" for name, value in as_recipe(settings).items()]
+    return "\n".join(lines) + "\n"

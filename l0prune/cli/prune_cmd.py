@@ -1,0 +1,153 @@
+"""``l0prune prune``: prune a model (the built-in digits CNN by default), compare it with a
+baseline solver under the same settings, and write the output folder.
+
+The folder holds ``report.json``, ``report.md``, ``recipe.toml``, ``sparsity_vs_loss.png``,
+``layers.png``, ``model.pt`` (the pruned weights under the dense model's keys) and
+``model.sparse.pt`` (the same, compact); see :data:`~l0prune.cli.report_files.FILES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import l0prune
+
+from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
+from .default_model import builtin_task
+from .output_dir import check_destination, staged
+from .report_files import headline, markdown, run_reports
+from .task import Task, user_task
+from .values import make_budget
+
+__all__ = ["add_parser", "run"]
+
+DESCRIPTION = """\
+Prune a trained model layer by layer and write a report, plots and the pruned weights.
+Without --model: the built-in digits CNN (trained on first use, then cached), pruned with ADMM
+to the sparsest model whose validation loss is within alpha = 1.02 of the dense one, finetuned,
+and compared with magnitude pruning under the same settings. Flags override --config."""
+
+
+def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``prune`` on the command line's ``subparsers``."""
+    parser = subparsers.add_parser(
+        "prune", parents=parents, help="prune a model and write a report (default: a demo)",
+        description=DESCRIPTION,
+    )
+    parser.add_argument("--config", metavar="RECIPE.toml",
+                        help="a recipe: TOML with the long flag names as keys")
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def _finetune(task: Task, settings: Settings) -> l0prune.Finetune | None:
+    if not settings.finetune_epochs:
+        return None
+    return l0prune.Finetune(
+        data=task.finetune_data, epochs=settings.finetune_epochs, lr=settings.finetune_lr,
+        optimizer=settings.finetune_optimizer,
+    )
+
+
+def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
+           progress: bool) -> l0prune.PruneReport:
+    return l0prune.prune(
+        model, task.calibration, sparsity=settings.sparsity, alpha=settings.alpha,
+        validation=task.validation, loss_fn=task.loss_fn, method=method,
+        budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
+        sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
+        device=settings.device, progress=progress,
+    )
+
+
+def _environment() -> dict[str, object]:
+    return {"l0prune": importlib.metadata.version("l0prune"), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def _runs(task: Task, settings: Settings, log, progress: bool) -> tuple[dict, list[dict]]:
+    """Prune with the method (the task's model) and the baseline (a copy of the dense model)."""
+    dense_metrics = task.metrics(task.model)
+    dense = copy.deepcopy(task.model) if settings.baseline != "none" else None
+    runs = []
+    for method, model in ((settings.method, task.model), (settings.baseline, dense)):
+        if model is None:
+            continue
+        log(f"pruning with {method}")
+        report = _prune(model, method, task, settings, progress)
+        runs.append({"method": method, "report": report.to_dict(),
+                     "metrics": task.metrics(model)})
+    return {"loss": runs[0]["report"]["dense_loss"], "metrics": dense_metrics}, runs
+
+
+def _comparison(runs: list[dict]) -> dict | None:
+    if len(runs) < 2:
+        return None
+    mine, base = (run["report"] for run in runs)
+    loss = mine["pruned_loss"] / base["pruned_loss"] if base["pruned_loss"] else None
+    return {"baseline": runs[1]["method"], "kept_vs_baseline": mine["kept"] / base["kept"],
+            "loss_vs_baseline": loss}
+
+
+def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
+    """Everything but the two reports, then the reports with the sizes of the rest."""
+    from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
+
+    l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
+    runs = run_reports(data)
+    sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
+    layers_plot(runs, folder / "layers.png")
+    (folder / "recipe.toml").write_text(to_toml(settings))
+    data["files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    (folder / "report.md").write_text(markdown(data))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``l0prune prune`` with parsed ``args``; returns the exit status."""
+    start = time.perf_counter()
+    fields = {option.field for option in OPTIONS}
+    settings = resolve({k: v for k, v in vars(args).items() if k in fields}, args.config)
+    out = Path(settings.out)
+    check_destination(out)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    if settings.threads is not None or settings.model is None:
+        torch.set_num_threads(settings.threads or 1)
+    task = builtin_task(settings.seed, settings.quick, log) if settings.model is None \
+        else user_task(settings)
+    dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    data = {
+        "command": shlex.join(["l0prune", *args.argv]),
+        "model": task.description,
+        "recipe": as_recipe(settings),
+        "environment": _environment(),
+        "dense": dense,
+        "runs": runs,
+        "comparison": _comparison(runs),
+        "seconds": 0.0,
+        "files": {},
+    }
+    with staged(out) as folder:
+        data["seconds"] = time.perf_counter() - start
+        _write(folder, task, settings, data)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif not args.quiet:
+        print("\n".join(headline(data)))
+        sizes = ", ".join(f"{name} ({size:,} bytes)" for name, size in data["files"].items())
+        print(f"wrote {out}/: report.md, report.json, {sizes}")
+    return 0

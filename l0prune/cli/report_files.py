@@ -1,0 +1,152 @@
+"""``report.json`` and ``report.md`` of a prune run; the markdown is rendered from the JSON data,
+so every figure it shows is in the JSON too."""
+
+from __future__ import annotations
+
+from l0prune.report import PruneReport
+
+__all__ = ["FILES", "headline", "markdown", "run_reports"]
+
+#: The files of an output folder and what each holds.
+FILES = {
+    "report.md": "this report",
+    "report.json": "every figure of this report, machine-readable",
+    "recipe.toml": "the settings of this run: `l0prune prune --config recipe.toml` repeats it",
+    "sparsity_vs_loss.png": "validation loss against sparsity: search path and frontier",
+    "layers.png": "per-layer sparsity and relative error",
+    "model.pt": "pruned weights as a state dict with the dense model's keys "
+                "(`model.load_state_dict(torch.load(path))`)",
+    "model.sparse.pt": "the same weights, compact (`l0prune.load_sparse(path)`)",
+}
+
+
+def run_reports(data: dict) -> list[tuple[str, PruneReport]]:
+    """``(method, report)`` of each run in ``data["runs"]``, the pruned model's first."""
+    return [(run["method"], PruneReport.from_dict(run["report"])) for run in data["runs"]]
+
+
+def _ratio(report: PruneReport) -> str:
+    return f"{report.alpha_reached:.4f}" if report.alpha_reached is not None else "-"
+
+
+def headline(data: dict) -> list[str]:
+    """A few lines: each run's sparsity, loss ratio and scores, and how they compare."""
+    lines = []
+    for run, (method, report) in zip(data["runs"], run_reports(data), strict=True):
+        scores = "".join(f", {name} {value:.4f}" for name, value in run["metrics"].items())
+        lines.append(
+            f"{method}: sparsity {100 * report.sparsity:.1f} % ({report.kept:,} of "
+            f"{report.total:,} weights kept), loss / dense {_ratio(report)}{scores}, "
+            f"{report.seconds:.1f} s"
+        )
+    comparison = data["comparison"]
+    if comparison is not None:
+        (method, report), (baseline, _) = run_reports(data)
+        if report.alpha is not None:
+            lines.append(
+                f"{method} keeps {comparison['kept_vs_baseline']:.2f}x the weights {baseline} "
+                f"keeps within the same loss tolerance (alpha {report.alpha:g})"
+            )
+        elif comparison["loss_vs_baseline"] is not None:
+            lines.append(
+                f"at the same sparsity, {method}'s validation loss is "
+                f"{comparison['loss_vs_baseline']:.4f}x {baseline}'s"
+            )
+    return lines
+
+
+def _result_table(data: dict) -> list[str]:
+    reports = run_reports(data)
+    dense = data["dense"]
+    rows = [
+        ("sparsity of the pruned layers", "0.0 %",
+         [f"{100 * r.sparsity:.1f} %" for _, r in reports]),
+        ("weights kept", f"{reports[0][1].total:,}", [f"{r.kept:,}" for _, r in reports]),
+        ("validation loss", f"{dense['loss']:.4g}", [f"{r.pruned_loss:.4g}" for _, r in reports]),
+        ("loss / dense", "1.0000", [_ratio(r) for _, r in reports]),
+        ("loss before finetuning", "", [
+            f"{r.loss_before_finetune:.4g}" if r.loss_before_finetune is not None else "-"
+            for _, r in reports
+        ]),
+    ]
+    for name, value in dense["metrics"].items():
+        rows.append((name, f"{value:.4f}", [f"{run['metrics'][name]:.4f}"
+                                           for run in data["runs"]]))
+    rows.append(("seconds", "", [f"{r.seconds:.1f}" for _, r in reports]))
+    lines = [
+        "| | dense | " + " | ".join(method for method, _ in reports) + " |",
+        "|---|---:|" + "---:|" * len(reports),
+    ]
+    lines += [f"| {label} | {first} | " + " | ".join(cells) + " |" for label, first, cells in rows]
+    return lines
+
+
+def _trials(method: str, report: PruneReport) -> list[str]:
+    if not report.trials:
+        return []
+    lines = [
+        f"### Search: {method}",
+        "",
+        "| # | stage | target | sparsity | loss / dense | before finetuning | within alpha |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for i, t in enumerate(report.trials, 1):
+        before = (f"{t.loss_before_finetune / report.dense_loss:.4f}"
+                  if t.loss_before_finetune is not None else "-")
+        lines.append(
+            f"| {i} | {t.stage} | {100 * t.target:.1f} % | {100 * t.sparsity:.1f} % | "
+            f"{t.loss / report.dense_loss:.4f} | {before} | {'yes' if t.met else 'no'} |"
+        )
+    return lines + [""]
+
+
+def _settings(recipe: dict) -> str:
+    mode = (f"alpha {recipe['alpha']:g}" if "alpha" in recipe else
+            f"sparsity {recipe['sparsity']:g}" if "sparsity" in recipe else "sized budget")
+    finetune = (f"{recipe['finetune-epochs']} epoch(s) of {recipe['finetune-optimizer']}, "
+                f"lr {recipe['finetune-lr']:g}" if recipe["finetune-epochs"] else "none")
+    statistics = "sequential" if recipe["sequential"] else "parallel (dense model)"
+    return (f"method `{recipe['method']}`, baseline `{recipe['baseline']}`, {mode}, budget "
+            f"{recipe['budget']}, {statistics} statistics, finetuning: {finetune}, seed "
+            f"{recipe['seed']}")
+
+
+def markdown(data: dict) -> str:
+    """The report of a prune run as markdown (everything it shows comes from ``data``)."""
+    reports = run_reports(data)
+    files = data["files"]
+    lines = [
+        "# l0prune prune report",
+        "",
+        f"- model: {data['model']}",
+        f"- settings: {_settings(data['recipe'])}",
+        f"- command: `{data['command']}`",
+        f"- wall time: {data['seconds']:.1f} s",
+        "",
+        "## Result",
+        "",
+        *_result_table(data),
+        "",
+        *(f"- {line}" for line in headline(data)),
+        "",
+        "![validation loss against sparsity](sparsity_vs_loss.png)",
+        "",
+        "## Layers",
+        "",
+    ]
+    for method, report in reports:
+        lines += [f"### {method}", "", report.table(), "", "```", report.summary(), "```", ""]
+    lines += ["![per-layer sparsity and relative error](layers.png)", ""]
+    for method, report in reports:
+        lines += _trials(method, report)
+    lines += ["## Files", "", "| file | bytes | what |", "|---|---:|---|"]
+    for name, what in FILES.items():
+        size = files.get(name)
+        lines.append(f"| {name} | {f'{size:,}' if size is not None else ''} | {what} |")
+    lines += [
+        "",
+        f"The compact file is {100 * files['model.sparse.pt'] / files['model.pt']:.1f} % of the "
+        "dense state dict.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""``l0prune solve``: one layer problem from files, solved by one method, its figures printed.
+
+``W`` is the layer's weight (out x in; a convolution's weight is flattened to out x in*kh*kw and
+written back in its own shape); ``--hessian`` gives ``H`` (in x in), ``--inputs`` the layer's
+inputs ``X`` (``H = X^T X / N``); with neither, ``H = I`` (the plain Frobenius problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from l0prune.layerwise import method_options
+from solvers import METHODS, LayerProblem, solve
+from solvers.bounds import BOUNDS
+
+from .errors import UsageError
+from .tensor_files import SUFFIXES, check_output, load_tensor, save_tensor
+from .values import (
+    choice,
+    fraction,
+    make_budget,
+    non_negative,
+    parse_budget,
+    solver,
+    torch_device,
+)
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``solve`` on the command line's ``subparsers``."""
+    files = "/".join(SUFFIXES)
+    parser = subparsers.add_parser(
+        "solve", parents=parents, help="solve one layer's pruning problem from files",
+        description=f"Solve one layer's pruning problem from tensor files ({files}; "
+                    "FILE:KEY picks one tensor of a state dict or safetensors file).",
+    )
+    parser.add_argument("weight", metavar="W", help="the layer's weight, out x in")
+    second = parser.add_mutually_exclusive_group()
+    second.add_argument("--hessian", metavar="H", help="second moment of the inputs, in x in")
+    second.add_argument("--inputs", metavar="X", help="the layer's inputs, rows x in")
+    parser.add_argument("--sparsity", metavar="S", help="fraction of weights removed, in [0, 1)")
+    parser.add_argument("--budget", metavar="B", default="unstructured",
+                        help="unstructured, per-row, structured or N:M such as 2:4 (default: "
+                             "unstructured)")
+    parser.add_argument("--method", metavar="NAME", default="admm",
+                        help=f"solver: {', '.join(METHODS)} (default: admm)")
+    parser.add_argument("--lam", metavar="L",
+                        help="ridge weight (default: 0.01 x mean of diag H; 0 for H = I)")
+    parser.add_argument("--certify", action="store_true",
+                        help="also compute a certified lower bound on the optimum and the gap")
+    parser.add_argument("--bound", metavar="TIER", default="lagrangian",
+                        help=f"the lower bound --certify computes: {', '.join(BOUNDS)} (default: "
+                             "lagrangian)")
+    parser.add_argument("--seed", metavar="N", type=int, default=0,
+                        help="seed of solvers that draw random numbers (default: 0)")
+    parser.add_argument("--device", metavar="DEVICE", help="where to compute (default: cpu)")
+    parser.add_argument("--out", metavar="FILE", help=f"write the pruned weight ({files})")
+    parser.set_defaults(run=run)
+
+
+def _problem(args: argparse.Namespace, W: torch.Tensor) -> LayerProblem:
+    budget = parse_budget(args.budget, "--budget")
+    sized = ":" in budget
+    if sized and args.sparsity is not None:
+        raise UsageError(f"--budget {budget} fixes the sparsity: give it without --sparsity")
+    if not sized and args.sparsity is None:
+        raise UsageError(f"--budget {budget} needs --sparsity (a fraction in [0, 1))")
+    sparsity = None if sized else fraction(args.sparsity, "--sparsity")
+    lam = non_negative(args.lam, "--lam") if args.lam is not None else None
+    H = load_tensor(args.hessian, "--hessian") if args.hessian is not None else None
+    if args.device is not None:
+        W = W.to(torch_device(args.device, "--device"))
+    if args.inputs is not None:
+        X = load_tensor(args.inputs, "--inputs")
+        return LayerProblem.from_inputs(W, X, lam, make_budget(budget, sparsity))
+    return LayerProblem(W, H, lam, make_budget(budget, sparsity))
+
+
+def _figures(problem: LayerProblem, solution, args: argparse.Namespace, shape) -> dict:
+    info = solution.info
+    return {
+        "weight": args.weight,
+        "shape": list(shape),
+        "problem": repr(problem),
+        "method": args.method,
+        "sparsity": solution.sparsity,
+        "kept": int(solution.mask.sum()),
+        "total": solution.mask.numel(),
+        "relative_error": solution.relative_error,
+        "objective": solution.objective,
+        "lower_bound": solution.lower_bound,
+        "gap": solution.gap,
+        "seconds": info["seconds"],
+        "iterations": info.get("iterations"),
+        "converged": info.get("converged"),
+        "out": args.out,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``l0prune solve`` with parsed ``args``; returns the exit status."""
+    method = solver()(args.method, "--method")
+    bound = choice(*BOUNDS)(args.bound, "--bound")
+    if args.out is not None:
+        check_output(Path(args.out), "--out")
+    W = load_tensor(args.weight, "W")
+    if W.ndim < 2:
+        raise UsageError(f"W {args.weight}: must be a matrix (out x in), got shape "
+                         f"{tuple(W.shape)}")
+    problem = _problem(args, W.reshape(W.shape[0], -1))
+    solution = solve(problem, method, certify=args.certify, bound=bound,
+                     **method_options(method, None, args.seed))
+    if args.out is not None:
+        save_tensor(solution.weight.reshape(W.shape), Path(args.out), "--out")
+    figures = _figures(problem, solution, args, W.shape)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    elif not args.quiet:
+        width = max(map(len, figures))
+        for name, value in figures.items():
+            if value is not None:
+                shown = f"{value:.6g}" if isinstance(value, float) else value
+                print(f"{name.replace('_', ' '):<{width}}  {shown}")
+    return 0

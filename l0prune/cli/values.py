@@ -1,0 +1,211 @@
+"""Checking one value of an option, from a flag (text) or a recipe (TOML types), for both
+``l0prune prune`` and ``l0prune solve``.
+
+Each check is ``check(value, label) -> value``; ``label`` names the flag or the recipe key, and a
+bad value raises :class:`~l0prune.cli.errors.UsageError` saying what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from collections.abc import Callable
+
+from solvers import METHODS, NM, Budget, PerRow, Structured, Unstructured
+
+from .errors import UsageError
+
+__all__ = [
+    "choice",
+    "flag",
+    "fraction",
+    "integer",
+    "make_budget",
+    "non_negative",
+    "nonempty",
+    "parse_budget",
+    "patterns",
+    "positive",
+    "reference",
+    "solver",
+    "tolerance",
+    "torch_device",
+]
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) and value.strip() else repr(value)
+
+
+def _number(value, label: str, what: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise UsageError(f"{label} must be {what}, got {_show(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{label} must be {what}, got {_show(value)}")
+    return float(value)
+
+
+def fraction(value, label: str) -> float:
+    """A sparsity: a number in [0, 1)."""
+    what = "a fraction in [0, 1)"
+    number = _number(value, label, what)
+    if not 0 <= number < 1:
+        raise UsageError(f"{label} must be {what}, got {_show(value)}")
+    return number
+
+
+def tolerance(value, label: str) -> float:
+    """A loss tolerance: a number >= 1."""
+    what = "a loss ratio >= 1"
+    number = _number(value, label, what)
+    if number < 1:
+        raise UsageError(f"{label} must be {what}, got {_show(value)}")
+    return number
+
+
+def non_negative(value, label: str) -> float:
+    """A number >= 0."""
+    number = _number(value, label, "a number >= 0")
+    if number < 0:
+        raise UsageError(f"{label} must be a number >= 0, got {_show(value)}")
+    return number
+
+
+def positive(value, label: str) -> float:
+    """A number > 0."""
+    number = _number(value, label, "a positive number")
+    if number <= 0:
+        raise UsageError(f"{label} must be a positive number, got {_show(value)}")
+    return number
+
+
+def integer(minimum: int) -> Callable[[object, str], int]:
+    """The check of an integer >= ``minimum``."""
+    what = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+
+    def convert(value, label: str) -> int:
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UsageError(f"{label} must be {what}, got {_show(value)}")
+        return value
+
+    return convert
+
+
+def nonempty(value, label: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{label} must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def reference(value, label: str) -> str:
+    """``MODULE:NAME`` (checked for form only; :mod:`l0prune.cli.references` imports it)."""
+    text = nonempty(value, label)
+    module, _, name = text.rpartition(":")
+    if not module or not name.isidentifier():
+        raise UsageError(
+            f"{label} must be MODULE:NAME (a module or .py file, a colon, a function or "
+            f"object in it), got {_show(value)}"
+        )
+    return text
+
+
+def choice(*names: str) -> Callable[[object, str], str]:
+    """One of ``names``."""
+    def convert(value, label: str) -> str:
+        if value not in names:
+            raise UsageError(f"{label} must be one of {', '.join(names)}; got {_show(value)}")
+        return value
+
+    return convert
+
+
+def solver(*extra: str) -> Callable[[object, str], str]:
+    """A solver of :data:`solvers.METHODS` whose module is installed (or one of ``extra``)."""
+    names = (*sorted(METHODS), *extra)
+    known = choice(*names)
+
+    def convert(value, label: str) -> str:
+        name = known(value, label)
+        if name in METHODS:
+            module = METHODS[name].split(":")[0]
+            if importlib.util.find_spec(module) is None:
+                raise UsageError(f"{label} {name}: its solver module {module} is not installed")
+        return name
+
+    return convert
+
+
+def flag(value, label: str) -> bool:
+    """``True`` or ``False`` (a TOML boolean; flags give one already)."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{label} must be true or false, got {_show(value)}")
+    return value
+
+
+def patterns(value, label: str) -> list[str]:
+    """One or more regular expressions that compile."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
+        raise UsageError(f"{label} must be one or more regular expressions, got {_show(value)}")
+    for pattern in items:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise UsageError(f"{label}: {pattern!r} is not a valid regex ({err})") from None
+    return list(items)
+
+
+_FAMILIES = {"unstructured": Unstructured, "per-row": PerRow, "structured": Structured}
+
+
+def parse_budget(value, label: str) -> str:
+    """A budget: ``unstructured``, ``per-row``, ``structured`` or ``N:M`` (such as ``2:4``)."""
+    text = nonempty(value, label).strip().lower()
+    match = re.fullmatch(r"(\d+):(\d+)", text)
+    if match:
+        n, m = int(match[1]), int(match[2])
+        if not 0 < n <= m:
+            raise UsageError(f"{label} N:M needs 0 < N <= M, got {_show(value)}")
+        return f"{n}:{m}"
+    if text not in _FAMILIES:
+        raise UsageError(
+            f"{label} must be one of {', '.join(_FAMILIES)} or N:M such as 2:4; "
+            f"got {_show(value)}"
+        )
+    return text
+
+
+def make_budget(text: str, sparsity: float | None = None) -> Budget:
+    """The :class:`~solvers.Budget` of a :func:`parse_budget` text, sized by ``sparsity``."""
+    if ":" in text:
+        n, m = (int(part) for part in text.split(":"))
+        return NM(n, m)
+    return _FAMILIES[text](sparsity=sparsity)
+
+
+def torch_device(value, label: str) -> str:
+    """A torch device name whose device is available here."""
+    import torch
+
+    text = nonempty(value, label)
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"{label} must be a torch device such as cpu or cuda:0, got {text}"
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, True)
+    if not available:
+        raise UsageError(f"{label} {text}: no {device.type} device is available here")
+    return text

@@ -1,0 +1,176 @@
+"""Bad input through the command line: one clear line, a non-zero exit, no output left behind.
+
+The cases the issue names run the console script in a subprocess; the many smaller ones call
+:func:`l0prune.cli.main` in this process (the same code after the process boundary), to stay fast.
+"""
+
+import subprocess
+
+import pytest
+import torch
+
+from l0prune.cli import main
+
+from .test_cli_prune import run_cli
+
+
+def run_main(*args, cwd, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """:func:`main` on ``args`` in ``cwd``, as a finished process."""
+    monkeypatch.chdir(cwd)
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, out, err)
+
+
+def assert_one_line_error(done, *words, status=2):
+    assert done.returncode == status, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("l0prune: error: ") and "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sparsity", "1.5"], ["--sparsity must be a fraction in [0, 1), got 1.5"]),
+    (["--sparsity", "0.5", "--alpha", "1.05"], ["give --sparsity or --alpha, not both"]),
+    (["--model", "no_such_module:make", "--calibration", "x:y", "--validation", "x:y"],
+     ["--model no_such_module:make", "cannot import no_such_module"]),
+    (["--config", "missing.toml"], ["--config missing.toml", "no such file"]),
+])
+def test_bad_input_from_the_console_script(tmp_path, args, words):
+    done = run_cli("prune", *args, "--out", "run", cwd=tmp_path)
+    assert_one_line_error(done, *words)
+    assert_nothing_written(tmp_path)
+
+
+def assert_nothing_written(cwd):
+    inputs = {"cache", "mynet.py", "__pycache__"}
+    assert sorted(p.name for p in cwd.iterdir() if p.name not in inputs) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--alpha", "0.9"], ["--alpha", ">= 1", "0.9"]),
+    (["--model", "mynet.py:missing", "--calibration", "mynet:data", "--validation", "mynet:data"],
+     ["--model mynet.py:missing", "no attribute 'missing'"]),
+    (["--model", "mynet"], ["--model", "MODULE:NAME", "mynet"]),
+    (["--calibration", "mynet:data"], ["--calibration needs --model"]),
+    (["--method", "nosuch"], ["--method", "nosuch"]),
+    (["--budget", "3:2"], ["--budget", "3:2"]),
+    (["--finetune-epochs", "-1"], ["--finetune-epochs", "-1"]),
+    (["--targets", "("], ["--targets", "not a valid regex"]),
+    (["--bogus"], ["unrecognized arguments: --bogus"]),
+])
+def test_bad_prune_input(tmp_path, capsys, monkeypatch, args, words):
+    (tmp_path / "mynet.py").write_text("data = []\n")
+    done = run_main("prune", *args, "--out", "run", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(done, *words)
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("recipe, words", [
+    ("sparsity = 1.5\n", ["sparsity in recipe.toml", "1.5"]),
+    ("sparsity = 0.5\nalpha = 1.1\n", ["not both"]),
+    ("speed = 3\n", ["unknown key 'speed'"]),
+    ("sparsity = \n", ["not valid TOML"]),
+    ("targets = 3\n", ["targets in recipe.toml", "regular expressions"]),
+])
+def test_bad_recipe(tmp_path, capsys, monkeypatch, recipe, words):
+    (tmp_path / "recipe.toml").write_text(recipe)
+    done = run_main("prune", "--config", "recipe.toml", "--out", "run", cwd=tmp_path,
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(done, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_override_the_recipe_before_anything_runs(tmp_path, capsys, monkeypatch):
+    (tmp_path / "recipe.toml").write_text("alpha = 1.1\nbudget = \"per-row\"\n")
+    done = run_main("prune", "--config", "recipe.toml", "--sparsity", "2", cwd=tmp_path,
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(done, "--sparsity", "2")  # the flag is checked, alpha dropped
+
+
+def test_a_folder_that_is_not_an_output_is_left_alone(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    done = run_main("prune", "--out", "mine", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(done, "--out mine", "not an l0prune output folder")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+FAILING_MODEL = '''
+import os
+import signal
+import torch
+from torch import nn
+
+class Fails(nn.Module):
+    """Runs for the first batches, then fails: the run has started when it breaks."""
+
+    def __init__(self, interrupt):
+        super().__init__()
+        self.layer, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.calls, self.interrupt = 0, interrupt
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 3:
+            if self.interrupt:
+                os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("shapes do not match\\nsecond line")
+        return self.head(self.layer(x))
+
+def broken():
+    return Fails(False)
+
+def interrupted():
+    return Fails(True)
+
+data = [(torch.randn(16, 4), torch.randint(0, 2, (16,)))]
+'''
+
+
+@pytest.mark.parametrize("factory, status, message", [
+    ("broken", 1, "l0prune: error: RuntimeError: shapes do not match (--traceback shows where)"),
+    ("interrupted", 130, "l0prune: interrupted"),
+])
+def test_a_failed_run_leaves_no_output(tmp_path, factory, status, message):
+    (tmp_path / "mynet.py").write_text(FAILING_MODEL)
+    done = run_cli("prune", "--model", f"mynet:{factory}", "--calibration", "mynet:data",
+                   "--validation", "mynet:data", "--sparsity", 0.5, "--baseline", "none",
+                   "--out", "run", "--quiet", cwd=tmp_path)
+    assert done.returncode == status
+    assert done.stderr.strip() == message
+    assert_nothing_written(tmp_path)
+
+
+def test_traceback_flag_shows_the_traceback(tmp_path):
+    (tmp_path / "mynet.py").write_text(FAILING_MODEL)
+    done = run_cli("prune", "--model", "mynet:broken", "--calibration", "mynet:data",
+                   "--validation", "mynet:data", "--sparsity", 0.5, "--traceback", "--quiet",
+                   cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" in done.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["missing.pt", "--sparsity", "0.5"], ["W missing.pt", "no such file"]),
+    (["W.pt", "--sparsity", "1.5"], ["--sparsity", "1.5"]),
+    (["W.pt"], ["needs --sparsity"]),
+    (["W.pt", "--budget", "2:4", "--sparsity", "0.5"], ["fixes the sparsity"]),
+    (["W.pt", "--sparsity", "0.5", "--hessian", "H.pt", "--inputs", "H.pt"], ["not allowed"]),
+    (["W.pt", "--sparsity", "0.5", "--out", "W.txt"], ["--out W.txt", ".npy"]),
+    (["W.pt", "--sparsity", "0.5", "--hessian", "H5.pt"], ["H must be 4 x 4"]),
+    (["W.pt:weight", "--sparsity", "0.5"], ["drop :weight"]),
+    (["notes.npy", "--sparsity", "0.5"], ["cannot read"]),
+    (["W.pt", "--sparsity", "0.5", "--certify", "--bound", "best"], ["--bound", "best"]),
+])
+def test_bad_solve_input(tmp_path, capsys, monkeypatch, args, words):
+    torch.save(torch.randn(3, 4), tmp_path / "W.pt")
+    torch.save(torch.eye(4), tmp_path / "H.pt")
+    torch.save(torch.eye(5), tmp_path / "H5.pt")
+    (tmp_path / "notes.npy").write_text("not an array")
+    done = run_main("solve", *args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(done, *words)
