@@ -6,11 +6,13 @@ It never imports ``l0prune``.
 """
 
 from .api import METHODS, solve, solve_to_tolerance
+from .bounds import BOUNDS, lower_bound
 from .budgets import NM, Budget, PerRow, Structured, Unstructured
 from .problem import LayerProblem
 from .solution import Solution
 
 __all__ = [
+    "BOUNDS",
     "METHODS",
     "NM",
     "Budget",
@@ -19,6 +21,7 @@ __all__ = [
     "Solution",
     "Structured",
     "Unstructured",
+    "lower_bound",
     "solve",
     "solve_to_tolerance",
 ]

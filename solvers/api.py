@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .bounds import BOUNDS, lower_bound
 from .problem import LayerProblem
 from .solution import Solution
 
@@ -55,12 +56,24 @@ def _options_used(fn, method: str, options: dict) -> dict:
     return {k: ("<tensor>" if isinstance(v, torch.Tensor) else v) for k, v in used.items()}
 
 
-def solve(problem: LayerProblem, method: str = "admm", **options) -> Solution:
+def solve(
+    problem: LayerProblem,
+    method: str = "admm",
+    *,
+    certify: bool = False,
+    bound: str = "lagrangian",
+    **options,
+) -> Solution:
     """Solve ``problem`` with ``method``.
 
     Args:
         problem: a :class:`~solvers.problem.LayerProblem` with a sized budget.
         method: one of :data:`METHODS`.
+        certify: also compute a lower bound on the optimum (:func:`~solvers.bounds.lower_bound`,
+            warm-started from the solution) and fill ``lower_bound`` and ``gap``. A method that
+            proves its own bound (``exact``) reports it in ``info["lower_bound"]``; the higher
+            of the two is kept.
+        bound: the :data:`~solvers.bounds.BOUNDS` tier used when ``certify`` is set.
         **options: the method's own options (see its docstring).
 
     Returns:
@@ -80,18 +93,43 @@ def solve(problem: LayerProblem, method: str = "admm", **options) -> Solution:
         raise ValueError(
             f"problem.budget={problem.budget!r} has no size: give sparsity= or k="
         )
+    if certify and bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {list(BOUNDS)}, got {bound!r}")
     used = _options_used(fn, method, options)
     start = time.perf_counter()
     weight, mask, info = fn(problem, **options)
     seconds = time.perf_counter() - start
     info = {"method": method, "options": used, "seconds": seconds, **info}
-    return Solution(
+    solution = Solution(
         weight=weight,
         mask=mask,
         objective=problem.objective(weight),
         relative_error=problem.relative_error(weight),
         info=info,
     )
+    if certify:
+        _certify(problem, solution, bound)
+    return solution
+
+
+def _certify(problem: LayerProblem, solution: Solution, bound: str) -> None:
+    """Fill ``solution.lower_bound`` and ``gap = (f - lb) / f`` (both in float64)."""
+    start = time.perf_counter()
+    lb = lower_bound(problem, bound, init=solution.weight)
+    proven = solution.info.get("lower_bound")
+    if proven is not None:
+        lb = max(lb, float(proven))
+    D = solution.weight.double() - problem.W.double()
+    f = float(((D @ problem.damped.double()) * D).sum())
+    if lb > f + 1e-9 * abs(f):
+        raise RuntimeError(
+            f"lower bound {lb!r} ({bound}) is above the objective {f!r} of a feasible solution "
+            f"({solution.info['method']}): a bug in the bound or the method"
+        )
+    solution.lower_bound = lb
+    solution.gap = max((f - lb) / f, 0.0) if f > 0 else 0.0
+    solution.info["bound"] = bound
+    solution.info["bound_seconds"] = time.perf_counter() - start
 
 
 def solve_to_tolerance(

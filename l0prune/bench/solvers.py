@@ -40,7 +40,7 @@ VARIANTS: list[tuple[str, str, dict]] = [
     ("obs+refit", "obs", {"refit": True}),
     ("iht", "iht", {}),
     ("admm", "admm", {}),
-    ("admm (alps schedule)", "admm", {"schedule": "alps"}),
+    ("admm (published ALPS)", "admm", {"schedule": "alps", "swap_rounds": 0}),
     ("hard_concrete", "hard_concrete", {}),
 ]
 

@@ -1,0 +1,139 @@
+"""Certified lower bounds on a layer problem's optimum, in tiers from cheap to tight.
+
+A heuristic's objective ``f`` with a lower bound ``lb`` on the optimum ``f*`` has a known
+optimality gap ``(f - lb) / f``. Every tier splits ``A = H + lam I = Q + diag(d)`` and evaluates the
+dual function :func:`~solvers.certificate.dual_bound` at some point, so every number returned is
+a valid bound however inexactly the point was found:
+
+- ``"separable"``: drop ``Q``; every weight the budget drops costs at least ``d_j W_ij^2``, so the
+  cheapest set it can drop (the complement of ``budget.select(d W^2)``) is a bound. Closed form,
+  ``d = 0.999 lambda_min(H + lam I)`` (:func:`~solvers.diagonal.eig_diagonal`).
+- ``"lagrangian"`` (the default): the perspective relaxation for the same ``d``, with the budget
+  dualised by set (one shared multiplier for an unstructured layer budget: the reverse Huber
+  form), solved by ADMM on all rows at once on one eigendecomposition (:mod:`solvers.lagrangian`);
+  any layer size. It stops within ``tol`` (relative) of the relaxation's value.
+- ``"perspective"``: the same relaxation as a cone program solved by Clarabel through cvxpy
+  (:mod:`solvers.perspective`); the reference for the first-order one, for small layers (the
+  separable bound if the solver fails).
+- ``"sdp"``: the relaxation with the diagonal that maximises the separable bound
+  (:func:`~solvers.diagonal.sdp_diagonal`, an ``in x in`` SDP, for small ``in``), or the
+  ``"lagrangian"`` bound when that is higher.
+
+Every tier is at least the separable bound for its diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .cardinality import Cardinality
+from .certificate import ROUNDING, dual_bound
+from .diagonal import eig_diagonal, sdp_diagonal
+from .lagrangian import relax
+from .problem import LayerProblem
+
+__all__ = ["BOUNDS", "lower_bound"]
+
+BOUNDS = ("separable", "lagrangian", "perspective", "sdp")
+
+#: Size guards: ``out * in`` for the cone program; ``in`` (the PSD constraint) and ``out * in``
+#: (the linear part) for the SDP.
+PERSPECTIVE_MAX_WEIGHTS = 4096
+SDP_MAX_INPUTS = 256
+SDP_MAX_WEIGHTS = 32768
+
+
+def lower_bound(
+    problem: LayerProblem,
+    method: str = "lagrangian",
+    *,
+    max_iter: int = 2000,
+    tol: float = 1e-3,
+    init: torch.Tensor | None = None,
+) -> float:
+    """A certified lower bound on ``min f(W')`` over ``problem.budget``.
+
+    Args:
+        problem: a :class:`~solvers.problem.LayerProblem` with a sized budget.
+        method: one of :data:`BOUNDS` (see the module docstring).
+        max_iter: ADMM steps of ``"lagrangian"`` / ``"sdp"``.
+        tol: their relaxation gap (relative) at which to stop.
+        init: a feasible weight to start them from (a heuristic's answer).
+
+    Returns:
+        ``lb <= f*`` (0 when ``H + lam I`` is singular: no diagonal can be split off).
+
+    Example:
+        >>> import torch
+        >>> from solvers import LayerProblem, lower_bound, solve
+        >>> W, X = torch.randn(8, 16), torch.randn(64, 16)
+        >>> problem = LayerProblem.from_inputs(W, X, sparsity=0.5)
+        >>> lower_bound(problem) <= solve(problem, method="magnitude", refit=True).objective
+        True
+    """
+    if not isinstance(problem, LayerProblem):
+        raise ValueError(f"problem must be a LayerProblem, got {type(problem).__name__}")
+    if method not in BOUNDS:
+        raise ValueError(f"method must be one of {list(BOUNDS)}, got {method!r}")
+    if not problem.budget.sized:
+        raise ValueError(f"problem.budget={problem.budget!r} has no size: give sparsity= or k=")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if init is not None and tuple(init.shape) != problem.shape:
+        raise ValueError(f"init must have W's shape {problem.shape}, got {tuple(init.shape)}")
+    out, inp = problem.shape
+    if method == "perspective" and out * inp > PERSPECTIVE_MAX_WEIGHTS:
+        raise ValueError(
+            f"method='perspective' takes layers with at most {PERSPECTIVE_MAX_WEIGHTS} weights "
+            f"(out * in), got {out * inp}; use method='lagrangian' (the same relaxation, solved "
+            f"first-order)"
+        )
+    if method == "sdp" and (inp > SDP_MAX_INPUTS or out * inp > SDP_MAX_WEIGHTS):
+        raise ValueError(
+            f"method='sdp' takes layers with at most {SDP_MAX_INPUTS} inputs (an in x in SDP) "
+            f"and {SDP_MAX_WEIGHTS} weights, got {out} x {inp}; use method='lagrangian'"
+        )
+    W, A, budget = problem.W.double(), problem.damped.double(), problem.budget
+    card = Cardinality.of(budget, problem.shape)
+    if card.count >= card.set_size:  # every weight kept: the optimum is 0
+        return 0.0
+    if card.count == 0:  # every weight dropped: the optimum is f(0)
+        return max(float(((W @ A) * W).sum()) * (1 - ROUNDING), 0.0)
+    d = eig_diagonal(A)
+    if not bool((d > 0).all()):
+        return 0.0
+    if method == "separable":
+        return dual_bound(W, A, d, None, budget)
+    if method == "perspective":
+        return _perspective(W, A, d, card, budget)
+    bound, _ = relax(W, A, d, budget, init=init, max_iter=max_iter, tol=tol)
+    if method == "lagrangian":
+        return bound
+    tight, _ = relax(W, A, sdp_diagonal(W, A, card), budget, init=init, max_iter=max_iter, tol=tol)
+    return max(bound, tight)
+
+
+def _perspective(W, A, d, card, budget) -> float:
+    """The cone program's relaxed optimum, read as a dual point of the certificate."""
+    from cvxpy.error import SolverError
+
+    from .perspective import PerspectiveProgram
+
+    program = PerspectiveProgram.build(W, A, d, card, integer=False)
+    separable = dual_bound(W, A, d, None, budget)
+    with warnings.catch_warnings():  # an inaccurate optimum is fine: it is only a dual point
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            program.problem.solve(solver="CLARABEL")
+        except SolverError:
+            return separable
+    weight, _ = program.solution()
+    if weight is None:
+        return separable
+    X = torch.as_tensor(weight, dtype=torch.float64, device=W.device).reshape(W.shape) - W
+    return max(dual_bound(W, A, d, X, budget), separable)

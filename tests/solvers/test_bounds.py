@@ -1,0 +1,135 @@
+"""Lower bounds: valid against enumerated optima, tiers ordered, the relaxation solved right."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+from solvers import NM, LayerProblem, PerRow, Structured, Unstructured, lower_bound, solve
+from solvers.bounds import PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS
+
+from .brute_force import assert_below, optimum, tiny_problems
+
+BUDGETS = [Unstructured(sparsity=0.6), PerRow(k=3), NM(2, 4), Structured(k=2, group=2)]
+FAST = {"max_iter": 300}
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiny_problems())
+def test_first_order_bounds_are_valid(problem):
+    truth = optimum(problem)
+    separable = lower_bound(problem, "separable")
+    lagrangian = lower_bound(problem, "lagrangian", **FAST)
+    assert 0 <= separable <= lagrangian
+    assert_below(lagrangian, problem, truth)
+
+
+@settings(max_examples=20, deadline=None)
+@given(tiny_problems())
+def test_cone_and_sdp_bounds_are_valid(problem):
+    truth = optimum(problem)
+    assert_below(lower_bound(problem, "perspective"), problem, truth)
+    assert_below(lower_bound(problem, "sdp", **FAST), problem, truth)
+
+
+@pytest.mark.parametrize("budget", BUDGETS, ids=repr)
+def test_identity_separable_bound_is_tight(budget):
+    # H = I: the problem separates, and d = 0.999 (1 + lam) leaves 0.1 % of it.
+    W = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    problem = LayerProblem(W, None, lam=0.5, budget=budget)
+    truth = optimum(problem)
+    bound = lower_bound(problem, "separable")
+    assert truth * 0.999 * (1 - 1e-7) <= bound <= truth
+
+
+@pytest.mark.parametrize("budget", BUDGETS, ids=repr)
+def test_tiers_are_ordered_and_below_the_optimum(layer, budget):
+    W, H = layer
+    problem = LayerProblem(W[:3, :8], H[:8, :8], budget=budget)
+    truth = optimum(problem)
+    separable = lower_bound(problem, "separable")
+    lagrangian = lower_bound(problem, "lagrangian")
+    sdp = lower_bound(problem, "sdp")
+    assert 0 < separable < lagrangian <= sdp <= truth
+
+
+def test_ridge_tightens_the_bound(layer):
+    W, H = layer
+    gaps = []
+    for lam in (1e-3, 1e-1, 1.0):
+        problem = LayerProblem(W[:3, :8], H[:8, :8], lam=lam, sparsity=0.5)
+        gaps.append(1 - lower_bound(problem) / optimum(problem))
+    assert gaps[0] > gaps[1] > gaps[2] >= 0
+
+
+def test_singular_h_gives_the_trivial_bound():
+    W = torch.randn(2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    X = torch.randn(2, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    problem = LayerProblem.from_inputs(W, X, lam=0.0, sparsity=0.5)
+    assert lower_bound(problem) == 0.0
+
+
+def test_dense_budget_bound_is_zero(layer):
+    W, H = layer
+    problem = LayerProblem(W[:3], H, budget=PerRow(k=32))
+    assert lower_bound(problem) == 0.0
+
+
+def test_lagrangian_reaches_a_wide_layer_fast():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1024, 256, generator=g, dtype=torch.float64)
+    X = X @ (torch.eye(256, dtype=torch.float64) + 0.1 * torch.randn(256, 256, generator=g))
+    W = torch.randn(128, 256, generator=g, dtype=torch.float64)
+    problem = LayerProblem.from_inputs(W, X, sparsity=0.7)
+    heuristic = solve(problem, "magnitude", refit=True).objective
+    assert lower_bound(problem, "separable") < lower_bound(problem) <= heuristic
+
+
+def test_certify_fills_lower_bound_and_gap(layer):
+    W, H = layer
+    problem = LayerProblem(W[:4, :8], H[:8, :8], sparsity=0.5)
+    plain = solve(problem, "magnitude", refit=True)
+    assert plain.lower_bound is None and plain.gap is None
+    solution = solve(problem, "magnitude", refit=True, certify=True)
+    assert 0 < solution.lower_bound <= solution.objective
+    assert solution.gap == pytest.approx(1 - solution.lower_bound / solution.objective, rel=1e-6)
+    assert solution.info["bound"] == "lagrangian" and solution.info["bound_seconds"] >= 0
+    separable = solve(problem, "magnitude", refit=True, certify=True, bound="separable")
+    assert separable.gap > solution.gap
+    assert "gap=" in repr(solution)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "sharp"}, "method must be one of"),
+        ({"max_iter": 0}, "max_iter must be a positive integer"),
+        ({"tol": -1.0}, "tol must be a positive number"),
+        ({"init": torch.zeros(2, 2)}, "init must have W's shape"),
+    ],
+)
+def test_bad_arguments_are_named(layer, kwargs, match):
+    W, H = layer
+    problem = LayerProblem(W[:3, :8], H[:8, :8], sparsity=0.5)
+    with pytest.raises(ValueError, match=match):
+        lower_bound(problem, **kwargs)
+
+
+def test_bad_problem_and_unsized_budget_are_rejected(layer):
+    W, H = layer
+    with pytest.raises(ValueError, match="problem must be a LayerProblem"):
+        lower_bound(W)
+    with pytest.raises(ValueError, match="has no size"):
+        lower_bound(LayerProblem(W, H, budget=Unstructured()))
+    with pytest.raises(ValueError, match="bound must be one of"):
+        solve(LayerProblem(W, H, sparsity=0.5), "magnitude", certify=True, bound="sharp")
+
+
+def test_size_guards_name_the_alternative(layer):
+    W, H = layer
+    rows = PERSPECTIVE_MAX_WEIGHTS // 32 + 1
+    big = LayerProblem(torch.randn(rows, 32, dtype=torch.float64), H, sparsity=0.5)
+    with pytest.raises(ValueError, match="use method='lagrangian'"):
+        lower_bound(big, "perspective")
+    wide = LayerProblem(torch.randn(2, SDP_MAX_INPUTS + 1, dtype=torch.float64), None, k=2)
+    with pytest.raises(ValueError, match="use method='lagrangian'"):
+        lower_bound(wide, "sdp")
