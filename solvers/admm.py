@@ -17,8 +17,8 @@ last check sets the factor (``c >= 0.1 k``, ``c >= 0.005 k``, ``c >= 1``; ``k`` 
 run stops once the support has been stable for ``patience`` consecutive checks; the weights are then
 refitted on the support by batched preconditioned CG from ``D``. ADMM on this non-convex set is a
 heuristic, and from a small ``rho`` its dual can carry it away from a start that was already optimal
-(a diagonal ``H``, where the start is the exact answer): :func:`solvers.safeguard.best_of` keeps
-the start's or the magnitude support, refitted, when either is better.
+(a diagonal ``H``, where the start is the exact answer): :func:`solvers.safeguard.finish` keeps
+that support or the magnitude one, refitted, when either is better.
 
 Schedules (``schedule=``):
 
@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from .safeguard import best_of
+from .safeguard import finish
 from .scaling import scale
-from .swaps import swap_search
 
 __all__ = ["admm", "SCHEDULES"]
 
@@ -76,7 +75,8 @@ def admm(
 
     Returns:
         ``(weight, mask, info)``; ``info`` adds ``rho`` (per iteration), ``support_changes``
-        (per check) and ``fallback`` (``"start"`` or ``"magnitude"`` when that support won).
+        (per check), ``swaps`` and ``fallback`` (``"diagonal"`` or ``"magnitude"`` when that support
+        won).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
@@ -92,7 +92,7 @@ def admm(
     W0_eig = sc.W0 @ Q
     B_eig = W0_eig * e  # (A W0)^T in the eigenbasis, row-wise: W0 A Q = W0 Q diag(e)
     start = sc.W0 if init is None else sc.to_scaled(init.to(sc.W0))
-    start_mask = mask = budget.select(start * start)
+    mask = budget.select(start * start)
     D = start * mask
     D_eig = D @ Q
     V_eig = torch.zeros_like(D_eig)
@@ -124,10 +124,8 @@ def admm(
         stable = 0
         rho *= fast if moved >= 0.1 * kept else medium if moved >= 0.005 * kept else slow
 
-    weight = problem.refit(mask, init=sc.from_scaled(D), max_iter=refit_iter)
-    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds)
-    weight, mask, fallback = best_of(
-        problem, weight, mask, {"start": start_mask, "magnitude": budget.select(problem.W**2)}
+    weight, mask, ending = finish(
+        problem, mask, init=sc.from_scaled(D), swap_rounds=swap_rounds, max_iter=refit_iter
     )
     info = {
         "iterations": iterations,
@@ -135,7 +133,6 @@ def admm(
         "history": history,
         "rho": rhos,
         "support_changes": changes,
-        "swaps": swaps,
-        "fallback": fallback,
+        **ending,
     }
     return weight, mask, info

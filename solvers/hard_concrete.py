@@ -28,7 +28,7 @@ while the kept weights adapt; one jump to the target measured clearly worse. At 
 keeps exactly its count of gates, ranked by ``log_alpha`` (the deterministic gate's order) with the
 learned weight's magnitude breaking ties, and the weights are refitted on that support. As for ADMM
 and IHT, the swap search (:mod:`solvers.swaps`) then polishes the support on small layers, and
-:func:`solvers.safeguard.best_of` returns the refitted magnitude support (``|W|`` or its diagonal
+:func:`solvers.safeguard.finish` returns the refitted magnitude support (``|W|`` or its diagonal
 score ``(H_jj + lam) W_ij^2``) instead when that is better, which makes the result never worse than
 ``solve(p, "magnitude", refit=True)`` where the refit is exact; ``info["fallback"]`` names the
 winner.
@@ -51,9 +51,8 @@ import torch
 
 from . import gates
 from .budgets import NM, PerRow, Structured
-from .safeguard import best_of
+from .safeguard import finish
 from .scaling import scale
-from .swaps import swap_search
 
 __all__ = ["hard_concrete"]
 
@@ -256,12 +255,7 @@ def hard_concrete(
         learned = U.detach() * rms * layout.expand(gate)
         mask = budget.select(_gate_score(log_alpha, learned, layout))
         converged = bool((layout.expand(gate > 0).expand_as(mask) == mask).all())
-    weight = problem.refit(mask)
-    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds)
-    weight, mask, fallback = best_of(
-        problem, weight, mask,
-        {"diagonal": budget.select(V0 * V0), "magnitude": budget.select(problem.W**2)},
-    )
+    weight, mask, ending = finish(problem, mask, swap_rounds=swap_rounds)
     info = {
         "iterations": steps,
         "converged": converged,
@@ -269,7 +263,6 @@ def hard_concrete(
         "expected_l0": torch.stack(expected).tolist(),
         "multiplier": torch.stack(multiplier).tolist(),
         "open_gates": int((gate > 0).sum()),
-        "swaps": swaps,
-        "fallback": fallback,
+        **ending,
     }
     return weight, mask, info

@@ -20,7 +20,7 @@ others adapt. Once the support has not changed for ``patience`` iterations at th
 the iterate jumps to the optimum on that support (a CG refit, as CHITA's back-solve) and IHT goes
 on from there, where a step can only swap a kept weight for a pruned one whose gradient says it is
 worth more; the run stops when a refit is followed by no swap (or after ``max_refits``). As for
-ADMM, :func:`solvers.safeguard.best_of` keeps the start's or the magnitude support when better.
+ADMM, :func:`solvers.safeguard.finish` keeps the scaled or the plain magnitude support when better.
 
 References:
     Blumensath & Davies. "Iterative hard thresholding for compressed sensing." 2009.
@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import torch
 
-from .safeguard import best_of
+from .safeguard import finish
 from .scaling import scale
-from .swaps import swap_search
 
 __all__ = ["iht"]
 
@@ -98,7 +97,6 @@ def iht(
 
     start = sc.W0 if init is None else sc.to_scaled(init.to(sc.W0))
     mask = budget_at(0).select(start * start)
-    start_mask = budget.select(start * start)
     X = start * mask
     R = (X - sc.W0) @ A  # half the gradient at X
     f = float((R * (X - sc.W0)).sum())
@@ -148,10 +146,8 @@ def iht(
         refits += 1
         history.append(f)
 
-    weight = problem.refit(mask, init=sc.from_scaled(X))
-    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds)
-    weight, mask, fallback = best_of(
-        problem, weight, mask, {"start": start_mask, "magnitude": budget.select(problem.W**2)}
+    weight, mask, ending = finish(
+        problem, mask, init=sc.from_scaled(X), swap_rounds=swap_rounds
     )
     info = {
         "iterations": iterations,
@@ -160,7 +156,6 @@ def iht(
         "step": steps,
         "restarts": restarts,
         "refits": refits,
-        "swaps": swaps,
-        "fallback": fallback,
+        **ending,
     }
     return weight, mask, info

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["best_of"]
+from .magnitude import diagonal_score
+from .swaps import swap_search
+
+__all__ = ["best_of", "finish"]
 
 
 def best_of(
@@ -34,3 +37,24 @@ def best_of(
     if winner is not None:
         best = problem.refit(best_mask, init=best)
     return best, best_mask, winner
+
+
+def finish(
+    problem, mask: torch.Tensor, *, init: torch.Tensor | None = None,
+    swap_rounds: int = 10, max_iter: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The common end of the iterative solvers: refit on ``mask`` (from ``init``), the swap
+    search, then :func:`best_of` the two classic one-shot supports, ``(H_jj + lam) W_ij**2``
+    (the exact answer for a diagonal ``H``) and ``|W_ij|``.
+
+    Returns:
+        ``(weight, mask, info)`` with ``info`` holding ``swaps`` and ``fallback``.
+    """
+    weight = problem.refit(mask, init=init, max_iter=max_iter)
+    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds)
+    candidates = {
+        "diagonal": problem.budget.select(diagonal_score(problem)),
+        "magnitude": problem.budget.select(problem.W * problem.W),
+    }
+    weight, mask, fallback = best_of(problem, weight, mask, candidates)
+    return weight, mask, {"swaps": swaps, "fallback": fallback}
