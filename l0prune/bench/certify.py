@@ -12,14 +12,11 @@ Two tables, written as markdown (default ``bench-results/certify.md``) and print
    70 % unstructured sparsity and 2:4; the best heuristic's objective ``f`` and, for each lower
    bound tier of :data:`solvers.BOUNDS`, the certified gap ``(f - lb) / f`` and its seconds. The
    cone program and the SDP only run within their size guards.
-
-A heuristic whose solver module does not exist is skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 import time
@@ -29,7 +26,6 @@ import torch
 
 from solvers import (
     BOUNDS,
-    METHODS,
     NM,
     Budget,
     LayerProblem,
@@ -139,17 +135,6 @@ def certified_table(layers, heuristics, progress=print) -> str:
     return "\n".join(lines)
 
 
-def _available(heuristics):
-    kept, notes = [], []
-    for heuristic in heuristics:
-        module = METHODS[heuristic[1]].split(":")[0]
-        if importlib.util.find_spec(module) is None:
-            notes.append(f"skipped `{heuristic[0]}`: `{module}` does not exist yet")
-        else:
-            kept.append(heuristic)
-    return kept, notes
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the certification benchmark from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -176,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.time_limit > 0:
         parser.error(f"--time-limit must be a positive number, got {args.time_limit}")
 
-    heuristics, notes = _available(HEURISTICS)
+    heuristics = HEURISTICS
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
@@ -210,7 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     report = "\n".join(
         [
             *sections,
-            *(f"- {note}" for note in notes),
             f"- torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); "
             f"command: `{command}`",
             "",

@@ -10,14 +10,12 @@ figures against OBS (SparseGPT) from the same run: the ratio of mean relative er
 of times and the number of layers where the method's error is above OBS's. The table is printed
 and written as markdown (default ``bench-results/solvers.md``).
 
-A variant whose solver module does not exist is skipped with a note, and so is a layer a budget
-cannot apply to (2:4 needs an input size divisible by 4).
+A layer a budget cannot apply to is skipped with a note (2:4 needs an input size divisible by 4).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from solvers import METHODS, NM, Budget, LayerProblem, Unstructured, solve
+from solvers import NM, Budget, LayerProblem, Unstructured, solve
 
 from .layers import benchmark_layers
 
@@ -147,20 +145,8 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _available(variants):
-    """The variants whose solver module exists, and a note for each one skipped."""
-    kept, notes = [], []
-    for variant in variants:
-        module = METHODS[variant[1]].split(":")[0]
-        if importlib.util.find_spec(module) is None:
-            notes.append(f"skipped `{variant[0]}`: `{module}` does not exist yet")
-        else:
-            kept.append(variant)
-    return kept, notes
-
-
-def _report(layers, rows, notes, argv) -> str:
-    notes = list(notes)
+def _report(layers, rows, argv) -> str:
+    notes = []
     names = ", ".join(f"{name} ({W.shape[0]}x{W.shape[1]})" for name, (W, _) in layers.items())
     for label, budget in BUDGETS:
         skipped = [n for n, (W, _) in layers.items() if not _fits(budget, tuple(W.shape))]
@@ -212,16 +198,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     chosen = set(args.methods or names)
-    variants, notes = _available(
-        [v for v in VARIANTS if v[0] == REFERENCE or v[0] in chosen or v[1] in chosen]
-    )
+    variants = [v for v in VARIANTS if v[0] == REFERENCE or v[0] in chosen or v[1] in chosen]
     layers = benchmark_layers(quick=args.quick)
 
     def progress(row: Row) -> None:
         print(f"{row.label} {row.sparsity}: {row.total_seconds:.2f} s", file=sys.stderr)
 
     rows = run(layers, variants, BUDGETS, progress)
-    report = _report(layers, rows, notes, argv)
+    report = _report(layers, rows, argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)

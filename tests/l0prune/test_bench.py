@@ -66,13 +66,6 @@ def test_report_notes_the_command(quick_report):
     assert "1 CPU thread(s)" in quick_report
 
 
-def test_missing_solver_module_is_skipped_with_a_note(monkeypatch):
-    monkeypatch.setitem(bench.METHODS, "ghost", "solvers.ghost:ghost")
-    kept, notes = bench._available([("ghost", "ghost", {}), ("obs", "obs", {})])
-    assert kept == [("obs", "obs", {})]
-    assert notes == ["skipped `ghost`: `solvers.ghost` does not exist yet"]
-
-
 def test_run_skips_layers_a_budget_cannot_apply_to():
     layers = {"a": synthetic_layer(8, 8, seed=1), "b": synthetic_layer(8, 6, seed=2)}
     budgets = [("50%", Unstructured(sparsity=0.5)), ("2:4", NM(2, 4))]
