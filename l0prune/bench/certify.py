@@ -38,6 +38,7 @@ from solvers import (
 from solvers.bounds import PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS, SDP_MAX_WEIGHTS
 from solvers.cardinality import Cardinality
 
+from . import add_threads_option, use_threads
 from .layers import benchmark_layers, synthetic_layer
 
 __all__ = ["HEURISTICS", "LADDERS", "certified_table", "exact_table", "main"]
@@ -149,15 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--table", choices=["exact", "certified"], help="run one of the two tables (default both)"
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_threads_option(parser)
     parser.add_argument(
         "--time-limit", type=float, default=60.0, help="seconds per exact solve (default 60)"
     )
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     if not args.time_limit > 0:
         parser.error(f"--time-limit must be a positive number, got {args.time_limit}")
 

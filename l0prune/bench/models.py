@@ -39,6 +39,8 @@ from l0prune.finetune import masked_finetune
 from l0prune.masks import masked_weight
 from l0prune.search import MAX_SPARSITY, RESOLUTION, bisect
 
+from . import add_threads_option, use_threads
+
 __all__ = ["Row", "main", "magnitude_search", "run", "table"]
 
 METHODS = ("magnitude", "obs", "admm")
@@ -232,10 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="10 training epochs, 2 finetuning")
     parser.add_argument("--out", default="bench-results/models.md", help="markdown output file")
     parser.add_argument("--alpha", type=float, default=1.05, help="loss tolerance")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     epochs, finetune_epochs = (10, 2) if args.quick else (30, 10)
     rows, dense_accuracy = [], {}
     for kind in ("mlp", "cnn"):

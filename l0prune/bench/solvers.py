@@ -25,6 +25,7 @@ import torch
 
 from solvers import NM, Budget, LayerProblem, Unstructured, solve
 
+from . import add_threads_option, use_threads
 from .layers import benchmark_layers
 
 __all__ = ["VARIANTS", "BUDGETS", "Row", "main", "run", "table"]
@@ -190,12 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         "--methods", nargs="+", choices=names, metavar="NAME",
         help=f"methods or variant labels to run (obs always runs); one of {names}",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
 
     chosen = set(args.methods or names)
     variants = [v for v in VARIANTS if v[0] == REFERENCE or v[0] in chosen or v[1] in chosen]

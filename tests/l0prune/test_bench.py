@@ -10,15 +10,6 @@ from l0prune.digits import load_digits_data
 from solvers import NM, Unstructured
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than two fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     """The quick solver benchmark (magnitude, wanda, obs) run through ``l0prune.bench``."""
