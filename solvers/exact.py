@@ -158,7 +158,7 @@ def exact(
 
 def _complete(problem, support: torch.Tensor) -> torch.Tensor:
     """The budget's exact count: ``support`` first, then the largest ``(H_jj + lam) W_ij^2``."""
-    score = problem.W.double() ** 2 * problem.damped.double().diagonal()
+    score = problem.W.double() ** 2 * problem.damped_diagonal.double()
     score = score / score.max().clamp_min(1e-300)
     return problem.budget.select(torch.where(support, 2.0 + score, score))
 

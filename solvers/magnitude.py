@@ -20,7 +20,7 @@ __all__ = ["magnitude", "wanda", "diagonal_score"]
 
 def diagonal_score(problem) -> torch.Tensor:
     """``(H_jj + lam) W_ij**2``: each weight's exact removal cost when ``H`` is diagonal."""
-    return problem.W * problem.W * problem.damped.diagonal()[None, :]
+    return problem.W * problem.W * problem.damped_diagonal[None, :]
 
 
 def _is_diagonal(H: torch.Tensor) -> bool:

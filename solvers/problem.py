@@ -159,6 +159,14 @@ class LayerProblem:
         return eye * (1.0 + self.lam) if self.H is None else self.H + self.lam * eye
 
     @cached_property
+    def damped_diagonal(self) -> torch.Tensor:
+        """``diag(H) + lam``, without forming ``H + lam I`` when ``H`` is the identity."""
+        if self.H is None:
+            return torch.full((self.shape[1],), 1.0 + self.lam, dtype=self.W.dtype,
+                              device=self.W.device)
+        return self.H.diagonal() + self.lam
+
+    @cached_property
     def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(e, Q)`` with ``H + lam I = Q diag(e) Q^T`` (computed in float64)."""
         e, Q = torch.linalg.eigh(self.damped.double())

@@ -42,7 +42,7 @@ class Scaled:
 
 def scale(problem) -> Scaled:
     """The scaled form of ``problem`` (columns with a zero diagonal are left unscaled)."""
-    d = problem.damped.diagonal()
+    d = problem.damped_diagonal
     s = torch.where(d > 0, d, torch.ones_like(d)).sqrt()
     H = problem.damped / s[:, None] / s[None, :]
     return Scaled(s=s, W0=problem.W * s, H=H)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from solvers import NM, LayerProblem, PerRow
+from solvers import NM, LayerProblem, PerRow, solve
 
 
 def test_defaults(layer):
@@ -86,3 +86,19 @@ def test_with_budget_keeps_the_data(layer):
     other = problem.with_budget(PerRow(k=3))
     assert other.W is problem.W and other.budget == PerRow(k=3)
     assert problem.budget != other.budget
+
+
+@pytest.mark.parametrize("with_h", [False, True])
+def test_damped_diagonal_is_the_diagonal_of_damped(with_h):
+    W = torch.randn(3, 5, dtype=torch.float64)
+    X = torch.randn(20, 5, dtype=torch.float64)
+    problem = LayerProblem(W, X.T @ X / 20 if with_h else None, lam=0.3 if with_h else None)
+    torch.testing.assert_close(problem.damped_diagonal, problem.damped.diagonal())
+
+
+def test_magnitude_on_the_plain_problem_never_forms_the_identity():
+    # A wide plain layer: H + lam I would be in x in (here 40 GB in float64).
+    problem = LayerProblem(torch.randn(1, 70_000, dtype=torch.float64), None, sparsity=0.5)
+    solution = solve(problem, method="magnitude")
+    assert int(solution.mask.sum()) == 35_000
+    assert "damped" not in vars(problem)
