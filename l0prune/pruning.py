@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from solvers import METHODS, NM, Budget, Unstructured
 
