@@ -62,7 +62,8 @@ def iht(
         line_search: backtracking on the step (off: the fixed step ``1 / L``).
         grow: factor each step first tries over the last accepted one (with ``line_search``).
         patience: iterations of an unchanged support that stop the run.
-        warmup: iterations of the budget continuation (0: threshold to the target at once).
+        warmup: iterations of the budget continuation (0: threshold to the target at once;
+            at most ``max_iter``).
         max_refits: refits on intermediate supports (0: plain IHT).
         tol: relative decrease of ``f`` over ``patience`` iterations below which the support
             counts as settled even if a few weights still flip.
@@ -85,6 +86,7 @@ def iht(
     target, dense = budget.count(problem.shape), budget.max_count(problem.shape)
     if init is not None:
         warmup = 0
+    warmup = min(warmup, max_iter)  # the continuation ends on the budget, however short the run
     sc = scale(problem)
     A = sc.H
     lipschitz = 2.0 * float(torch.linalg.eigvalsh(A.double())[-1]) if A.numel() else 1.0

@@ -31,6 +31,15 @@ def test_continuation_beats_thresholding_at_once(layer):
     assert with_warmup.objective <= without.objective * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("max_iter", [0, 1, 20, 99])
+def test_a_run_shorter_than_the_warm_up_meets_the_budget(layer, max_iter):
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.7)
+    solution = solve(problem, "iht", max_iter=max_iter)
+    assert int(solution.mask.sum()) == problem.budget.kept(problem.shape)
+    assert bool((solution.weight[~solution.mask] == 0).all())
+
+
 def test_close_to_admm(layer):
     W, H = layer
     problem = LayerProblem(W, H, sparsity=0.7)
