@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -28,10 +29,29 @@ __all__ = [
     "forward",
     "mean_loss",
     "to_device",
+    "unchanged_generators",
 ]
 
 #: ``loss_fn(outputs, batch) -> scalar tensor``
 LossFn = Callable[[object, object], torch.Tensor]
+
+
+@contextmanager
+def unchanged_generators(data: Iterable):
+    """Give the generators a ``DataLoader`` shuffles with (its own, its samplers') their state back
+    on exit: reading the data inside then leaves the caller's loader as it was, and two reads
+    that start from the same state see the same batches."""
+    found = {}
+    for owner in (data, getattr(data, "sampler", None), getattr(data, "batch_sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found[id(generator)] = generator
+    saved = [(generator, generator.get_state()) for generator in found.values()]
+    try:
+        yield
+    finally:
+        for generator, state in saved:
+            generator.set_state(state)
 
 
 def check_data(data: Iterable, name: str) -> None:
@@ -52,19 +72,21 @@ def check_data(data: Iterable, name: str) -> None:
             f"{name} must be a re-iterable of batches (a DataLoader or a list), "
             f"got {type(data).__name__}"
         )
-    try:
-        iterator = iter(data)
-    except TypeError:
-        raise ValueError(
-            f"{name} must be a re-iterable of batches (a DataLoader or a list), "
-            f"got {type(data).__name__}"
-        ) from None
-    if isinstance(data, Iterator) or iterator is data:
-        raise ValueError(
-            f"{name} must be re-iterable (a DataLoader or a list): it is read more than once, "
-            f"got a one-shot {type(data).__name__}"
-        )
-    if next(iterator, None) is None:
+    with unchanged_generators(data):
+        try:
+            iterator = iter(data)
+        except TypeError:
+            raise ValueError(
+                f"{name} must be a re-iterable of batches (a DataLoader or a list), "
+                f"got {type(data).__name__}"
+            ) from None
+        if isinstance(data, Iterator) or iterator is data:
+            raise ValueError(
+                f"{name} must be re-iterable (a DataLoader or a list): it is read more than "
+                f"once, got a one-shot {type(data).__name__}"
+            )
+        empty = next(iterator, None) is None
+    if empty:
         raise ValueError(f"{name} is empty: it must hold at least one batch")
 
 

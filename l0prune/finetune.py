@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batches import LossFn, check_data, forward, to_device
+from .batches import LossFn, check_data, forward, to_device, unchanged_generators
 from .masks import refresh
 
 __all__ = ["Finetune", "FinetuneResult", "masked_finetune"]
@@ -111,11 +111,12 @@ def masked_finetune(
     """Train every trainable parameter of ``model`` on ``config.data``; masks stay fixed.
 
     Runs in train mode and leaves the model in eval mode. Random draws (dropout, a shuffling
-    loader without its own generator) come from a forked RNG seeded with ``seed``, so runs
-    repeat and the caller's RNG state is untouched. With ``validate`` and ``config.keep_best``,
-    the model is validated before finetuning and after every epoch (every pass over the data),
-    and the best of these checkpoints is the one left: finetuning never makes the validation
-    loss worse.
+    loader without its own generator) come from a forked RNG seeded with ``seed``; a loader with
+    its own generator gets that generator's state back at the end. So a call repeats whatever
+    ran before it (every trial of a search sees the same batches), and the caller's RNG states
+    are untouched. With ``validate`` and ``config.keep_best``, the model is validated before
+    finetuning and after every epoch (every pass over the data), and the best of these
+    checkpoints is the one left: finetuning never makes the validation loss worse.
 
     Args:
         model: the (pruned) model.
@@ -151,7 +152,7 @@ def masked_finetune(
     steps = passes = best_pass = 0
     done = False
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), unchanged_generators(batches):
         torch.manual_seed(seed)
         try:
             while not done:

@@ -53,6 +53,23 @@ def test_steps_cycle_over_the_data_and_the_rng_is_left_alone():
                                                   first.state_dict().values(), strict=True))
 
 
+def test_a_loader_with_its_own_generator_gives_the_same_batches_every_call():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    dataset = torch.utils.data.TensorDataset(torch.randn(40, 3), torch.randint(0, 2, (40,)))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5)
+    )
+    state = loader.generator.get_state()
+    config = Finetune(data=loader, epochs=2, lr=1e-2)  # checks the data: reads one batch
+    assert torch.equal(loader.generator.get_state(), state)
+    first, second = copy.deepcopy(model), copy.deepcopy(model)
+    masked_finetune(first, config, cross_entropy, CPU)
+    assert torch.equal(loader.generator.get_state(), state)  # the caller's loader is as it was
+    masked_finetune(second, config, cross_entropy, CPU)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                  second.state_dict().values(), strict=True))
+
+
 def test_keep_best_never_raises_the_validation_loss(mlp):
     model, data, _ = _pruned(mlp)
     validation = data.loader("val")
