@@ -54,7 +54,7 @@ def admm(
     problem,
     *,
     schedule: str = "default",
-    rho0: float = 0.1,
+    rho0: float = 0.01,
     check_every: int = 3,
     max_iter: int = 500,
     init: torch.Tensor | None = None,
@@ -65,7 +65,11 @@ def admm(
 
     Args:
         schedule: ``"default"`` or ``"alps"`` (the published schedule; see the module docstring).
-        rho0: initial penalty, in the scaled coordinates (where ``diag H~ = 1``).
+        rho0: initial penalty, in the scaled coordinates (where ``diag H~ = 1``). Most of the
+            spectrum of ``H~`` lies far below its mean of 1 on real layers, and while ``rho``
+            dominates those eigenvalues the ``W``-step barely leaves ``D``: from 0.1 the support
+            hardly moved and the error was 5-40 % higher on most benchmark layers than from 0.01
+            (0.003 was no better).
         check_every: iterations between two support-movement checks.
         max_iter: iteration cap (reached means ``converged=False``).
         swap_rounds: rounds of the swap local search on small layers
