@@ -24,8 +24,9 @@ Schedules (``schedule=``):
 
 - ``"alps"``: the published one: factors 1.3 / 1.2 / 1.1, stop at the first stable check.
 - ``"default"``: slower growth (1.1 / 1.05 / 1.03) and two stable checks to stop: about three
-  times the iterations at moderate ``rho``, where the support still improves; measured 3-10 %
-  below the published schedule in mean relative error (``python -m l0prune.bench solvers``).
+  times the iterations at moderate ``rho``, where the support still improves; with the swap
+  search, 1-3 % below the published schedule (without it) in mean relative error
+  (``python -m l0prune.bench solvers``).
 
 References:
     Meng, Behdin, Wang, Mazumder. "ALPS: Improved Optimization for Highly Sparse One-Shot
