@@ -36,19 +36,22 @@ def test_table_header_and_rows(quick_report):
 def test_table_numbers(quick_report):
     rows = {(r[0], r[1]): r for r in table_rows(quick_report)[2:]}
     for (label, sparsity), r in rows.items():
-        layers, mean, top, seconds, ratio, time_ratio, worse = (
-            int(r[2]), float(r[3]), float(r[4]), float(r[5]), float(r[6]), float(r[7]), int(r[8])
+        layers, mean, top, seconds, ratio, per_layer, time_ratio, worse = (
+            int(r[2]), float(r[3]), float(r[4]), float(r[5]), float(r[6]), float(r[7]),
+            float(r[8]), int(r[9]),
         )
         assert layers == 4  # 2 MLP layers (no head) + 2 synthetic, inputs divisible by 4
         assert 0 <= mean <= top and seconds >= 0 and time_ratio >= 0 and 0 <= worse <= layers
         ref = rows[("obs", sparsity)]
         assert ratio == pytest.approx(mean / float(ref[3]), rel=2e-3)
         if label == "obs":
-            assert (r[6], r[7], worse) == ("1.000", "1.00", 0)
+            assert (r[6], r[7], r[8], worse) == ("1.000", "1.000", "1.00", 0)
         if label == "magnitude":  # no weight update: far worse than OBS
-            assert ratio > 2
+            assert ratio > 2 and per_layer > 2
         if label == "obs+refit":  # optimal weights on OBS's support are never worse
-            assert ratio <= 1 and worse == 0
+            assert ratio <= 1 and per_layer <= 1 and worse == 0
+        if worse == 0:  # no layer above OBS: the geometric mean of the ratios is at most 1
+            assert per_layer <= 1.0005
 
 
 def test_report_notes_the_command(quick_report):
