@@ -16,11 +16,17 @@ Any exception (a bad batch, a solver error, ``KeyboardInterrupt``) puts the mode
 it was before the exception propagates. The price is memory: the snapshot holds a copy of the
 model's parameters and buffers on its device for the whole run (and the search keeps its best
 trial's state on the CPU).
+
+A model built as a stack of repeated blocks (a transformer) is pruned block by block by default
+(:mod:`l0prune.blockwise`): one pass over the calibration data, one block at a time on the
+device, the rollback copies taken per block on the CPU just before each block changes, and
+(with ``checkpoint=``) each finished block written to disk so that a run resumes.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,12 +38,15 @@ from tqdm import tqdm
 
 from solvers import METHODS, NM, Budget, Unstructured
 
-from . import allocation
+from . import allocation, blocks
 from .batches import LossFn, check_data, cross_entropy, mean_loss
+from .blockwise import BlockPruner, outside_problem
+from .checkpoint import Checkpoint
 from .finetune import Finetune, masked_finetune
 from .layerwise import LayerPruner, LayerResult, method_options
 from .masks import attach, refresh
 from .report import LayerReport, PruneReport, Trial
+from .rollback import Rollback
 from .search import GRID, two_stage
 from .snapshot import Snapshot
 from .statistics import Moments, discover
@@ -64,6 +73,9 @@ def prune(
     device: torch.device | str | None = None,
     options: Mapping | None = None,
     progress: bool = True,
+    blockwise: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -104,6 +116,21 @@ def prune(
             (and back if the run fails).
         options: options for the solver method (see its docstring).
         progress: show progress bars.
+        blockwise: prune block by block (:mod:`l0prune.blockwise`): ``None`` (default) when
+            the model is a stack of repeated blocks run one after the other (a transformer's
+            ``model.layers``, ``transformer.h``, ``encoder.layer``) and every target outside
+            the stack runs after it, else the whole-model path; ``True``: block by block or a
+            ``ValueError`` saying why not; ``False``: the whole-model path. Both give the same
+            masks with ``sequential=False`` and the same results up to float rounding with
+            ``sequential=True``. Block by block, the validation loss and finetuning run where
+            the model is (only the blocks visit ``device``).
+        checkpoint: a folder where a block-by-block run with a fixed budget (``sparsity`` or a
+            sized ``budget``, not ``alpha``) writes each finished block's weights and masks
+            (:mod:`l0prune.checkpoint`).
+        resume: take the blocks finished in ``checkpoint`` by an earlier run with the same
+            settings and calibration data (the result is bit for bit that of a run never
+            interrupted); a checkpoint written with other settings or data is refused with one
+            line naming them.
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -123,27 +150,45 @@ def prune(
     _check_settings(loss_fn, sequential, seed, options, progress)
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
+    _check_blockwise(model, blockwise, checkpoint, resume, alpha)
     device, moved_from = _device(model, device)
-    if moved_from is not None:
+    home = moved_from or device
+    stack = blocks.find_stack(model) if blockwise is not False else None
+    if stack is None and moved_from is not None:
         model.to(device)
-    snapshot = Snapshot(model)
+    snapshot = Snapshot(model) if stack is None else Rollback(model)
     try:
         model.eval()
-        discovery = discover(model, next(iter(calibration)), device)
+        if stack is None:
+            discovery = discover(model, next(iter(calibration)), device)
+        else:
+            discovery, problem = blocks.discover(model, stack, next(iter(calibration)), home)
         if isinstance(sparsity, Mapping):
             chosen = _dict_targets(model, discovery.order, sparsity, targets, ignore)
         else:
             chosen = select_targets(model, discovery.order, targets, ignore)
         _check_fits(chosen, family)
-        pruner = LayerPruner(
-            model, calibration, chosen, discovery, snapshot,
-            method=method, options=method_options(method, options, seed),
-            sequential=sequential, device=device, progress=progress,
-        )
+        if stack is not None:
+            stack = _settle(stack, problem or outside_problem(stack, chosen, discovery),
+                            blockwise, checkpoint)
+            if stack is None or config is not None:  # the whole model changes
+                snapshot.capture(model)
+            if stack is None and moved_from is not None:
+                model.to(device)
+        common = dict(method=method, options=method_options(method, options, seed),
+                      sequential=sequential, device=device, progress=progress)
+        if stack is None:
+            pruner = LayerPruner(model, calibration, chosen, discovery, snapshot, **common)
+        else:
+            pruner = BlockPruner(
+                model, calibration, chosen, discovery, snapshot, stack, **common,
+                keep_inputs=alpha is not None,
+                checkpoint=None if checkpoint is None else Checkpoint(checkpoint, resume),
+            )
         run = _Run(
             model, pruner, snapshot, validation=validation, loss_fn=loss_fn or cross_entropy,
-            finetune=config, calibration=calibration, device=device, seed=seed,
-            progress=progress,
+            finetune=config, calibration=calibration, device=device if stack is None else home,
+            seed=seed, progress=progress,
         )
         if alpha is not None:
             run.search(alpha, family)
@@ -154,6 +199,8 @@ def prune(
         else:
             run.fixed({t.name: allocation.layer_family(t, family) for t in chosen})
         report = run.report(method, _budget_text(family), sequential, alpha, start)
+        if stack is not None:
+            report.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
     except BaseException:
         snapshot.restore()
         if moved_from is not None:
@@ -237,6 +284,8 @@ class _Run:
                 return None
             self.pruner.moments = self.outcome.moments
             curves = self.pruner.curves(family, GRID)
+            if isinstance(self.pruner, BlockPruner):  # its curves leave the model dense
+                self.current = None
             return lambda s: self._trial(
                 allocation.spread(curves, int(round((1 - s) * total))), "allocated", s
             )
@@ -380,6 +429,43 @@ def _check_settings(loss_fn, sequential, seed, options, progress) -> None:
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f"options must be a dict of solver options, got {options!r}")
+
+
+def _check_blockwise(model, blockwise, checkpoint, resume, alpha) -> None:
+    if blockwise is not None and not isinstance(blockwise, bool):
+        raise ValueError(f"blockwise must be None, True or False, got {blockwise!r}")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a folder path, got {type(checkpoint).__name__}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the folder of the run to resume)")
+    if checkpoint is not None and alpha is not None:
+        raise ValueError(
+            "checkpoint= works with a fixed budget (sparsity= or a sized budget), not alpha= "
+            "(every trial of the search prunes anew)"
+        )
+    if checkpoint is not None and blockwise is False:
+        raise ValueError("checkpoint= needs block-by-block pruning; got blockwise=False")
+    if (blockwise or checkpoint is not None) and blocks.find_stack(model) is None:
+        raise ValueError(
+            f"{'blockwise=True' if blockwise else 'checkpoint='} needs a model built as a stack "
+            "of repeated blocks (an nn.ModuleList of two or more modules of one type); "
+            f"{type(model).__name__} has none"
+        )
+
+
+def _settle(stack, problem: str | None, blockwise: bool | None, checkpoint):
+    """``stack`` if it can be pruned block by block, ``None`` for the whole-model path."""
+    if problem is None:
+        return stack
+    if blockwise or checkpoint is not None:
+        what = "blockwise=True" if blockwise else "checkpoint="
+        raise ValueError(
+            f"{what} needs block-by-block pruning, but the stack {stack.name!r} cannot be: "
+            f"{problem}"
+        )
+    return None
 
 
 def _finetune_config(finetune) -> Finetune | None:

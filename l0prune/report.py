@@ -80,6 +80,8 @@ class PruneReport:
         validation_passes: passes over the validation data.
         finetune_steps: optimizer steps of finetuning, all trials together.
         trials: the search steps, in order (empty without ``alpha``).
+        blocks: the stack pruned block by block (its name and block count), or ``None`` for
+            the whole-model path.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -102,6 +104,7 @@ class PruneReport:
     validation_passes: int = 0
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
+    blocks: str | None = None
 
     @property
     def kept(self) -> int:
@@ -167,6 +170,7 @@ class PruneReport:
         lines = [
             f"sparsity {100 * self.sparsity:.2f} % ({self.kept:,} of {self.total:,} weights "
             f"kept), method {self.method}, budget {self.budget}, {mode} statistics"
+            + (f", block by block ({self.blocks})" if self.blocks else "")
         ]
         if self.dense_loss is not None and self.pruned_loss is not None:
             reached = self.alpha_reached
