@@ -45,6 +45,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
@@ -353,7 +354,7 @@ class BlockPruner:
             return self._to_home(done)
         for group in self.suffix:
             earlier = {**results, **done}
-            moments = self._collect([group], (lambda: self._dense(earlier)) if earlier else None)
+            moments = self._collect([group], partial(self._dense, earlier) if earlier else None)
             self._solve(group, budgets, moments, done, curves)
         return self._to_home(done)
 

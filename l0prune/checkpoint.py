@@ -66,6 +66,16 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:12] + "..."
 
 
+def _difference(key: str, there, here) -> str:
+    """``key (THERE there, HERE here)``; for dicts, the first entry that differs."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        for name in sorted(set(there) | set(here)):
+            if there.get(name) != here.get(name):
+                return (f"{key} ({name}: {_short(there.get(name))} there, "
+                        f"{_short(here.get(name))} here)")
+    return f"{key} ({_short(there)} there, {_short(here)} here)"
+
+
 class Checkpoint:
     """A run's per-block results in ``folder``.
 
@@ -112,7 +122,7 @@ class Checkpoint:
         if self.resume and path.is_file():
             saved = json.loads(path.read_text())
             differ = [
-                f"{key} ({_short(saved.get(key))} there, {_short(settings.get(key))} here)"
+                _difference(key, saved.get(key), settings.get(key))
                 for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)
             ]
             if differ:
