@@ -126,7 +126,8 @@ def prune(
             the model is (only the blocks visit ``device``).
         checkpoint: a folder where a block-by-block run with a fixed budget (``sparsity`` or a
             sized ``budget``, not ``alpha``) writes each finished block's weights and masks
-            (:mod:`l0prune.checkpoint`).
+            (:mod:`l0prune.checkpoint`); a model whose stack turns out not to be prunable block
+            by block (with ``blockwise=None``) takes the whole-model path and writes nothing.
         resume: take the blocks finished in ``checkpoint`` by an earlier run with the same
             settings and calibration data (the result is bit for bit that of a run never
             interrupted); a checkpoint written with other settings or data is refused with one
@@ -170,7 +171,7 @@ def prune(
         _check_fits(chosen, family)
         if stack is not None:
             stack = _settle(stack, problem or outside_problem(stack, chosen, discovery),
-                            blockwise, checkpoint)
+                            blockwise, resume)
             if stack is None or config is not None:  # the whole model changes
                 snapshot.capture(model)
             if stack is None and moved_from is not None:
@@ -455,12 +456,12 @@ def _check_blockwise(model, blockwise, checkpoint, resume, alpha) -> None:
         )
 
 
-def _settle(stack, problem: str | None, blockwise: bool | None, checkpoint):
+def _settle(stack, problem: str | None, blockwise: bool | None, resume: bool):
     """``stack`` if it can be pruned block by block, ``None`` for the whole-model path."""
     if problem is None:
         return stack
-    if blockwise or checkpoint is not None:
-        what = "blockwise=True" if blockwise else "checkpoint="
+    if blockwise or resume:
+        what = "blockwise=True" if blockwise else "resume=True"
         raise ValueError(
             f"{what} needs block-by-block pruning, but the stack {stack.name!r} cannot be: "
             f"{problem}"

@@ -4,6 +4,11 @@ baseline solver under the same settings, and write the output folder.
 The folder holds ``report.json``, ``report.md``, ``recipe.toml``, ``sparsity_vs_loss.png``,
 ``layers.png``, ``model.pt`` (the pruned weights under the dense model's keys) and
 ``model.sparse.pt`` (the same, compact); see :data:`~l0prune.cli.report_files.FILES`.
+
+A block-by-block run with a fixed budget also keeps each finished block in ``OUT.partial/``
+(one subfolder per method, :mod:`l0prune.checkpoint`), next to the output folder and outside
+its atomic replacement, so that it survives a failed run; ``--resume`` continues from there.
+It is removed once the output folder is written.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import copy
 import importlib.metadata
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,9 +27,11 @@ import torch
 from torch import nn
 
 import l0prune
+from l0prune.blocks import find_stack
 
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
 from .default_model import builtin_task
+from .errors import UsageError
 from .output_dir import check_destination, staged
 from .report_files import headline, markdown, run_reports
 from .task import Task, user_task
@@ -59,6 +67,24 @@ def _finetune(task: Task, settings: Settings) -> l0prune.Finetune | None:
     )
 
 
+def _partial(settings: Settings) -> Path:
+    """Where the finished blocks are kept until the output folder is written."""
+    return Path(f"{settings.out}.partial")
+
+
+def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | None:
+    """``OUT.partial/METHOD`` for a block-by-block run with a fixed budget, else ``None``."""
+    if settings.alpha is None and settings.blockwise is not False and find_stack(model):
+        return _partial(settings) / method
+    if settings.resume:
+        raise UsageError(
+            "--resume continues a block-by-block run with a fixed budget: it needs --sparsity "
+            "or an N:M --budget, a model built as a stack of repeated blocks and no "
+            "--no-blockwise"
+        )
+    return None
+
+
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
            progress: bool) -> l0prune.PruneReport:
     return l0prune.prune(
@@ -66,7 +92,8 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         validation=task.validation, loss_fn=task.loss_fn, method=method,
         budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
         sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
-        device=settings.device, progress=progress,
+        device=settings.device, progress=progress, blockwise=settings.blockwise,
+        checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
     )
 
 
@@ -144,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     with staged(out) as folder:
         data["seconds"] = time.perf_counter() - start
         _write(folder, task, settings, data)
+    shutil.rmtree(_partial(settings), ignore_errors=True)
     if args.json:
         print(json.dumps(data, indent=2))
     elif not args.quiet:

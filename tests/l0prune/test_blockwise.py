@@ -331,3 +331,74 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         l0prune.prune(model, data, alpha=1.1, validation=data, checkpoint=tmp_path,
                       progress=False)
     assert not any(tmp_path.iterdir())
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+USER_LLAMA = '''
+import os
+import torch
+import transformers
+
+def build():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(config).eval()
+    if os.environ.get("FAIL_IN_BLOCK"):  # a crash as block k is pruned (after discovery and
+        # the dense validation loss ran it once each)
+        calls = []
+
+        def crash(module, args, kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("the machine went away")
+
+        block = model.model.layers[int(os.environ["FAIL_IN_BLOCK"])]
+        block.register_forward_pre_hook(crash, with_kwargs=True)
+    return model
+
+def calibration():
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(1, 97, (4, 12), generator=g)} for _ in range(3)]
+
+def validation():
+    return [{**batch, "labels": batch["input_ids"]} for batch in calibration()[:1]]
+'''
+
+
+def test_the_cli_keeps_finished_blocks_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    from l0prune.masks import permanent_state_dict
+    from tests.l0prune.test_cli_prune import run_cli
+
+    (tmp_path / "userllama.py").write_text(USER_LLAMA)
+    args = ["prune", "--model", "userllama:build", "--calibration", "userllama:calibration",
+            "--validation", "userllama:validation", "--sparsity", 0.5, "--method", "obs",
+            "--baseline", "none", "--finetune-epochs", 0, "--threads", 1, "--out", "out",
+            "--quiet"]
+    monkeypatch.setenv("FAIL_IN_BLOCK", "2")
+    failed = run_cli(*args, cwd=tmp_path)
+    assert failed.returncode == 1 and "the machine went away" in failed.stderr
+    partial = tmp_path / "out.partial" / "obs"
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in partial.iterdir()) == [
+        "block-0000.safetensors", "block-0001.safetensors", "settings.json"]
+    monkeypatch.delenv("FAIL_IN_BLOCK")
+    refused = run_cli(*args, "--sparsity", 0.6, "--resume", cwd=tmp_path)  # the last flag wins
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith("l0prune: error: resume refused: ") and "budgets (" in \
+        refused.stderr
+    resumed = run_cli(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (tmp_path / "out.partial").exists()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userllama
+
+    model = userllama.build()
+    l0prune.prune(model, userllama.calibration(), sparsity=0.5, method="obs", progress=False)
+    expected = permanent_state_dict(model)
+    written = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert written.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(written[key], value), key
