@@ -25,8 +25,11 @@ The statistics are those of the whole-model path, so the results are too (the sa
 
 Memory on the run's device: one block, its groups' float64 statistics (freed once the group is
 solved), the cached activations: one stream (``sequential=False``) or two (``True``), plus
-block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). On the
-CPU: the model and the rollback's copies of the blocks changed so far.
+block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). Where
+the model is (the CPU): the model, with its pruned weights in place (the results refer to
+them, no second copy), boolean masks until they are attached, and the rollback's copies of the
+blocks changed so far, or of one block when they go to disk
+(:class:`~l0prune.rollback.Rollback` with a folder).
 
 Targets outside the stack run after it (a pooler, a projection after the last block): they are
 pruned after the stack by whole-model passes as in the whole-model path (``sequential=True``:
@@ -217,7 +220,8 @@ class BlockPruner:
 
         Returns:
             A :class:`~l0prune.layerwise.LayerResult` per target name, in the order the
-            layers run (weights and masks on the model's device).
+            layers run; each ``weight`` is the layer's own ``weight_orig`` (not a copy), each
+            mask on the model's device.
         """
         self.moments = dict(budgets)
         results = self._sweep(budgets, self.checkpoint, None)
@@ -294,9 +298,13 @@ class BlockPruner:
                     if checkpoint is not None:
                         checkpoint.save(index, list(done.values()), digest)
                 else:
+                    with torch.no_grad():
+                        for t in members:
+                            t.module.weight.copy_(done[t.name].weight)
                     self._advance(block, inputs, dense, pruned, done)
                 block.to(self.home)
-                results.update(done)
+                self.rollback.release(block)
+                results.update(self._in_place(done))
                 bar.update()
         del dense, pruned
         results.update(self._suffix(budgets, results, curves))
@@ -312,7 +320,7 @@ class BlockPruner:
             self._advance(block, inputs, dense, pruned, {})
             for group in groups:
                 self._solve(group, budgets, moments, done, curves)
-            return self._to_home(done)
+            return done
         for position, group in enumerate(groups):
             if first and position == 0:
                 moments = collect(runner, data, [group], self.device, self.discovery)
@@ -324,12 +332,12 @@ class BlockPruner:
             self._solve(group, budgets, moments, done, curves)
             del moments
         self._advance(block, inputs, dense, pruned, done)
-        return self._to_home(done)
+        return done
 
     @torch.no_grad()
     def _advance(self, block, inputs, dense, pruned, done) -> None:
-        """The streams past ``block``: ``X_0`` through the dense block, then ``X`` through the
-        block pruned as in ``done`` (whose weights it is left holding)."""
+        """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
+        the dense block, then ``X`` through the block as it is."""
         with self._dense(done):
             for i in range(len(dense)):
                 dense[i] = run_block(block, inputs, i, dense[i])
@@ -351,12 +359,12 @@ class BlockPruner:
                 moments = self._collect(self.suffix, None)
             for group in self.suffix:
                 self._solve(group, budgets, moments, done, curves)
-            return self._to_home(done)
+            return self._in_place(done)
         for group in self.suffix:
             earlier = {**results, **done}
             moments = self._collect([group], partial(self._dense, earlier) if earlier else None)
             self._solve(group, budgets, moments, done, curves)
-        return self._to_home(done)
+        return self._in_place(done)
 
     def _collect(self, groups, reference) -> dict[str, Moments]:
         """Whole-model statistics of ``groups`` (where the model is), moved to the device."""
@@ -380,25 +388,30 @@ class BlockPruner:
                 t.module.weight.copy_(result.weight)
             done[t.name] = result
 
-    def _to_home(self, done: dict[str, LayerResult]) -> dict[str, LayerResult]:
+    def _in_place(self, done: dict[str, LayerResult]) -> dict[str, LayerResult]:
+        """``done`` with each weight the layer's own (which holds it): no second copy of the
+        pruned model; masks where the model is."""
+        modules = {t.name: t.module for t in self.targets}
         return {
-            name: dataclasses.replace(r, weight=r.weight.to(self.home), mask=r.mask.to(self.home))
+            name: dataclasses.replace(r, weight=modules[name].weight, mask=r.mask.to(self.home))
             for name, r in done.items()
         }
 
     @contextmanager
     def _dense(self, done: Mapping[str, LayerResult]) -> Iterator[None]:
-        """The dense weights back in the layers of ``done`` for the duration."""
-        modules = {t.name: t.module for t in self.targets}
+        """The dense weights back in the layers of ``done`` for the duration (their pruned
+        weights, copied aside meanwhile, put back after)."""
+        modules = [t.module for t in self.targets if t.name in done]
         with torch.no_grad():
-            for name in done:
-                modules[name].weight.copy_(self.rollback.value(modules[name].weight))
+            pruned = [m.weight.clone() for m in modules]
+            for m in modules:
+                m.weight.copy_(self.rollback.value(m.weight))
         try:
             yield
         finally:
             with torch.no_grad():
-                for name, result in done.items():
-                    modules[name].weight.copy_(result.weight)
+                for m, weight in zip(modules, pruned, strict=True):
+                    m.weight.copy_(weight)
 
     @staticmethod
     @contextmanager

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -76,6 +78,7 @@ def prune(
     blockwise: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    rollback_dir: str | os.PathLike | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -132,6 +135,10 @@ def prune(
             settings and calibration data (the result is bit for bit that of a run never
             interrupted); a checkpoint written with other settings or data is refused with one
             line naming them.
+        rollback_dir: an existing folder where a block-by-block run moves the rollback copy of
+            each finished block (safetensors files, removed when the run ends), so that memory
+            holds the copy of one block at a time instead of a second copy of the stack; the
+            whole-model path ignores it (its snapshot is taken up front).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -151,13 +158,15 @@ def prune(
     _check_settings(loss_fn, sequential, seed, options, progress)
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
-    _check_blockwise(model, blockwise, checkpoint, resume, alpha)
+    _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
     device, moved_from = _device(model, device)
     home = moved_from or device
     stack = blocks.find_stack(model) if blockwise is not False else None
     if stack is None and moved_from is not None:
         model.to(device)
-    snapshot = Snapshot(model) if stack is None else Rollback(model)
+    spill = None if stack is None or rollback_dir is None else tempfile.mkdtemp(
+        prefix="l0prune-rollback-", dir=rollback_dir)
+    snapshot = Snapshot(model) if stack is None else Rollback(model, spill)
     try:
         model.eval()
         if stack is None:
@@ -207,6 +216,9 @@ def prune(
         if moved_from is not None:
             model.to(moved_from)
         raise
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
     snapshot.restore_modes()
     return report
 
@@ -432,13 +444,17 @@ def _check_settings(loss_fn, sequential, seed, options, progress) -> None:
         raise ValueError(f"options must be a dict of solver options, got {options!r}")
 
 
-def _check_blockwise(model, blockwise, checkpoint, resume, alpha) -> None:
+def _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir) -> None:
     if blockwise is not None and not isinstance(blockwise, bool):
         raise ValueError(f"blockwise must be None, True or False, got {blockwise!r}")
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True or False, got {resume!r}")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise ValueError(f"checkpoint must be a folder path, got {type(checkpoint).__name__}")
+    if rollback_dir is not None and not (
+        isinstance(rollback_dir, (str, os.PathLike)) and os.path.isdir(rollback_dir)
+    ):
+        raise ValueError(f"rollback_dir must be an existing folder, got {rollback_dir!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the folder of the run to resume)")
     if checkpoint is not None and alpha is not None:

@@ -13,7 +13,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Snapshot"]
+__all__ = ["Snapshot", "put_back"]
+
+
+@torch.no_grad()
+def put_back(tensor: torch.Tensor, saved: torch.Tensor, requires_grad: bool,
+             grad: torch.Tensor | None) -> None:
+    """Give ``tensor`` (the same object) the value, device, dtype, shape and gradient captured.
+
+    Args:
+        tensor: a parameter or buffer.
+        saved: its captured value.
+        requires_grad: its captured ``requires_grad``.
+        grad: its captured gradient, or ``None``.
+
+    Returns:
+        None.
+
+    Example:
+        >>> weight = torch.zeros(2)
+        >>> put_back(weight, torch.ones(2), False, None); weight
+        tensor([1., 1.])
+    """
+    if (tensor.device, tensor.dtype, tensor.shape) == (saved.device, saved.dtype, saved.shape):
+        tensor.copy_(saved)
+    else:
+        tensor.data = saved.clone()
+    tensor.requires_grad_(requires_grad)
+    tensor.grad = None if grad is None else grad.clone()
 
 
 class _ModuleState:
@@ -96,16 +123,8 @@ class Snapshot:
             module._buffers.clear()
             module._buffers.update(state.buffers)
             module.training = state.training
-        with torch.no_grad():
-            for tensor, saved, requires_grad, grad in self.values.values():
-                if (tensor.device, tensor.dtype, tensor.shape) == (
-                    saved.device, saved.dtype, saved.shape
-                ):
-                    tensor.copy_(saved)
-                else:
-                    tensor.data = saved.clone()
-                tensor.requires_grad_(requires_grad)
-                tensor.grad = None if grad is None else grad.clone()
+        for tensor, saved, requires_grad, grad in self.values.values():
+            put_back(tensor, saved, requires_grad, grad)
 
     def restore_modes(self) -> None:
         """Put back only each module's train / eval mode.

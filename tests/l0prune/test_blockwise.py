@@ -255,6 +255,37 @@ def test_a_failure_in_block_k_leaves_the_model_bit_identical(monkeypatch, error)
     assert captured == [stack.blocks[0], stack.blocks[1], stack.blocks[2]]
 
 
+def test_rollback_copies_on_disk_keep_one_block_in_memory(monkeypatch, tmp_path):
+    data = token_batches()
+    in_memory = []
+    release = Rollback.release
+
+    def record(self, part):
+        release(self, part)
+        in_memory.append(len(self.values))
+
+    monkeypatch.setattr(Rollback, "release", record)
+    expected_model, model = tiny("llama", 4), tiny("llama", 4)
+    expected = l0prune.prune(expected_model, data, sparsity=0.5, method="obs", progress=False)
+    in_memory.clear()
+    found = l0prune.prune(model, data, sparsity=0.5, method="obs", rollback_dir=tmp_path,
+                          progress=False)
+    assert in_memory == [0, 0, 0, 0] and not any(tmp_path.iterdir())
+    for name, (weight, mask) in _pruned(expected_model, expected).items():
+        assert torch.equal(_pruned(model, found)[name][0], weight)
+        assert torch.equal(_pruned(model, found)[name][1], mask)
+    model = tiny("llama", 4)
+    before = _state(model)
+    _fail_in_block(monkeypatch, 3, RuntimeError("solver failed"))
+    with pytest.raises(RuntimeError):
+        l0prune.prune(model, data, sparsity=0.5, method="obs", rollback_dir=tmp_path,
+                      progress=False)
+    _assert_untouched(model, before)  # blocks 0-2 came back from their files
+    assert in_memory[-3:] == [0, 0, 0] and not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="rollback_dir must be an existing folder"):
+        l0prune.prune(model, data, sparsity=0.5, rollback_dir=tmp_path / "missing")
+
+
 # --- resume --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sequential", [True, False], ids=["sequential", "parallel"])
