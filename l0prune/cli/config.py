@@ -225,6 +225,12 @@ def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
     _check(settings)
     if settings.sparsity is None and settings.alpha is None and ":" not in settings.budget:
         settings.alpha = DEFAULT_ALPHA
+    if settings.resume and (settings.alpha is not None or settings.blockwise is False):
+        given = "--no-blockwise" if settings.blockwise is False else f"alpha {settings.alpha:g}"
+        raise UsageError(
+            "--resume continues a block-by-block run with a fixed budget (--sparsity or an N:M "
+            f"--budget); got {given}"
+        )
     if settings.finetune_epochs is None:
         settings.finetune_epochs = QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
     return settings

@@ -78,9 +78,8 @@ def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | Non
         return _partial(settings) / method
     if settings.resume:
         raise UsageError(
-            "--resume continues a block-by-block run with a fixed budget: it needs --sparsity "
-            "or an N:M --budget, a model built as a stack of repeated blocks and no "
-            "--no-blockwise"
+            "--resume continues a block-by-block run: the model is not built as a stack of "
+            "repeated blocks (an nn.ModuleList of two or more modules of one type)"
         )
     return None
 
