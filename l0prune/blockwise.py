@@ -270,6 +270,7 @@ class BlockPruner:
             "targets": {t.name: list(t.weight_shape) for t in self.targets},
             "stack": f"{self.stack.name} ({len(self.stack.blocks)} blocks)",
             "device": str(self.device),
+            "torch": torch.__version__,
             "calibration": digest,
         }
 

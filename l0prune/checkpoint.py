@@ -3,8 +3,8 @@
 A checkpoint folder holds
 
 - ``settings.json``: what the blocks' results depend on: method and options, sequential or
-  not, every target's budget, the targets and the stack, the device and the SHA-256 of the
-  calibration data;
+  not, every target's budget, the targets and the stack, the device, the torch version and the
+  SHA-256 of the calibration data;
 - ``block-NNNN.safetensors`` per finished block: each target's pruned ``weight`` and boolean
   ``mask`` (``NAME.weight``, ``NAME.mask``), with the figures of its
   :class:`~l0prune.layerwise.LayerResult` and the SHA-256 of the block's dense weights in the
