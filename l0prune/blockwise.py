@@ -400,18 +400,18 @@ class BlockPruner:
 
     @contextmanager
     def _dense(self, done: Mapping[str, LayerResult]) -> Iterator[None]:
-        """The dense weights back in the layers of ``done`` for the duration (their pruned
-        weights, copied aside meanwhile, put back after)."""
-        modules = [t.module for t in self.targets if t.name in done]
+        """The dense weights back in the layers of ``done`` for the duration; then their
+        pruned weights (from the results, or copied aside when the results share them)."""
+        modules = [(t.module, done[t.name].weight) for t in self.targets if t.name in done]
         with torch.no_grad():
-            pruned = [m.weight.clone() for m in modules]
-            for m in modules:
+            pruned = [w.clone() if w is m.weight else w for m, w in modules]
+            for m, _ in modules:
                 m.weight.copy_(self.rollback.value(m.weight))
         try:
             yield
         finally:
             with torch.no_grad():
-                for m, weight in zip(modules, pruned, strict=True):
+                for (m, _), weight in zip(modules, pruned, strict=True):
                     m.weight.copy_(weight)
 
     @staticmethod
