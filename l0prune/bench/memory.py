@@ -31,8 +31,10 @@ The budget of the block-by-block design, in the same units:
 
 Block mode writes the rollback copies of finished blocks to a temporary folder (``prune``'s
 ``rollback_dir``); ``--no-offload`` keeps them in memory, adding the stack's parameters to the
-peak. The table is printed and written as markdown (default ``bench-results/memory.md``).
-``--quick`` runs a 4-block, hidden-512 model.
+peak. Freed memory that glibc keeps in its heap counts in the resident set:
+``--mmap-threshold 1048576`` runs both with ``MALLOC_MMAP_THRESHOLD_`` fixed, so that
+allocations above 1 MiB go back to the system when freed. The table is printed and written as
+markdown (default ``bench-results/memory.md``). ``--quick`` runs a 4-block, hidden-512 model.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -246,10 +249,13 @@ def measure(args: argparse.Namespace) -> Figures:
     )
 
 
-def _run_child(mode: str, argv: list[str]) -> Figures:
+def _run_child(mode: str, argv: list[str], mmap_threshold: int | None) -> Figures:
+    env = dict(os.environ)
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     done = subprocess.run(
         [sys.executable, "-m", "l0prune.bench.memory", *argv, "--child", mode],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=env,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the {mode} run failed:\n{done.stderr[-2000:]}")
@@ -272,7 +278,8 @@ def table(rows: list[Figures], args: argparse.Namespace, command: str) -> str:
         ...               40 * MiB, None, 10.0, 1)
         >>> args = argparse.Namespace(blocks=8, hidden=1024, intermediate=2816, vocab=8192,
         ...                           samples=8, seqlen=128, method="obs", sparsity=0.5,
-        ...                           sequential=True, device="cpu", threads=1, offload=True)
+        ...                           sequential=True, device="cpu", threads=1, offload=True,
+        ...                           mmap_threshold=None)
         >>> print(table([row], args, "cmd").splitlines()[8])
         | block | 600 | 400 | 500 | 50 | 8 | 40 | 718 | 0.84 | - | 1 | 10.0 |
     """
@@ -285,7 +292,9 @@ def table(rows: list[Figures], args: argparse.Namespace, command: str) -> str:
         f"{args.intermediate}, vocabulary {args.vocab}, float32; {args.samples} windows of "
         f"{args.seqlen} tokens; {args.method} at {args.sparsity:g}, "
         f"{'sequential' if args.sequential else 'parallel'} statistics, device {args.device}; "
-        f"block mode's rollback copies {'on disk' if args.offload else 'in memory'}. "
+        f"block mode's rollback copies {'on disk' if args.offload else 'in memory'}; "
+        + ("glibc's adaptive mmap threshold. " if args.mmap_threshold is None else
+           f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}. ") +
         "MiB; peak: resident memory above the process before the model was built; budget = "
         "1.2 x (pruned model + one block + activations + layer solve).",
         "",
@@ -330,6 +339,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                         help="block mode's rollback copies on disk (default) or in memory")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="run both with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (allocations "
+                             "above it are given back to the system when freed); default: "
+                             "the allocator's own, adaptive threshold")
     parser.add_argument("--quick", action="store_true", help="4 blocks of hidden 512")
     parser.add_argument("--out", default="bench-results/memory.md", help="markdown output file")
     parser.add_argument("--child", choices=("block", "whole"), help=argparse.SUPPRESS)
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         print(json.dumps(measure(args).__dict__))
         return
-    rows = [_run_child(mode, argv) for mode in ("block", "whole")]
+    rows = [_run_child(mode, argv, args.mmap_threshold) for mode in ("block", "whole")]
     text = table(rows, args, "python -m l0prune.bench memory " + " ".join(argv))
     print(text)
     out = Path(args.out)
