@@ -399,31 +399,32 @@ def validation():
 '''
 
 
-def test_the_cli_keeps_finished_blocks_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+def test_the_cli_keeps_finished_blocks_and_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
     from l0prune.masks import permanent_state_dict
-    from tests.l0prune.test_cli_prune import run_cli
+    from tests.l0prune.test_cli_errors import run_main
 
     (tmp_path / "userllama.py").write_text(USER_LLAMA)
+    monkeypatch.syspath_prepend(str(tmp_path))
     args = ["prune", "--model", "userllama:build", "--calibration", "userllama:calibration",
             "--validation", "userllama:validation", "--sparsity", 0.5, "--method", "obs",
             "--baseline", "none", "--finetune-epochs", 0, "--threads", 1, "--out", "out",
             "--quiet"]
     monkeypatch.setenv("FAIL_IN_BLOCK", "2")
-    failed = run_cli(*args, cwd=tmp_path)
+    failed = run_main(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert failed.returncode == 1 and "the machine went away" in failed.stderr
     partial = tmp_path / "out.partial" / "obs"
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in partial.iterdir()) == [
         "block-0000.safetensors", "block-0001.safetensors", "settings.json"]
     monkeypatch.delenv("FAIL_IN_BLOCK")
-    refused = run_cli(*args, "--sparsity", 0.6, "--resume", cwd=tmp_path)  # the last flag wins
+    refused = run_main(*args, "--sparsity", 0.6, "--resume", cwd=tmp_path, capsys=capsys,
+                       monkeypatch=monkeypatch)  # the last --sparsity wins
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert refused.stderr.startswith("l0prune: error: resume refused: ") and "budgets (" in \
         refused.stderr
-    resumed = run_cli(*args, "--resume", cwd=tmp_path)
+    resumed = run_main(*args, "--resume", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert resumed.returncode == 0, resumed.stderr
     assert not (tmp_path / "out.partial").exists()
-    monkeypatch.syspath_prepend(str(tmp_path))
     import userllama
 
     model = userllama.build()
