@@ -132,7 +132,7 @@ class Checkpoint:
                 )
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        for old in self.folder.glob("block-*.safetensors"):
+        for old in (*self.folder.glob("block-*.safetensors"), *self.folder.glob(".*.partial")):
             old.unlink()
         self._write(path, lambda temporary: temporary.write_text(
             json.dumps(settings, indent=2, sort_keys=True) + "\n"
