@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from solvers import METHODS, Budget, LayerProblem, solve
 
-from .allocation import Curve, layer_family
+from .allocation import Curve, layer_family, least_count
 from .masks import attach
 from .snapshot import Snapshot
 from .statistics import Discovery, Moments, collect, input_groups
@@ -267,7 +267,10 @@ class LayerPruner:
             for t in self.targets:
                 fam = layer_family(t, family)
                 top = fam.max_count(t.shape)
-                counts = sorted({int(round((1 - s) * top)) for s in grid} | {top}, reverse=True)
+                least = least_count(fam)
+                counts = sorted(
+                    {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
+                )
                 errors = [0.0] + [
                     self.solve(t, fam.with_count(c), self.moments[t.name]).relative_error
                     for c in counts[1:]

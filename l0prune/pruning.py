@@ -152,7 +152,7 @@ def prune(
         elif sparsity is not None:
             run.fixed(allocation.uniform(chosen, family, sparsity))
         else:
-            run.fixed({t.name: allocation.layer_family(t, family) for t in chosen})
+            run.fixed({t.name: allocation.given(t, family) for t in chosen})
         report = run.report(method, _budget_text(family), sequential, alpha, start)
     except BaseException:
         snapshot.restore()
