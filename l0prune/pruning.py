@@ -13,9 +13,10 @@ The run, in order (DESIGN.md 2.6 and 3):
 4. the report.
 
 Any exception (a bad batch, a solver error, ``KeyboardInterrupt``) puts the model back exactly as
-it was before the exception propagates. The price is memory: the snapshot holds a copy of the
-model's parameters and buffers on its device for the whole run (and the search keeps its best
-trial's state on the CPU).
+it was before the exception propagates, on the device it was on. The price is memory: the
+snapshot holds a copy of the model's parameters and buffers for the whole run, taken before the
+model moves to ``device`` (so on the model's own device, the CPU for a model moved to a GPU);
+the search keeps its best trial's state on the CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .layerwise import LayerPruner, LayerResult, method_options
 from .masks import attach, refresh
 from .report import LayerReport, PruneReport, Trial
 from .search import GRID, two_stage
-from .snapshot import Snapshot
+from .snapshot import Snapshot, move
 from .statistics import Moments, discover
 from .targets import Target, select_targets
 
@@ -101,7 +102,8 @@ def prune(
             finetuning after pruning; with ``alpha``, after every trial of the search.
         seed: seeds finetuning and solvers that draw random numbers.
         device: where the run computes; default: the model's device. The model is moved there
-            (and back if the run fails).
+            (and back if the run fails); one that does not exist here (``"cuda"`` without
+            CUDA) or holds no data (``"meta"``) is a ``ValueError``.
         options: options for the solver method (see its docstring).
         progress: show progress bars.
 
@@ -123,11 +125,10 @@ def prune(
     _check_settings(loss_fn, sequential, seed, options, progress)
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
-    device, moved_from = _device(model, device)
-    if moved_from is not None:
-        model.to(device)
-    snapshot = Snapshot(model)
+    device = _device(model, device)
+    snapshot = Snapshot(model)  # before any move: a failure puts the model back where it was
     try:
+        move(model, device)
         model.eval()
         discovery = discover(model, next(iter(calibration)), device)
         if isinstance(sparsity, Mapping):
@@ -156,8 +157,6 @@ def prune(
         report = run.report(method, _budget_text(family), sequential, alpha, start)
     except BaseException:
         snapshot.restore()
-        if moved_from is not None:
-            model.to(moved_from)
         raise
     snapshot.restore_modes()
     return report
@@ -251,7 +250,7 @@ class _Run:
 
     def _trial(self, budgets: Mapping[str, Budget], stage: str, target: float) -> bool:
         """Prune the dense model under ``budgets``; keep the state if it is the best so far."""
-        self.snapshot.restore()
+        self.snapshot.restore(devices=False)
         self.model.eval()
         outcome = self.current = self.apply(budgets)
         met = outcome.loss <= self.limit
@@ -271,7 +270,7 @@ class _Run:
 
     def _put_back(self, outcome: _Outcome) -> None:
         """Make the model hold ``outcome``'s state again."""
-        self.snapshot.restore()
+        self.snapshot.restore(devices=False)
         self.model.eval()
         for t in self.pruner.targets:
             result = outcome.results[t.name]
@@ -304,16 +303,27 @@ def _budget_text(family: Budget) -> str:
     return f"{type(family).__name__}({', '.join(v for v in values if not v.endswith('=None'))})"
 
 
-def _device(model: nn.Module, device) -> tuple[torch.device, torch.device | None]:
-    """The run's device, and the model's device if the model must move there."""
-    current = next((p.device for p in model.parameters()), torch.device("cpu"))
+def _device(model: nn.Module, device) -> torch.device:
+    """The run's device (default: the model's), checked to exist and to hold data."""
     if device is None:
-        return current, None
+        return next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be a torch device or its name, got {device!r}") from None
-    return device, (current if device != current else None)
+    if device.type == "meta":
+        raise ValueError(
+            "device must hold data to compute on, such as 'cpu' or 'cuda'; got 'meta'"
+        )
+    try:  # exists, and takes a CPU tensor's data in place (as model.to needs)
+        torch.empty(0).data = torch.empty(0, device=device)
+    except Exception as err:  # torch raises AssertionError or RuntimeError by backend
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"device {str(device)!r} is not available here ({first}); give one that is, such "
+            f"as 'cpu'"
+        ) from None
+    return device
 
 
 def _fraction(value, name: str) -> None:

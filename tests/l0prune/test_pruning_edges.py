@@ -1,0 +1,96 @@
+"""prune() on inputs first users hit: a device that is not there, dead calibration data, a
+structured budget on a one-channel convolution."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import l0prune
+import l0prune.pruning
+from l0prune import Structured
+
+
+def _small():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 2))
+    data = [(torch.randn(32, 8), torch.randint(0, 2, (32,))) for _ in range(2)]
+    return model, data
+
+
+def _values(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_as_before(model, values, ids):
+    assert not torch_prune.is_pruned(model)
+    assert [id(p) for p in model.parameters()] == ids
+    for key, value in model.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(value, values[key]), key
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("meta", "device must hold data.*got 'meta'"),
+     ("cuda:63", "device 'cuda:63' is not available here")],
+)
+def test_a_device_that_cannot_run_is_a_value_error_and_changes_nothing(device, message):
+    model, data = _small()
+    values, ids = _values(model), [id(p) for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        l0prune.prune(model, data, sparsity=0.5, device=device, progress=False)
+    _assert_as_before(model, values, ids)
+
+
+def test_a_run_that_fails_after_the_move_puts_the_model_back(monkeypatch):
+    """The snapshot is taken before the move. Here the "move" gives every tensor new storage
+    full of NaN (as a move to a device that loses the values would), the run then fails on the
+    NaN, and the model is back as it was: same objects, same values."""
+    model, data = _small()
+    values, ids = _values(model), [id(p) for p in model.parameters()]
+
+    def lossy_move(module, device):
+        for tensor in (*module.parameters(), *module.buffers()):
+            tensor.data = torch.full_like(tensor, float("nan"))
+
+    monkeypatch.setattr(l0prune.pruning, "move", lossy_move)
+    with pytest.raises(ValueError, match="must be finite"):
+        l0prune.prune(model, data, sparsity=0.5, progress=False)
+    _assert_as_before(model, values, ids)
+
+
+@pytest.mark.parametrize("method", ["admm", "iht", "hard_concrete", "obs", "magnitude"])
+def test_dead_calibration_data_keeps_the_budget_and_the_weights(method):
+    """All-zero inputs give ``H = 0`` for the first layer: every answer is optimal there, and
+    the layer keeps its budget's count of trained weights instead of becoming zero."""
+    model, _ = _small()
+    dense = model[0].weight.detach().clone()
+    data = [(torch.zeros(32, 8), torch.randint(0, 2, (32,)))]
+    options = {"steps": 200} if method == "hard_concrete" else None
+    report = l0prune.prune(model, data, sparsity=0.5, method=method, options=options,
+                           progress=False)
+    first = report.layers[0]
+    assert (first.name, first.kept, first.total) == ("0", 64, 128)
+    mask = model[0].weight_mask.bool()
+    assert int(mask.sum()) == 64
+    assert torch.equal(model[0].weight[mask], dense[mask])
+
+
+def test_structured_keeps_one_channel_of_a_one_channel_convolution(digits_cnn_trained):
+    """The digits CNN's first convolution has one input channel (16 x 9 weights, one group of
+    9 columns): rounding 50 % of one group to 0 removed the whole layer; it now stays dense."""
+    import copy
+
+    model, data = digits_cnn_trained
+    model = copy.deepcopy(model)
+    calibration = data.loader("train", batch_size=256)
+    report = l0prune.prune(model, calibration, sparsity=0.5, budget=Structured(),
+                           method="magnitude", progress=False)
+    layers = {layer.name: layer for layer in report.layers}
+    assert (layers["0"].kept, layers["0"].total) == (144, 144)
+    assert layers["2"].kept == 32 * 8 * 9  # 16 input channels: 8 kept
+    sized = l0prune.prune(copy.deepcopy(digits_cnn_trained[0]), calibration,
+                          budget=Structured(sparsity=0.9), method="magnitude", progress=False)
+    assert all(layer.kept > 0 for layer in sized.layers)
+    assert {layer.name: layer.kept for layer in sized.layers}["0"] == 144
