@@ -85,7 +85,7 @@ class PruneReport:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
         >>> report.sparsity
         0.75
-        >>> PruneReport.from_json(report.to_json()) == report
+        >>> PruneReport.from_json_string(report.to_json()) == report
         True
     """
 
@@ -245,8 +245,39 @@ class PruneReport:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> PruneReport:
-        """A report from :meth:`to_json` text.
+    def from_json(cls, path: str | Path) -> PruneReport:
+        """A report from the file :meth:`to_json` wrote.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The report.
+
+        Example:
+            >>> import tempfile, os
+            >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u",
+            ...                      True)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = report.to_json(os.path.join(d, "report.json"))
+            ...     PruneReport.from_json(os.path.join(d, "report.json")) == report
+            True
+        """
+        path = Path(path)
+        try:
+            found = path.is_file()
+        except OSError:  # JSON text given as a path: a name too long for the system
+            found = False
+        if not found:
+            raise ValueError(
+                f"path must be a JSON file written by PruneReport.to_json, got {str(path)[:60]!r} "
+                "(no such file; for JSON text use PruneReport.from_json_string)"
+            )
+        return cls.from_json_string(path.read_text())
+
+    @classmethod
+    def from_json_string(cls, text: str) -> PruneReport:
+        """A report from the JSON text :meth:`to_json` returns.
 
         Args:
             text: the JSON text.
@@ -255,7 +286,8 @@ class PruneReport:
             The report.
 
         Example:
-            >>> PruneReport.from_json(PruneReport([], "admm", "u", True).to_json()).sequential
+            >>> text = PruneReport([], "admm", "u", True).to_json()
+            >>> PruneReport.from_json_string(text).sequential
             True
         """
         return cls.from_dict(json.loads(text))

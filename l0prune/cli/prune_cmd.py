@@ -25,7 +25,7 @@ import l0prune
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
 from .default_model import builtin_task
 from .output_dir import check_destination, staged
-from .report_files import headline, markdown, run_reports
+from .report_files import headline, run_reports, write_reports
 from .task import Task, user_task
 from .values import make_budget
 
@@ -108,9 +108,7 @@ def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
     layers_plot(runs, folder / "layers.png")
     (folder / "recipe.toml").write_text(to_toml(settings))
-    data["files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
-    (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(data))
+    write_reports(folder, data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,5 +147,5 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print("\n".join(headline(data)))
         sizes = ", ".join(f"{name} ({size:,} bytes)" for name, size in data["files"].items())
-        print(f"wrote {out}/: report.md, report.json, {sizes}")
+        print(f"wrote {out}/: {sizes}")
     return 0

@@ -3,14 +3,18 @@ so every figure it shows is in the JSON too."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from l0prune.report import PruneReport
 
-__all__ = ["FILES", "headline", "markdown", "run_reports"]
+__all__ = ["FILES", "headline", "markdown", "run_reports", "write_reports"]
 
 #: The files of an output folder and what each holds.
 FILES = {
     "report.md": "this report",
-    "report.json": "every figure of this report, machine-readable",
+    "report.json": "every figure of this report, machine-readable; its `files` lists what a "
+                   "later run with the same `--out` may replace",
     "recipe.toml": "the settings of this run: `l0prune prune --config recipe.toml` repeats it",
     "sparsity_vs_loss.png": "validation loss against sparsity: search path and frontier",
     "layers.png": "per-layer sparsity and relative error",
@@ -150,3 +154,25 @@ def markdown(data: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_reports(folder: Path, data: dict) -> None:
+    """Write ``report.json`` and ``report.md`` into ``folder``, ``data["files"]`` listing every
+    file there with its size, the two reports included.
+
+    A report's size depends on the sizes it shows, so both are rendered until their sizes stop
+    changing (two or three rounds: only the number of digits can move them).
+    """
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
+    files.update({"report.json": 0, "report.md": 0})
+    data["files"] = dict(sorted(files.items()))
+    for _ in range(8):
+        texts = {"report.json": json.dumps(data, indent=2) + "\n", "report.md": markdown(data)}
+        sizes = {name: len(text.encode()) for name, text in texts.items()}
+        if all(data["files"][name] == size for name, size in sizes.items()):
+            break
+        data["files"].update(sizes)
+    else:
+        raise RuntimeError(f"the report sizes did not settle: {sizes}")
+    for name, text in texts.items():
+        (folder / name).write_text(text)

@@ -1,0 +1,94 @@
+"""The output folder and files of the command line: what a run may replace, where it refuses to
+write, and the permissions of what it writes."""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from .test_cli_errors import assert_one_line_error, run_main
+from .test_cli_prune import USER_MODEL
+
+PRUNE = ["prune", "--model", "mynet:build", "--calibration", "mynet:calibration",
+         "--validation", "mynet:validation", "--sparsity", "0.5", "--method", "magnitude",
+         "--baseline", "none", "--finetune-epochs", "0", "--quiet"]
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _run(tmp_path, capsys, monkeypatch, *args):
+    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    return run_main(*PRUNE, *args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+
+
+def test_a_previous_run_is_replaced_but_a_users_file_in_it_is_refused(tmp_path, capsys,
+                                                                       monkeypatch):
+    assert _run(tmp_path, capsys, monkeypatch, "--out", "run").returncode == 0
+    assert _run(tmp_path, capsys, monkeypatch, "--out", "run").returncode == 0  # replaced
+    (tmp_path / "run" / "thesis.tex").write_text("my thesis")
+    (tmp_path / "run" / "data").mkdir()
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    done = _run(tmp_path, capsys, monkeypatch, "--out", "run")
+    assert_one_line_error(done, "--out run: holds data, which no l0prune run wrote there")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    assert (tmp_path / "run" / "thesis.tex").read_text() == "my thesis"
+
+
+def test_a_users_folder_with_a_report_json_of_its_own_is_refused(tmp_path, capsys, monkeypatch):
+    """A ``report.json`` alone once marked a folder as replaceable."""
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "report.json").write_text('{"title": "mine"}')
+    (tmp_path / "paper" / "thesis.tex").write_text("keep me")
+    done = _run(tmp_path, capsys, monkeypatch, "--out", "paper")
+    assert_one_line_error(done, "--out paper", "not an l0prune output folder")
+    assert sorted(p.name for p in (tmp_path / "paper").iterdir()) == ["report.json",
+                                                                       "thesis.tex"]
+
+
+@pytest.mark.parametrize("out", [".", "..", "{cwd}", "{parent}", "sub/.."])
+def test_the_current_folder_and_those_above_it_are_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, out
+):
+    """Without --model the built-in model would train first: no cache folder means no work."""
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.setenv("L0PRUNE_CACHE", str(tmp_path / "cache"))
+    out = out.format(cwd=work, parent=tmp_path)
+    done = run_main("prune", "--quick", "--out", out, cwd=work, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(done, f"--out {out}: is the current folder or one above it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert sorted(p.name for p in work.iterdir()) == ["sub"]
+
+
+def test_the_output_folder_and_files_follow_the_umask(tmp_path, capsys, monkeypatch, umask_022):
+    assert _run(tmp_path, capsys, monkeypatch, "--out", "run").returncode == 0
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+    for path in (tmp_path / "run").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+    torch.save(torch.randn(4, 8), tmp_path / "W.pt")
+    done = run_main("solve", "W.pt", "--sparsity", "0.5", "--method", "magnitude", "--out",
+                    "W_sparse.pt", "--quiet", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((tmp_path / "W_sparse.pt").stat().st_mode) == 0o644
+
+
+def test_the_reports_list_their_own_sizes(tmp_path, capsys, monkeypatch):
+    assert _run(tmp_path, capsys, monkeypatch, "--out", "run").returncode == 0
+    folder = tmp_path / "run"
+    data = json.loads((folder / "report.json").read_text())
+    assert set(data["files"]) == {p.name for p in folder.iterdir()}
+    for name, size in data["files"].items():
+        assert (folder / name).stat().st_size == size, name
+    markdown = (folder / "report.md").read_text()
+    for name in ("report.md", "report.json"):
+        assert f"| {name} | {data['files'][name]:,} |" in markdown
