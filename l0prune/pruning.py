@@ -29,7 +29,6 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from solvers import METHODS, NM, Budget, Unstructured
 
@@ -38,6 +37,7 @@ from .batches import LossFn, check_data, cross_entropy, mean_loss
 from .finetune import Finetune, masked_finetune
 from .layerwise import LayerPruner, LayerResult, method_options
 from .masks import attach, refresh
+from .progress import progress
 from .report import LayerReport, PruneReport, Trial
 from .search import GRID, two_stage
 from .snapshot import Snapshot, move
@@ -189,7 +189,7 @@ class _Run:
         self.limit = math.inf
         self.outcome: _Outcome | None = None  # the best so far
         self.current: _Outcome | None = None  # the one in the model
-        self.bar: tqdm | None = None
+        self.bar = None
 
     def evaluate(self) -> float:
         self.validation_passes += 1
@@ -240,7 +240,7 @@ class _Run:
                 allocation.spread(curves, int(round((1 - s) * total))), "allocated", s
             )
 
-        with tqdm(desc="alpha search", unit="trial", disable=not self.progress) as self.bar:
+        with progress("alpha search", "trial", enabled=self.progress) as self.bar:
             two_stage(uniform, allocated)
             if self.outcome is None:  # nothing passed: the dense model, as pruned at 0 %
                 self._trial(allocation.uniform(targets, family, 0.0), "uniform", 0.0)
@@ -263,9 +263,9 @@ class _Run:
             }
             outcome.moments = dict(self.pruner.moments)
             self.outcome = outcome
-        self.bar.update()
         self.bar.set_postfix(stage=stage, sparsity=f"{outcome.sparsity:.3f}",
                              ratio=f"{outcome.loss / self.dense_loss:.4f}")
+        self.bar.update()
         return met
 
     def _put_back(self, outcome: _Outcome) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from .test_cli_errors import assert_one_line_error, run_main
-from .test_cli_prune import USER_MODEL
+from .test_cli_prune import USER_MODEL, run_cli
 
 PRUNE = ["prune", "--model", "mynet:build", "--calibration", "mynet:calibration",
          "--validation", "mynet:validation", "--sparsity", "0.5", "--method", "magnitude",
@@ -92,3 +92,23 @@ def test_the_reports_list_their_own_sizes(tmp_path, capsys, monkeypatch):
     markdown = (folder / "report.md").read_text()
     for name in ("report.md", "report.json"):
         assert f"| {name} | {data['files'][name]:,} |" in markdown
+
+
+def test_progress_on_a_pipe_is_one_plain_line_per_step(tmp_path):
+    """No carriage returns or cursor codes in a log; each trial a line with its count."""
+    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    done = run_cli("prune", "--model", "mynet:build", "--calibration", "mynet:calibration",
+                   "--validation", "mynet:validation", "--alpha", "1.05", "--method",
+                   "magnitude", "--baseline", "none", "--finetune-epochs", "0", "--out", "run",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr
+    trials = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]["report"][
+        "trials"]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("alpha search:")]
+    assert len(lines) == len(trials) > 3
+    for i, (line, trial) in enumerate(zip(lines, trials, strict=True), 1):
+        assert line.startswith(f"alpha search: trial {i} (stage {trial['stage']}, sparsity "
+                               f"{trial['sparsity']:.3f}, ratio ")
+    layers = [line for line in done.stderr.splitlines() if line.startswith("layers:")]
+    assert layers[:2] == ["layers: layer 1 / 2", "layers: layer 2 / 2"]
