@@ -43,20 +43,39 @@ def headline(data: dict) -> list[str]:
             f"{report.total:,} weights kept), loss / dense {_ratio(report)}{scores}, "
             f"{report.seconds:.1f} s"
         )
-    comparison = data["comparison"]
-    if comparison is not None:
-        (method, report), (baseline, _) = run_reports(data)
-        if report.alpha is not None:
-            lines.append(
-                f"{method} keeps {comparison['kept_vs_baseline']:.2f}x the weights {baseline} "
-                f"keeps within the same loss tolerance (alpha {report.alpha:g})"
-            )
-        elif comparison["loss_vs_baseline"] is not None:
-            lines.append(
-                f"at the same sparsity, {method}'s validation loss is "
-                f"{comparison['loss_vs_baseline']:.4f}x {baseline}'s"
-            )
+    if data["comparison"] is not None:
+        lines.append(_verdict(data["comparison"], *run_reports(data)))
     return lines
+
+
+def _verdict(comparison: dict, mine: tuple[str, PruneReport],
+             base: tuple[str, PruneReport]) -> str:
+    """Which run won, in words: fewer weights kept within the tolerance, or the lower loss at
+    the same sparsity; the figures and the ratio follow."""
+    (method, report), (baseline, other) = mine, base
+    if report.alpha is not None:
+        tolerance = f"within the same loss tolerance (alpha {report.alpha:g})"
+        if report.kept == other.kept:
+            return (f"{method} and {baseline} kept the same number of weights "
+                    f"({report.kept:,}) {tolerance}")
+        winner, loser = (mine, base) if report.kept < other.kept else (base, mine)
+        return (
+            f"{winner[0]} kept fewer weights than {loser[0]} {tolerance}: {winner[1].kept:,} "
+            f"against {loser[1].kept:,} ({method} keeps {comparison['kept_vs_baseline']:.2f}x "
+            f"the weights {baseline} keeps)"
+        )
+    ratio = comparison["loss_vs_baseline"]
+    if ratio is None or report.pruned_loss is None:
+        return f"{method} and {baseline} pruned to the same sparsity (no validation loss)"
+    if report.pruned_loss == other.pruned_loss:
+        return (f"at the same sparsity, {method} and {baseline} reached the same validation "
+                f"loss ({report.pruned_loss:.4g})")
+    winner, loser = (mine, base) if report.pruned_loss < other.pruned_loss else (base, mine)
+    return (
+        f"at the same sparsity, {winner[0]} reached a lower validation loss than {loser[0]}: "
+        f"{winner[1].pruned_loss:.4g} against {loser[1].pruned_loss:.4g} ({method}'s is "
+        f"{ratio:.4f}x {baseline}'s)"
+    )
 
 
 def _result_table(data: dict) -> list[str]:

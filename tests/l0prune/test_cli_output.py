@@ -112,3 +112,39 @@ def test_progress_on_a_pipe_is_one_plain_line_per_step(tmp_path):
                                f"{trial['sparsity']:.3f}, ratio ")
     layers = [line for line in done.stderr.splitlines() if line.startswith("layers:")]
     assert layers[:2] == ["layers: layer 1 / 2", "layers: layer 2 / 2"]
+
+
+def _data(alpha, kept, losses):
+    from l0prune.report import LayerReport, PruneReport
+
+    runs = []
+    for method, k, loss in zip(("admm", "magnitude"), kept, losses, strict=True):
+        report = PruneReport([LayerReport("fc", [10, 10], k, 100, 0.1, 0.1)], method, "u", True,
+                             dense_loss=1.0, pruned_loss=loss, alpha=alpha)
+        runs.append({"method": method, "report": report.to_dict(), "metrics": {}})
+    comparison = {"baseline": "magnitude", "kept_vs_baseline": kept[0] / kept[1],
+                  "loss_vs_baseline": losses[0] / losses[1]}
+    return {"runs": runs, "comparison": comparison}
+
+
+@pytest.mark.parametrize(("alpha", "kept", "losses", "verdict"), [
+    (1.02, (291, 100), (1.01, 1.02),
+     "magnitude kept fewer weights than admm within the same loss tolerance (alpha 1.02): "
+     "100 against 291 (admm keeps 2.91x the weights magnitude keeps)"),
+    (1.02, (34, 100), (1.01, 1.02),
+     "admm kept fewer weights than magnitude within the same loss tolerance (alpha 1.02): "
+     "34 against 100 (admm keeps 0.34x the weights magnitude keeps)"),
+    (1.02, (50, 50), (1.01, 1.02),
+     "admm and magnitude kept the same number of weights (50) within the same loss tolerance "
+     "(alpha 1.02)"),
+    (None, (50, 50), (1.5, 1.2),
+     "at the same sparsity, magnitude reached a lower validation loss than admm: 1.2 against "
+     "1.5 (admm's is 1.2500x magnitude's)"),
+])
+def test_the_headline_says_which_method_won(alpha, kept, losses, verdict):
+    """The line 'admm keeps 2.91x the weights magnitude keeps' read as a win; the winner is
+    now named in words."""
+    from l0prune.cli.report_files import headline
+
+    data = _data(alpha, kept, losses)
+    assert headline(data)[-1] == verdict
