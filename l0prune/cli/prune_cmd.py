@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 import l0prune
+from solvers.exact import TooLarge
 
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
 from .default_model import builtin_task
+from .errors import UsageError
 from .output_dir import check_destination, staged
 from .report_files import headline, run_reports, write_reports
 from .task import Task, user_task
@@ -127,7 +129,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.threads or 1)
     task = builtin_task(settings.seed, settings.quick, log) if settings.model is None \
         else user_task(settings)
-    dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    try:
+        dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    except TooLarge as err:
+        raise UsageError(
+            f"--method exact: a layer's program has {err.binaries} binary variables, over the "
+            f"limit of {err.max_binaries} (branch and bound grows exponentially); prune with "
+            "--method admm, or solve one small layer with l0prune solve --method exact"
+        ) from None
     data = {
         "command": shlex.join(["l0prune", *args.argv]),
         "model": task.description,

@@ -11,8 +11,8 @@ import torch
 from .test_cli_errors import assert_one_line_error, run_main
 from .test_cli_prune import USER_MODEL, run_cli
 
-PRUNE = ["prune", "--model", "mynet:build", "--calibration", "mynet:calibration",
-         "--validation", "mynet:validation", "--sparsity", "0.5", "--method", "magnitude",
+PRUNE = ["prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
+         "--validation", "outnet:validation", "--sparsity", "0.5", "--method", "magnitude",
          "--baseline", "none", "--finetune-epochs", "0", "--quiet"]
 
 
@@ -24,7 +24,7 @@ def umask_022():
 
 
 def _run(tmp_path, capsys, monkeypatch, *args):
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    (tmp_path / "outnet.py").write_text(USER_MODEL)
     return run_main(*PRUNE, *args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
 
 
@@ -96,9 +96,9 @@ def test_the_reports_list_their_own_sizes(tmp_path, capsys, monkeypatch):
 
 def test_progress_on_a_pipe_is_one_plain_line_per_step(tmp_path):
     """No carriage returns or cursor codes in a log; each trial a line with its count."""
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
-    done = run_cli("prune", "--model", "mynet:build", "--calibration", "mynet:calibration",
-                   "--validation", "mynet:validation", "--alpha", "1.05", "--method",
+    (tmp_path / "outnet.py").write_text(USER_MODEL)
+    done = run_cli("prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
+                   "--validation", "outnet:validation", "--alpha", "1.05", "--method",
                    "magnitude", "--baseline", "none", "--finetune-epochs", "0", "--out", "run",
                    cwd=tmp_path)
     assert done.returncode == 0, done.stderr
