@@ -283,8 +283,9 @@ class _Run:
     def report(self, method: str, budget: str, sequential: bool, alpha: float | None,
                start: float) -> PruneReport:
         outcome = self.outcome
+        shapes = {t.name: list(t.out_in_shape) for t in self.pruner.targets}
         layers = [
-            LayerReport(r.name, list(r.shape), r.kept, r.total, r.relative_error, r.seconds)
+            LayerReport(r.name, shapes[r.name], r.kept, r.total, r.relative_error, r.seconds)
             for r in outcome.results.values()
         ]
         return PruneReport(
@@ -432,5 +433,5 @@ def _check_fits(targets: Sequence[Target], family: Budget) -> None:
         except ValueError as err:
             raise ValueError(
                 f"budget {family!r} does not fit layer {t.name!r} (weight "
-                f"{'x'.join(map(str, t.weight_shape))}, problem {t.shape[0]}x{t.shape[1]}): {err}"
+                f"{'x'.join(map(str, t.out_in_shape))}, problem {t.shape[0]}x{t.shape[1]}): {err}"
             ) from None

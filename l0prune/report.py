@@ -20,7 +20,8 @@ class LayerReport:
 
     Attributes:
         name: fully qualified module name.
-        shape: the stored weight's shape.
+        shape: the weight's shape, out x in (x kernel) for every layer type (a Hugging Face
+            ``Conv1D``, stored in x out, is shown transposed).
         kept: weights kept.
         total: weights in the layer.
         relative_error: the layer's relative output error ``tr(D H D^T) / tr(W H W^T)``.

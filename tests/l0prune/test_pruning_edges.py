@@ -94,3 +94,19 @@ def test_structured_keeps_one_channel_of_a_one_channel_convolution(digits_cnn_tr
                           budget=Structured(sparsity=0.9), method="magnitude", progress=False)
     assert all(layer.kept > 0 for layer in sized.layers)
     assert {layer.name: layer.kept for layer in sized.layers}["0"] == 144
+
+
+def test_conv1d_shapes_are_reported_out_x_in_like_linear():
+    """GPT-2's ``Conv1D`` stores its weight in x out; reports show every layer out x in."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=1,
+                                     n_head=2)
+    model = transformers.GPT2Model(config).eval()
+    batches = [{"input_ids": torch.randint(0, 97, (4, 10))}]
+    report = l0prune.prune(model, batches, sparsity=0.5, method="magnitude", sequential=False,
+                           progress=False)
+    shapes = {layer.name: layer.shape for layer in report.layers}
+    assert shapes == {"h.0.attn.c_attn": [96, 32], "h.0.attn.c_proj": [32, 32],
+                      "h.0.mlp.c_fc": [128, 32]}
+    assert "| h.0.mlp.c_fc | 128x32 |" in report.table()
