@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -44,7 +45,7 @@ from .snapshot import Snapshot, move
 from .statistics import Moments, discover
 from .targets import Target, select_targets
 
-__all__ = ["prune"]
+__all__ = ["IncompatibleBudget", "prune"]
 
 
 def prune(
@@ -65,6 +66,7 @@ def prune(
     device: torch.device | str | None = None,
     options: Mapping | None = None,
     progress: bool = True,
+    skip_incompatible: bool = False,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -106,6 +108,10 @@ def prune(
             CUDA) or holds no data (``"meta"``) is a ``ValueError``.
         options: options for the solver method (see its docstring).
         progress: show progress bars.
+        skip_incompatible: leave dense, with a warning, the targets the budget cannot apply to
+            (an N:M budget on an input width not divisible by M; SparseGPT's scripts do the
+            same) instead of raising :class:`IncompatibleBudget`; they are listed in the
+            report's ``skipped``.
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -122,7 +128,7 @@ def prune(
     """
     start = time.perf_counter()
     _check_arguments(model, calibration, sparsity, alpha, validation, method, budget)
-    _check_settings(loss_fn, sequential, seed, options, progress)
+    _check_settings(loss_fn, sequential, seed, options, progress, skip_incompatible)
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
     device = _device(model, device)
@@ -135,7 +141,7 @@ def prune(
             chosen = _dict_targets(model, discovery.order, sparsity, targets, ignore)
         else:
             chosen = select_targets(model, discovery.order, targets, ignore)
-        _check_fits(chosen, family)
+        chosen, skipped = _fitting(chosen, family, skip_incompatible)
         pruner = LayerPruner(
             model, calibration, chosen, discovery, snapshot,
             method=method, options=method_options(method, options, seed),
@@ -155,6 +161,7 @@ def prune(
         else:
             run.fixed({t.name: allocation.given(t, family) for t in chosen})
         report = run.report(method, _budget_text(family), sequential, alpha, start)
+        report.skipped = skipped
     except BaseException:
         snapshot.restore()
         raise
@@ -381,10 +388,11 @@ def _check_arguments(model, calibration, sparsity, alpha, validation, method, bu
         check_data(validation, "validation")
 
 
-def _check_settings(loss_fn, sequential, seed, options, progress) -> None:
+def _check_settings(loss_fn, sequential, seed, options, progress, skip_incompatible) -> None:
     if loss_fn is not None and not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable (outputs, batch) -> scalar, got {loss_fn!r}")
-    for name, value in (("sequential", sequential), ("progress", progress)):
+    for name, value in (("sequential", sequential), ("progress", progress),
+                        ("skip_incompatible", skip_incompatible)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -424,14 +432,47 @@ def _dict_targets(model, executed, sparsity, targets, ignore) -> list[Target]:
     return chosen
 
 
-def _check_fits(targets: Sequence[Target], family: Budget) -> None:
+class IncompatibleBudget(ValueError):
+    """The budget cannot apply to a target layer (an N:M budget on an input width that M does
+    not divide, a structured group that does not divide it).
+
+    Attributes:
+        layer: the layer's name.
+        budget: the budget, as text (``NM(n=2, m=4)``).
+        shape: the weight's shape, out x in (x kernel).
+        reason: why, from the budget.
+    """
+
+    def __init__(self, layer: str, budget: str, shape: tuple[int, ...], reason: str):
+        self.layer, self.budget, self.shape, self.reason = layer, budget, shape, reason
+        super().__init__(
+            f"budget {budget} does not fit layer {layer!r} (weight "
+            f"{'x'.join(map(str, shape))}): {reason}; leave it dense with ignore=[{layer!r}], "
+            "or every such layer with skip_incompatible=True"
+        )
+
+
+def _fitting(targets: Sequence[Target], family: Budget,
+             skip: bool) -> tuple[list[Target], dict[str, str]]:
+    """The targets ``family`` fits, and why each other one does not (by name); without
+    ``skip`` the first misfit raises :class:`IncompatibleBudget`."""
+    fitting, skipped = [], {}
     for t in targets:
         try:
             allocation.layer_family(t, family).max_count(t.shape)
             if family.sized:
                 allocation.layer_family(t, family).check(t.shape)
         except ValueError as err:
-            raise ValueError(
-                f"budget {family!r} does not fit layer {t.name!r} (weight "
-                f"{'x'.join(map(str, t.out_in_shape))}, problem {t.shape[0]}x{t.shape[1]}): {err}"
-            ) from None
+            misfit = IncompatibleBudget(t.name, _budget_text(family), t.out_in_shape, str(err))
+            if not skip:
+                raise misfit from None
+            warnings.warn(f"layer {t.name!r} left dense: {misfit.reason}", stacklevel=3)
+            skipped[t.name] = misfit.reason
+        else:
+            fitting.append(t)
+    if not fitting:
+        raise ValueError(
+            f"budget {_budget_text(family)} fits none of the target layers "
+            f"({', '.join(skipped)}): nothing to prune"
+        )
+    return fitting, skipped

@@ -81,6 +81,8 @@ class PruneReport:
         validation_passes: passes over the validation data.
         finetune_steps: optimizer steps of finetuning, all trials together.
         trials: the search steps, in order (empty without ``alpha``).
+        skipped: targets left dense because the budget does not fit them (name -> why), with
+            ``skip_incompatible``.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -103,6 +105,7 @@ class PruneReport:
     validation_passes: int = 0
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def kept(self) -> int:
@@ -178,6 +181,8 @@ class PruneReport:
             if self.loss_before_finetune is not None:
                 text += f"; before finetuning {self.loss_before_finetune:.4g}"
             lines.append(text)
+        if self.skipped:
+            lines.append(f"left dense, the budget does not fit them: {', '.join(self.skipped)}")
         lines.append(
             f"passes: {self.calibration_passes} over the calibration data, "
             f"{self.validation_passes} over the validation data; "

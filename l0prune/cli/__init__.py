@@ -13,6 +13,7 @@ import importlib.metadata
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -80,9 +81,14 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"l0prune: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    with _sigterm_raises():
+    with _sigterm_raises(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line, as the errors
         try:
             return _main(argv)
         except Terminated:

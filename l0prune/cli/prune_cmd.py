@@ -12,6 +12,7 @@ import argparse
 import copy
 import importlib.metadata
 import json
+import re
 import shlex
 import sys
 import time
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 import l0prune
+from l0prune.pruning import IncompatibleBudget
 from solvers.exact import TooLarge
 
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
@@ -69,6 +71,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
         sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
         device=settings.device, progress=progress,
+        skip_incompatible=settings.skip_incompatible,
     )
 
 
@@ -131,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
         else user_task(settings)
     try:
         dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    except IncompatibleBudget as err:
+        raise UsageError(
+            f"--budget {settings.budget} does not fit layer {err.layer} (weight "
+            f"{'x'.join(map(str, err.shape))}): {err.reason}; leave it dense with --ignore "
+            f"{shlex.quote(re.escape(err.layer))}, or every such layer with --skip-incompatible"
+        ) from None
     except TooLarge as err:
         raise UsageError(
             f"--method exact: a layer's program has {err.binaries} binary variables, over the "

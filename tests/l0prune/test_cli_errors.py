@@ -245,3 +245,34 @@ def test_bench_certify_is_reachable(tmp_path, capsys, monkeypatch):
     done = run_main("bench", "certify", "--help", cwd=tmp_path, capsys=capsys,
                     monkeypatch=monkeypatch)
     assert done.returncode == 0 and "--time-limit" in done.stdout
+
+
+SIX_INPUTS = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
+                         nn.Linear(8, 2))
+
+data = [(torch.randn(32, 6), torch.randint(0, 2, (32,)))]
+'''
+
+
+def test_an_nm_budget_that_does_not_fit_suggests_ignore_and_skip(tmp_path, capsys, monkeypatch):
+    (tmp_path / "sixnet.py").write_text(SIX_INPUTS)
+    args = ["prune", "--model", "sixnet:build", "--calibration", "sixnet:data", "--validation",
+            "sixnet:data", "--budget", "2:4", "--baseline", "none", "--finetune-epochs", "0",
+            "--out", "run", "--quiet"]
+    done = run_main(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(done, "--budget 2:4 does not fit layer 0 (weight 16x6)",
+                          "--ignore 0", "--skip-incompatible")
+    assert "NM(" not in done.stderr
+    done = run_main(*args, "--skip-incompatible", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert done.returncode == 0
+    assert done.stderr == ("l0prune: warning: layer '0' left dense: N:M budget 2:4 needs the "
+                           "input size divisible by m=4, got W with 6 inputs\n")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]["report"]
+    assert list(report["skipped"]) == ["0"] and [x["name"] for x in report["layers"]] == ["2"]

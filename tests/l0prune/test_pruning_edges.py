@@ -110,3 +110,36 @@ def test_conv1d_shapes_are_reported_out_x_in_like_linear():
     assert shapes == {"h.0.attn.c_attn": [96, 32], "h.0.attn.c_proj": [32, 32],
                       "h.0.mlp.c_fc": [128, 32]}
     assert "| h.0.mlp.c_fc | 128x32 |" in report.table()
+
+
+def _six_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
+                          nn.Linear(8, 2))
+    return model, [(torch.randn(32, 6), torch.randint(0, 2, (32,)))]
+
+
+def test_an_nm_budget_that_does_not_fit_names_the_layer_and_the_ways_out():
+    model, data = _six_inputs()
+    values, ids = _values(model), [id(p) for p in model.parameters()]
+    with pytest.raises(l0prune.pruning.IncompatibleBudget) as caught:
+        l0prune.prune(model, data, budget=l0prune.NM(2, 4), progress=False)
+    message = str(caught.value)
+    assert message.startswith("budget NM(n=2, m=4) does not fit layer '0' (weight 16x6): ")
+    assert "ignore=['0']" in message and "skip_incompatible=True" in message
+    assert "sparsity=None" not in message
+    _assert_as_before(model, values, ids)
+
+
+def test_skip_incompatible_leaves_those_layers_dense_with_a_warning():
+    model, data = _six_inputs()
+    dense = model[0].weight.detach().clone()
+    with pytest.warns(UserWarning, match="layer '0' left dense: N:M budget 2:4 needs"):
+        report = l0prune.prune(model, data, budget=l0prune.NM(2, 4), skip_incompatible=True,
+                               progress=False)
+    assert list(report.skipped) == ["0"]
+    assert [layer.name for layer in report.layers] == ["2"]
+    assert torch.equal(model[0].weight, dense) and not torch_prune.is_pruned(model[0])
+    groups = model[2].weight_mask.reshape(8, 4, 4).sum(dim=-1)
+    assert torch.equal(groups, torch.full((8, 4), 2.0))
+    assert "left dense, the budget does not fit them: 0" in report.summary()
