@@ -36,6 +36,7 @@ from solvers import METHODS, NM, Budget, Unstructured
 from . import allocation
 from .batches import LossFn, check_data, cross_entropy, mean_loss
 from .finetune import Finetune, masked_finetune
+from .input_check import explained
 from .layerwise import LayerPruner, LayerResult, method_options
 from .masks import attach, refresh
 from .progress import progress
@@ -219,14 +220,20 @@ class _Run:
         total = sum(r.total for r in results.values())
         return _Outcome(1.0 - kept / total, results, loss, before)
 
+    def dense_evaluate(self) -> float:
+        """The dense model's loss: the first pass over the validation data, so a batch that
+        does not fit the model is named there."""
+        with explained(self.model, "validation"):
+            return self.evaluate()
+
     def fixed(self, budgets: Mapping[str, Budget]) -> None:
         if self.validation is not None:
-            self.dense_loss = self.evaluate()
+            self.dense_loss = self.dense_evaluate()
         self.outcome = self.apply(budgets)
 
     def search(self, alpha: float, family: Budget) -> None:
         """The two-stage search of :mod:`l0prune.search`; leaves the best trial in the model."""
-        self.dense_loss = self.evaluate()
+        self.dense_loss = self.dense_evaluate()
         if self.dense_loss <= 0:
             raise ValueError(
                 f"alpha needs a positive dense validation loss, got {self.dense_loss:.6g}"

@@ -1,6 +1,8 @@
 """prune() on inputs first users hit: a device that is not there, dead calibration data, a
 structured budget on a one-channel convolution."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -143,3 +145,32 @@ def test_skip_incompatible_leaves_those_layers_dense_with_a_warning():
     groups = model[2].weight_mask.reshape(8, 4, 4).sum(dim=-1)
     assert torch.equal(groups, torch.full((8, 4), 2.0))
     assert "left dense, the budget does not fit them: 0" in report.summary()
+
+
+@pytest.mark.parametrize(("what", "batch", "got"), [
+    ("calibration", torch.randn(32, 8, dtype=torch.float64), "got shape (32, 8), torch.float64"),
+    ("calibration", torch.randn(32, 9), "got shape (32, 9), torch.float32"),
+    ("validation", torch.randn(32, 8).half(), "got shape (32, 8), torch.float16"),
+])
+def test_a_batch_that_does_not_fit_names_the_layer_and_the_input_it_expects(what, batch, got):
+    """Torch alone says 'mat1 and mat2 must have the same dtype' with no layer named."""
+    model, data = _small()
+    values, ids = _values(model), [id(p) for p in model.parameters()]
+    bad = [(batch, torch.randint(0, 2, (32,)))]
+    kwargs = {"calibration": bad} if what == "calibration" else {"calibration": data,
+                                                                 "validation": bad}
+    with pytest.raises(ValueError, match=(
+        f"^the {what} batch does not fit layer '0' \\(Linear\\): it expects input with 8 "
+        f"features in the last dimension, torch.float32; {re.escape(got)} \\(mat1 and mat2")):
+        l0prune.prune(model, sparsity=0.5, progress=False, **kwargs)
+    _assert_as_before(model, values, ids)
+
+
+def test_a_convolution_names_its_channels():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.raises(ValueError, match=r"layer '0' \(Conv2d\): it expects input with 3 "
+                                         r"channels in dimension 1, torch.float32; got shape "
+                                         r"\(2, 1, 8, 8\)"):
+        l0prune.prune(model, [(torch.randn(2, 1, 8, 8), torch.zeros(2).long())], sparsity=0.5,
+                      progress=False)
