@@ -132,7 +132,7 @@ def _certify(problem: LayerProblem, solution: Solution, bound: str) -> None:
             f"lower bound {lb!r} ({bound}) is above the objective {f!r} of a feasible solution "
             f"({solution.info['method']}): a bug in the bound or the method"
         )
-    lb = min(lb, f)
+    lb = min(lb, f, solution.objective)  # lowering a bound keeps it valid
     solution.lower_bound = lb
     solution.gap = max((f - lb) / f, 0.0) if f > 0 else 0.0
     solution.info["bound"] = bound
