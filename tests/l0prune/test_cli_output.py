@@ -148,3 +148,24 @@ def test_the_headline_says_which_method_won(alpha, kept, losses, verdict):
 
     data = _data(alpha, kept, losses)
     assert headline(data)[-1] == verdict
+
+
+@pytest.mark.parametrize(("dtype", "suffix"), [(torch.float16, ".pt"),
+                                               (torch.bfloat16, ".safetensors")])
+def test_solve_out_keeps_a_half_precision_dtype(tmp_path, capsys, monkeypatch, dtype, suffix):
+    """fp16 / bf16 weights are solved in float32 and written back in their own dtype."""
+    W = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    torch.save(W, tmp_path / "W.pt")
+    done = run_main("solve", "W.pt", "--sparsity", "0.5", "--method", "magnitude", "--out",
+                    f"W_sparse{suffix}", "--quiet", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    if suffix == ".pt":
+        out = torch.load(tmp_path / "W_sparse.pt", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        out = load_file(str(tmp_path / "W_sparse.safetensors"))["weight"]
+    assert out.dtype == dtype
+    kept = W.float().abs() > W.float().abs().flatten().kthvalue(64).values  # the top 64
+    assert torch.equal(out, torch.where(kept, W, torch.zeros_like(W)))
