@@ -35,7 +35,7 @@ def test_dense_file_has_the_dense_keys_and_loads_into_a_dense_model(tmp_path):
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 1.0])
 def test_sparse_file_loads_back_bit_for_bit(tmp_path, density):
     model = _pruned_model(density)
-    report = export(model, tmp_path / "m.pt", tmp_path / "m.compact")
+    report = export(model, tmp_path / "m.pt", tmp_path / "m.compact.pt")
     dense = torch.load(report.path, weights_only=True)
     sparse = load_sparse(report.sparse_path)
     assert dense.keys() == sparse.keys()
