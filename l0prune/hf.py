@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 __all__ = [
+    "NotFound",
     "is_causal_lm",
     "load_config",
     "load_model",
@@ -55,13 +56,17 @@ def _quiet_hub():
         logger.setLevel(level)
 
 
+class NotFound(ValueError):
+    """A model folder that does not exist, or a hub name neither cached nor downloadable."""
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _not_found(name: str, err: Exception) -> ValueError:
+def _not_found(name: str, err: Exception) -> NotFound:
     why = "the hub is off (HF_HUB_OFFLINE)" if _offline() else "the hub could not be reached"
-    return ValueError(
+    return NotFound(
         f"model {name!r} is not a folder and not in the local Hugging Face cache, and {why} "
         f"({type(err).__name__}); download it where there is a network, or give a folder "
         f"holding config.json and the weights: hf:/path/to/folder"
@@ -78,7 +83,7 @@ def _from(name: str, loader, **kwargs):
     if folder.is_dir():
         return loader(str(folder), **kwargs)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ValueError(f"model folder {name!r} does not exist")
+        raise NotFound(f"model folder {name!r} does not exist")
     try:
         return loader(name, local_files_only=True, **kwargs)
     except OSError as cached_err:
@@ -144,11 +149,10 @@ def model_class(config):
 
 
 def load_model(name: str, trust_remote_code: bool = False) -> nn.Module:
-    """A Hugging Face model by hub name or folder, in eval mode, with its KV cache off.
+    """A Hugging Face model by hub name or folder, in eval mode.
 
     ``AutoModelForCausalLM`` loads a causal LM, ``AutoModel`` anything else (an encoder without
-    its head). The cache is switched off (``config.use_cache = False``): pruning runs whole
-    windows and never generates, and a cache would hold every layer's keys and values.
+    its head).
 
     Args:
         name: a hub name or a folder.
@@ -166,8 +170,6 @@ def load_model(name: str, trust_remote_code: bool = False) -> nn.Module:
         model = _from(name, loader, config=config, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"model {name!r}: its weights do not load ({err})") from None
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
     return model.eval()
 
 
@@ -192,7 +194,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tokenizer = _from(name, transformers.AutoTokenizer.from_pretrained,
                           trust_remote_code=trust_remote_code)
-    except (OSError, TypeError, KeyError, AttributeError):
+    except NotFound:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # no files to build from
         raise missing from None
     if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
         raise missing

@@ -228,8 +228,9 @@ def _check_hf(settings: Settings) -> None:
         given = [f"--{name}" for name in ("nsamples", "seqlen")
                  if getattr(settings, name) is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} apply to text data (text:PATH or "
-                             "hf-dataset:NAME[:CONFIG]:SPLIT), which no data flag names")
+            raise UsageError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                             "text data (text:PATH or hf-dataset:NAME[:CONFIG]:SPLIT), which no "
+                             "data flag names")
     if not hf and settings.trust_remote_code:
         raise UsageError("--trust-remote-code applies to --model hf:NAME_OR_DIR only")
     if not hf and settings.save_format == "compressed":

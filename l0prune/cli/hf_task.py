@@ -2,7 +2,8 @@
 the next-token loss for a causal LM, and a ``model/`` folder in the output.
 
 - The model loads with ``AutoModelForCausalLM`` when its config is a causal LM, else with
-  ``AutoModel`` (:mod:`l0prune.hf`); its KV cache is off while it is pruned.
+  ``AutoModel`` (:mod:`l0prune.hf`). Its KV cache is off while it is pruned (the run never
+  generates, and a cache would hold every layer's keys and values) and back on when it is saved.
 - ``text:`` / ``hf-dataset:`` data is tokenised with the model's tokenizer into ``--nsamples``
   windows of ``--seqlen`` tokens (128 x 2048 by default, the length capped at the model's
   maximum): calibration windows drawn at random with ``--seed``, validation windows consecutive
