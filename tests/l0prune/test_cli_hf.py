@@ -183,3 +183,15 @@ def test_hub_name_without_network_is_one_line(hf_folder, tmp_path):
                           "Hugging Face cache", "HF_HUB_OFFLINE", "hf:/path/to/folder")
     assert sorted(p.name for p in work.iterdir()) == []
     shutil.rmtree(hub)
+
+
+def test_dataset_source_without_the_datasets_package(hf_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)
+    done = run_main("prune", "--model", f"hf:{hf_folder / 'gpt2'}",
+                    "--calibration", f"text:{hf_folder / 'train.txt'}",
+                    "--validation", "hf-dataset:wikitext:wikitext-2-raw-v1:test", *WINDOWS,
+                    "--sparsity", "0.5", "--out", "run", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(done, "--validation hf-dataset:wikitext:wikitext-2-raw-v1:test",
+                          "needs the datasets package and a network", "text:PATH")
+    assert_nothing_written(tmp_path)
