@@ -12,12 +12,10 @@ dense perplexity of 20, ``alpha = 1.02`` allows the pruned model 20^0.02 = 1.062
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-__all__ = ["next_token_nll", "perplexity", "perplexity_ratio_bound"]
+__all__ = ["next_token_nll", "perplexity_ratio_bound"]
 
 
 def next_token_nll(outputs, batch) -> torch.Tensor:
@@ -62,16 +60,6 @@ def next_token_nll(outputs, batch) -> torch.Tensor:
 
 
 next_token_nll.perplexity = True
-
-
-def perplexity(loss: float) -> float:
-    """``exp(loss)``: the perplexity of a mean next-token loss in nats.
-
-    Example:
-        >>> round(perplexity(math.log(20.0)), 6)
-        20.0
-    """
-    return math.exp(loss)
 
 
 def perplexity_ratio_bound(dense_perplexity: float, alpha: float) -> float:

@@ -66,7 +66,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("model", model_source, "your model: MODULE:FACTORY returning a trained nn.Module "
            "(MODULE may be a .py file), or hf:NAME_OR_DIR, a Hugging Face hub name or folder; "
-           "default: the built-in digits CNN", metavar="MODULE:NAME"),
+           "default: the built-in digits CNN", metavar="MODEL"),
     Option("calibration", data_source, "batches to take layer statistics from (a DataLoader, a "
            "list, or a function returning one), or text for an hf: model: text:PATH (a .txt "
            "file or folder) or hf-dataset:NAME[:CONFIG]:SPLIT; needed with --model",
