@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -80,6 +81,8 @@ class PruneReport:
         validation_passes: passes over the validation data.
         finetune_steps: optimizer steps of finetuning, all trials together.
         trials: the search steps, in order (empty without ``alpha``).
+        perplexity: the loss is a mean next-token negative log-likelihood (a causal LM), so
+            ``exp`` of each loss is a perplexity and the report gives them.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -102,6 +105,7 @@ class PruneReport:
     validation_passes: int = 0
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
+    perplexity: bool = False
 
     @property
     def kept(self) -> int:
@@ -124,6 +128,34 @@ class PruneReport:
         if self.dense_loss is None or self.pruned_loss is None or self.dense_loss == 0:
             return None
         return self.pruned_loss / self.dense_loss
+
+    def _exp(self, loss: float | None) -> float | None:
+        return math.exp(loss) if self.perplexity and loss is not None else None
+
+    @property
+    def dense_perplexity(self) -> float | None:
+        """``exp(dense_loss)`` for a next-token loss, else ``None``."""
+        return self._exp(self.dense_loss)
+
+    @property
+    def pruned_perplexity(self) -> float | None:
+        """``exp(pruned_loss)`` for a next-token loss, else ``None``."""
+        return self._exp(self.pruned_loss)
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        """``pruned_perplexity / dense_perplexity = exp(pruned_loss - dense_loss)``, when both
+        are known.
+
+        Example:
+            >>> report = PruneReport([], "obs", "u", True, dense_loss=math.log(20),
+            ...                      pruned_loss=math.log(25), perplexity=True)
+            >>> round(report.pruned_perplexity, 6), round(report.perplexity_ratio, 6)
+            (25.0, 1.25)
+        """
+        if self.dense_perplexity is None or self.pruned_perplexity is None:
+            return None
+        return math.exp(self.pruned_loss - self.dense_loss)
 
     def table(self) -> str:
         """The per-layer results as a markdown table.
@@ -177,6 +209,11 @@ class PruneReport:
             if self.loss_before_finetune is not None:
                 text += f"; before finetuning {self.loss_before_finetune:.4g}"
             lines.append(text)
+        if self.perplexity_ratio is not None:
+            lines.append(
+                f"perplexity: dense {self.dense_perplexity:.4g}, pruned "
+                f"{self.pruned_perplexity:.4g} (ratio {self.perplexity_ratio:.4f})"
+            )
         lines.append(
             f"passes: {self.calibration_passes} over the calibration data, "
             f"{self.validation_passes} over the validation data; "
@@ -189,8 +226,8 @@ class PruneReport:
         return self.table() + "\n\n" + self.summary()
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: every field plus ``kept``, ``total``, ``sparsity`` and
-        ``alpha_reached`` (and each layer's ``sparsity``).
+        """A JSON-ready dict: every field plus ``kept``, ``total``, ``sparsity``,
+        ``alpha_reached`` and the perplexities (and each layer's ``sparsity``).
 
         Returns:
             The dict.
@@ -203,7 +240,8 @@ class PruneReport:
         data["layers"] = [{**asdict(layer), "sparsity": layer.sparsity} for layer in self.layers]
         data.update(
             kept=self.kept, total=self.total, sparsity=self.sparsity,
-            alpha_reached=self.alpha_reached,
+            alpha_reached=self.alpha_reached, dense_perplexity=self.dense_perplexity,
+            pruned_perplexity=self.pruned_perplexity, perplexity_ratio=self.perplexity_ratio,
         )
         return data
 

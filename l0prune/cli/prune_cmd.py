@@ -3,7 +3,9 @@ baseline solver under the same settings, and write the output folder.
 
 The folder holds ``report.json``, ``report.md``, ``recipe.toml``, ``sparsity_vs_loss.png``,
 ``layers.png``, ``model.pt`` (the pruned weights under the dense model's keys) and
-``model.sparse.pt`` (the same, compact); see :data:`~l0prune.cli.report_files.FILES`.
+``model.sparse.pt`` (the same, compact), and for a Hugging Face model ``model/`` (its folder,
+dense or with ``--save-format compressed`` compressed); see
+:data:`~l0prune.cli.report_files.FILES`.
 """
 
 from __future__ import annotations
@@ -99,16 +101,27 @@ def _comparison(runs: list[dict]) -> dict | None:
             "loss_vs_baseline": loss}
 
 
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     """Everything but the two reports, then the reports with the sizes of the rest."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
 
     l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
+    if task.save_model is not None:
+        task.save_model(task.model, folder / "model")
     runs = run_reports(data)
     sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
     layers_plot(runs, folder / "layers.png")
     (folder / "recipe.toml").write_text(to_toml(settings))
-    data["files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    data["files"] = {
+        p.name + ("/" if p.is_dir() else ""): _size(p) for p in sorted(folder.iterdir())
+    }
     (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     (folder / "report.md").write_text(markdown(data))
 
