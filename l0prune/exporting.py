@@ -9,7 +9,10 @@
   ``numel / 8 + nnz * itemsize`` bytes for a pruned weight, so it shrinks with the density.
   :func:`load_sparse` checks it and reads it back to the same tensors, bit for bit.
 
-Both files hold CPU tensors and load with ``torch.load(..., weights_only=True)``.
+The suffix of each path decides its format: ``.pt`` / ``.pth`` / ``.bin`` a torch pickle (both
+files load with ``torch.load(..., weights_only=True)``), ``.safetensors`` safetensors (the dense
+file loads with ``safetensors.torch.load_file``; the compact one holds each pruned weight in the
+bitmask or 2:4 layout of :mod:`l0prune.compressed_file`). Any other suffix is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from .compressed_file import (
+    read_compressed,
+    separate_storage,
+    transposed_weights,
+    write_compressed,
+)
 from .masks import permanent_state_dict
 
 __all__ = ["ExportReport", "TensorExport", "export", "load_sparse"]
@@ -44,7 +54,8 @@ class TensorExport:
         name: state dict key.
         shape: its shape.
         nonzero: non-zero entries.
-        encoding: ``"dense"``, ``"bitmask"`` or ``"indices"``.
+        encoding: ``"dense"``, ``"bitmask"`` or ``"indices"`` (a torch file); ``"dense"``,
+            ``"bitmask"`` or ``"2:4"`` (a safetensors file).
         bytes: payload bytes (values plus mask or indices).
     """
 
@@ -196,6 +207,22 @@ def _payload(entry: dict) -> int:
     )
 
 
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def _file_format(path: Path, name: str) -> str:
+    """``"safetensors"`` or ``"torch"``, from the suffix of ``path``."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in _TORCH_SUFFIXES:
+        return "torch"
+    raise ValueError(
+        f"{name} must end in .safetensors (safetensors) or {' / '.join(_TORCH_SUFFIXES)} (a "
+        f"torch pickle), got {str(path)!r}"
+    )
+
+
 def export(
     model: nn.Module, path: str | Path, sparse_path: str | Path | None = None
 ) -> ExportReport:
@@ -205,8 +232,10 @@ def export(
 
     Args:
         model: a model, pruned the ``torch.nn.utils.prune`` way or not.
-        path: the dense state dict file (keys as in the dense model).
+        path: the dense state dict file (keys as in the dense model); its suffix picks the
+            format: ``.safetensors``, or ``.pt`` / ``.pth`` / ``.bin`` for a torch pickle.
         sparse_path: the compact file; default: ``path`` with ``.sparse`` before its suffix.
+            Its suffix picks its format in the same way.
 
     Returns:
         An :class:`ExportReport` with both sizes.
@@ -225,19 +254,30 @@ def export(
     sparse_path = Path(sparse_path) if sparse_path is not None else path.with_name(
         f"{path.stem}.sparse{path.suffix}"
     )
+    dense_format = _file_format(path, "path")
+    sparse_format = _file_format(sparse_path, "sparse_path")
     if sparse_path == path:
         raise ValueError(f"sparse_path must differ from path, both are {str(path)!r}")
     state = {k: v.detach().cpu() for k, v in permanent_state_dict(model).items()}
-    entries = {name: _encode(tensor) for name, tensor in state.items()}
-    torch.save(state, path)
-    torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
-    tensors = [
-        TensorExport(
-            name, list(state[name].shape), int((state[name] != 0).sum()), entry["encoding"],
-            _payload(entry),
-        )
-        for name, entry in entries.items()
-    ]
+    if dense_format == "safetensors":
+        save_file(separate_storage(state), str(path), metadata={"format": "pt"})
+    else:
+        torch.save(state, path)
+    if sparse_format == "safetensors":
+        tensors = [
+            TensorExport(t.name, t.shape, t.nonzero, t.layout, t.bytes)
+            for t in write_compressed(state, sparse_path, transposed_weights(model))
+        ]
+    else:
+        entries = {name: _encode(tensor) for name, tensor in state.items()}
+        torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
+        tensors = [
+            TensorExport(
+                name, list(state[name].shape), int((state[name] != 0).sum()), entry["encoding"],
+                _payload(entry),
+            )
+            for name, entry in entries.items()
+        ]
     return ExportReport(
         str(path), str(sparse_path), path.stat().st_size, sparse_path.stat().st_size, tensors
     )
@@ -251,7 +291,7 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     plus 64 MiB (the compact encodings cannot shrink a real tensor further).
 
     Args:
-        path: the sparse file.
+        path: the sparse file (a ``.safetensors`` one is read as safetensors).
 
     Returns:
         The dense state dict, equal to the one in the dense file.
@@ -268,6 +308,8 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
         >>> torch.equal(state["weight"], layer.weight.detach())
         True
     """
+    if Path(path).suffix.lower() == ".safetensors":
+        return read_compressed(path)
     where = repr(str(path))
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != _FORMAT:

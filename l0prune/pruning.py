@@ -86,7 +86,9 @@ def prune(
         validation: re-iterable batches for the loss; with ``sparsity``, the report gives the
             dense and pruned losses on them.
         loss_fn: ``loss_fn(outputs, batch) -> scalar``; default: the model's own ``loss``
-            output or cross-entropy against the batch's last item / ``labels``.
+            output or cross-entropy against the batch's last item / ``labels``. For a causal
+            LM on :func:`~l0prune.text.text_batches`, :func:`~l0prune.perplexity.next_token_nll`
+            (a loss with ``perplexity = True`` makes the report give perplexities).
         method: a solver of :data:`solvers.METHODS` (``"admm"``, ``"iht"``, ``"obs"``,
             ``"wanda"``, ``"magnitude"``, ...).
         budget: the sparsity pattern: ``Unstructured()`` (default), ``PerRow()``,
@@ -163,6 +165,7 @@ def prune(
             run.fixed({t.name: allocation.given(t, family) for t in chosen})
         report = run.report(method, _budget_text(family), sequential, alpha, start)
         report.skipped = skipped
+        report.perplexity = getattr(loss_fn, "perplexity", False) is True
     except BaseException:
         snapshot.restore()
         raise

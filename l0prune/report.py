@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -83,6 +84,8 @@ class PruneReport:
         trials: the search steps, in order (empty without ``alpha``).
         skipped: targets left dense because the budget does not fit them (name -> why), with
             ``skip_incompatible``.
+        perplexity: the loss is a mean next-token negative log-likelihood (a causal LM), so
+            ``exp`` of each loss is a perplexity and the report gives them.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -106,6 +109,7 @@ class PruneReport:
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    perplexity: bool = False
 
     @property
     def kept(self) -> int:
@@ -128,6 +132,34 @@ class PruneReport:
         if self.dense_loss is None or self.pruned_loss is None or self.dense_loss == 0:
             return None
         return self.pruned_loss / self.dense_loss
+
+    def _exp(self, loss: float | None) -> float | None:
+        return math.exp(loss) if self.perplexity and loss is not None else None
+
+    @property
+    def dense_perplexity(self) -> float | None:
+        """``exp(dense_loss)`` for a next-token loss, else ``None``."""
+        return self._exp(self.dense_loss)
+
+    @property
+    def pruned_perplexity(self) -> float | None:
+        """``exp(pruned_loss)`` for a next-token loss, else ``None``."""
+        return self._exp(self.pruned_loss)
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        """``pruned_perplexity / dense_perplexity = exp(pruned_loss - dense_loss)``, when both
+        are known.
+
+        Example:
+            >>> report = PruneReport([], "obs", "u", True, dense_loss=math.log(20),
+            ...                      pruned_loss=math.log(25), perplexity=True)
+            >>> round(report.pruned_perplexity, 6), round(report.perplexity_ratio, 6)
+            (25.0, 1.25)
+        """
+        if self.dense_perplexity is None or self.pruned_perplexity is None:
+            return None
+        return math.exp(self.pruned_loss - self.dense_loss)
 
     def table(self) -> str:
         """The per-layer results as a markdown table.
@@ -183,6 +215,11 @@ class PruneReport:
             lines.append(text)
         if self.skipped:
             lines.append(f"left dense, the budget does not fit them: {', '.join(self.skipped)}")
+        if self.perplexity_ratio is not None:
+            lines.append(
+                f"perplexity: dense {self.dense_perplexity:.4g}, pruned "
+                f"{self.pruned_perplexity:.4g} (ratio {self.perplexity_ratio:.4f})"
+            )
         lines.append(
             f"passes: {self.calibration_passes} over the calibration data, "
             f"{self.validation_passes} over the validation data; "
@@ -195,8 +232,8 @@ class PruneReport:
         return self.table() + "\n\n" + self.summary()
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: every field plus ``kept``, ``total``, ``sparsity`` and
-        ``alpha_reached`` (and each layer's ``sparsity``).
+        """A JSON-ready dict: every field plus ``kept``, ``total``, ``sparsity``,
+        ``alpha_reached`` and the perplexities (and each layer's ``sparsity``).
 
         Returns:
             The dict.
@@ -209,7 +246,8 @@ class PruneReport:
         data["layers"] = [{**asdict(layer), "sparsity": layer.sparsity} for layer in self.layers]
         data.update(
             kept=self.kept, total=self.total, sparsity=self.sparsity,
-            alpha_reached=self.alpha_reached,
+            alpha_reached=self.alpha_reached, dense_perplexity=self.dense_perplexity,
+            pruned_perplexity=self.pruned_perplexity, perplexity_ratio=self.perplexity_ratio,
         )
         return data
 

@@ -1,4 +1,4 @@
-"""``python -m l0prune.bench {solvers,models,certify} [options]``: run one benchmark.
+"""``python -m l0prune.bench {solvers,models,certify,checkpoints} [options]``: run one benchmark.
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "solvers": "l0prune.bench.solvers",
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
+    "checkpoints": "l0prune.bench.checkpoints",
 }
 
 

@@ -56,7 +56,9 @@ def check_destination(out: Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    # Named as the manifest names them: a folder (a Hugging Face model/) ends in "/".
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                     ) if out.is_dir() else []
     if entries:
         manifest = _manifest(out)
         if manifest is None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from l0prune.report import PruneReport
 
-__all__ = ["FILES", "headline", "markdown", "run_reports", "write_reports"]
+__all__ = ["FILES", "HF_FILES", "entry_name", "headline", "markdown", "run_reports",
+           "write_reports"]
 
 #: The files of an output folder and what each holds.
 FILES = {
@@ -21,6 +22,11 @@ FILES = {
     "model.pt": "pruned weights as a state dict with the dense model's keys "
                 "(`model.load_state_dict(torch.load(path))`)",
     "model.sparse.pt": "the same weights, compact (`l0prune.load_sparse(path)`)",
+}
+#: The files of a Hugging Face model's output folder on top of :data:`FILES`.
+HF_FILES = {
+    "model/": "the pruned Hugging Face model and its tokenizer: `from_pretrained(path)` (dense) "
+              "or `l0prune.load_pretrained(path)` (`--save-format compressed`)",
 }
 
 
@@ -38,6 +44,9 @@ def headline(data: dict) -> list[str]:
     lines = []
     for run, (method, report) in zip(data["runs"], run_reports(data), strict=True):
         scores = "".join(f", {name} {value:.4f}" for name, value in run["metrics"].items())
+        if report.perplexity_ratio is not None:
+            scores += (f", perplexity {report.pruned_perplexity:.4g} (dense "
+                       f"{report.dense_perplexity:.4g}, ratio {report.perplexity_ratio:.4f})")
         lines.append(
             f"{method}: sparsity {100 * report.sparsity:.1f} % ({report.kept:,} of "
             f"{report.total:,} weights kept), loss / dense {_ratio(report)}{scores}, "
@@ -92,6 +101,16 @@ def _result_table(data: dict) -> list[str]:
             for _, r in reports
         ]),
     ]
+    first = reports[0][1]
+    if first.dense_perplexity is not None:
+        rows += [
+            ("perplexity", f"{first.dense_perplexity:.4g}",
+             [f"{r.pruned_perplexity:.4g}" if r.pruned_perplexity is not None else "-"
+              for _, r in reports]),
+            ("perplexity / dense", "1.0000",
+             [f"{r.perplexity_ratio:.4f}" if r.perplexity_ratio is not None else "-"
+              for _, r in reports]),
+        ]
     for name, value in dense["metrics"].items():
         rows.append((name, f"{value:.4f}", [f"{run['metrics'][name]:.4f}"
                                            for run in data["runs"]]))
@@ -163,7 +182,8 @@ def markdown(data: dict) -> str:
     for method, report in reports:
         lines += _trials(method, report)
     lines += ["## Files", "", "| file | bytes | what |", "|---|---:|---|"]
-    for name, what in FILES.items():
+    extra = {name: what for name, what in HF_FILES.items() if name in files}
+    for name, what in {**FILES, **extra}.items():
         size = files.get(name)
         lines.append(f"| {name} | {f'{size:,}' if size is not None else ''} | {what} |")
     lines += [
@@ -175,14 +195,26 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def entry_name(path: Path) -> str:
+    """How ``files`` names an entry of the folder: a folder's name ends in ``/``."""
+    return path.name + ("/" if path.is_dir() else "")
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def write_reports(folder: Path, data: dict) -> None:
     """Write ``report.json`` and ``report.md`` into ``folder``, ``data["files"]`` listing every
-    file there with its size, the two reports included.
+    entry there with its size (a folder's files summed), the two reports included.
 
     A report's size depends on the sizes it shows, so both are rendered until their sizes stop
     changing (two or three rounds: only the number of digits can move them).
     """
-    files = {p.name: p.stat().st_size for p in folder.iterdir()}
+    files = {entry_name(p): _size(p) for p in folder.iterdir()}
     files.update({"report.json": 0, "report.md": 0})
     data["files"] = dict(sorted(files.items()))
     for _ in range(8):

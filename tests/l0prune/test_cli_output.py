@@ -36,7 +36,7 @@ def test_a_previous_run_is_replaced_but_a_users_file_in_it_is_refused(tmp_path, 
     (tmp_path / "run" / "data").mkdir()
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
     done = _run(tmp_path, capsys, monkeypatch, "--out", "run")
-    assert_one_line_error(done, "--out run: holds data, which no l0prune run wrote there")
+    assert_one_line_error(done, "--out run: holds data/, which no l0prune run wrote there")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
     assert (tmp_path / "run" / "thesis.tex").read_text() == "my thesis"
 

@@ -35,7 +35,7 @@ def test_dense_file_has_the_dense_keys_and_loads_into_a_dense_model(tmp_path):
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 1.0])
 def test_sparse_file_loads_back_bit_for_bit(tmp_path, density):
     model = _pruned_model(density)
-    report = export(model, tmp_path / "m.pt", tmp_path / "m.compact")
+    report = export(model, tmp_path / "m.pt", tmp_path / "m.compact.pt")
     dense = torch.load(report.path, weights_only=True)
     sparse = load_sparse(report.sparse_path)
     assert dense.keys() == sparse.keys()
@@ -114,3 +114,53 @@ def test_load_sparse_refuses_a_huge_shape_from_a_tiny_file(tmp_path):
     attach(layer, layer.weight.detach(), torch.zeros(5000, 5000, dtype=torch.bool))
     report = export(layer, tmp_path / "zero.pt")
     assert torch.equal(load_sparse(report.sparse_path)["weight"], torch.zeros(5000, 5000))
+
+
+def test_safetensors_suffix_writes_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _pruned_model(0.3)
+    report = export(model, tmp_path / "model.safetensors")
+    assert report.sparse_path == str(tmp_path / "model.sparse.safetensors")
+    for path in (report.path, report.sparse_path):
+        with open(path, "rb") as file:  # 8-byte header length, then the JSON header
+            size = int.from_bytes(file.read(8), "little")
+            assert file.read(1) == b"{" and size < 10_000
+    state = load_file(report.path)
+    fresh = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+    fresh.load_state_dict(state)
+    x = torch.randn(4, 128)
+    assert torch.equal(fresh(x), model(x))
+    sparse = load_sparse(report.sparse_path)
+    assert sparse.keys() == state.keys() and all(torch.equal(sparse[k], state[k]) for k in state)
+    assert {t.name: t.encoding for t in report.tensors}["0.weight"] == "bitmask"
+    assert report.sparse_bytes < 0.45 * report.dense_bytes
+
+
+def test_safetensors_export_of_tied_transposed_weights(tmp_path):
+    """GPT-2: ``Conv1D`` weights stored in x out, and the head tied to the embedding."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    import l0prune
+
+    l0prune.prune(model, [{"input_ids": ids}], budget=l0prune.NM(2, 4), method="wanda",
+                  progress=False)
+    report = export(model, tmp_path / "gpt2.safetensors")
+    state = load_sparse(report.sparse_path)
+    layouts = {t.name: t.encoding for t in report.tensors}
+    assert layouts["transformer.h.0.attn.c_attn.weight"] == "2:4"
+    fresh = transformers.GPT2LMHeadModel(model.config).eval()
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("path, sparse", [("m.txt", None), ("m.pt", "m.sparse"),
+                                          ("m", None)])
+def test_unknown_suffixes_are_refused_before_writing(tmp_path, path, sparse):
+    with pytest.raises(ValueError, match=r"must end in \.safetensors .* or \.pt"):
+        export(_pruned_model(0.5), tmp_path / path, tmp_path / sparse if sparse else None)
+    assert list(tmp_path.iterdir()) == []
