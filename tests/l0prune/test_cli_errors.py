@@ -232,7 +232,7 @@ def test_prune_with_exact_on_a_large_layer_names_the_flags(tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("args, words", [
-    (["bogus"], ["bench: unknown benchmark 'bogus'; choose solvers, models, certify"]),
+    (["bogus"], ["bench: unknown benchmark 'bogus'; choose solvers, models, certify, checkpoints"]),
     (["solvers", "--bogus"], ["bench solvers: unrecognized arguments: --bogus"]),
     (["certify", "--time-limit", "0"], ["bench certify: --time-limit must be a positive"]),
 ])
