@@ -61,8 +61,9 @@ def test_table_numbers(quick_report):
         ref = rows[("obs", sparsity)]
         assert ratio == pytest.approx(mean / float(ref[3]), rel=2e-3)
         if float(ref[5]) >= 0.05:  # the printed seconds (3 decimals) give the printed ratio
-            expected = seconds / float(ref[5])
-            assert time_ratio == pytest.approx(expected, abs=0.006 + 0.02 * expected)
+            expected = seconds / float(ref[5])  # each seconds cell is off by up to 0.0005
+            slack = 0.005 + 0.0006 * (1 + expected) / float(ref[5])
+            assert time_ratio == pytest.approx(expected, abs=slack)
         if label == "obs":
             assert (r[6], r[7], r[8], worse) == ("1.000", "1.000", "1.00", 0)
         if label == "magnitude":  # no weight update: far worse than OBS
