@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from .test_cli_errors import assert_one_line_error, run_main
-from .test_cli_prune import USER_MODEL, run_cli
+from .test_cli_prune import USER_MODEL
 
 PRUNE = ["prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
          "--validation", "outnet:validation", "--sparsity", "0.5", "--method", "magnitude",
@@ -94,13 +94,14 @@ def test_the_reports_list_their_own_sizes(tmp_path, capsys, monkeypatch):
         assert f"| {name} | {data['files'][name]:,} |" in markdown
 
 
-def test_progress_on_a_pipe_is_one_plain_line_per_step(tmp_path):
-    """No carriage returns or cursor codes in a log; each trial a line with its count."""
+def test_progress_on_a_pipe_is_one_plain_line_per_step(tmp_path, capsys, monkeypatch):
+    """No carriage returns or cursor codes in a log; each trial a line with its count (the
+    captured stderr is not a terminal, as a pipe)."""
     (tmp_path / "outnet.py").write_text(USER_MODEL)
-    done = run_cli("prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
-                   "--validation", "outnet:validation", "--alpha", "1.05", "--method",
-                   "magnitude", "--baseline", "none", "--finetune-epochs", "0", "--out", "run",
-                   cwd=tmp_path)
+    done = run_main("prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
+                    "--validation", "outnet:validation", "--alpha", "1.05", "--method",
+                    "magnitude", "--baseline", "none", "--finetune-epochs", "0", "--out", "run",
+                    cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr and "\x1b" not in done.stderr
     trials = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]["report"][
