@@ -99,6 +99,9 @@ OPTIONS: tuple[Option, ...] = (
            "Conv that runs except the last)", kind="list", metavar="REGEX"),
     Option("ignore", patterns, "regexes of layer names left dense", kind="list",
            metavar="REGEX"),
+    Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
+           "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
+           kind="flag"),
     Option("sequential", flag, "take each layer's statistics with the layers before it "
            "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
     Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
@@ -141,6 +144,7 @@ class Settings:
     budget: str = "unstructured"
     targets: list[str] | None = None
     ignore: list[str] | None = None
+    skip_incompatible: bool = False
     sequential: bool = True
     finetune_epochs: int | None = None
     finetune_lr: float = 1e-3

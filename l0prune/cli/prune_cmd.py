@@ -14,6 +14,7 @@ import argparse
 import copy
 import importlib.metadata
 import json
+import re
 import shlex
 import sys
 import time
@@ -23,11 +24,14 @@ import torch
 from torch import nn
 
 import l0prune
+from l0prune.pruning import IncompatibleBudget
+from solvers.exact import TooLarge
 
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
 from .default_model import builtin_task
+from .errors import UsageError
 from .output_dir import check_destination, staged
-from .report_files import headline, markdown, run_reports
+from .report_files import headline, run_reports, write_reports
 from .task import Task, user_task
 from .values import make_budget
 
@@ -69,6 +73,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
         sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
         device=settings.device, progress=progress,
+        skip_incompatible=settings.skip_incompatible,
     )
 
 
@@ -101,13 +106,6 @@ def _comparison(runs: list[dict]) -> dict | None:
             "loss_vs_baseline": loss}
 
 
-def _size(path: Path) -> int:
-    """Bytes of a file, or of every file in a folder."""
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
 def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     """Everything but the two reports, then the reports with the sizes of the rest."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
@@ -119,11 +117,7 @@ def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
     layers_plot(runs, folder / "layers.png")
     (folder / "recipe.toml").write_text(to_toml(settings))
-    data["files"] = {
-        p.name + ("/" if p.is_dir() else ""): _size(p) for p in sorted(folder.iterdir())
-    }
-    (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(data))
+    write_reports(folder, data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +136,20 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.threads or 1)
     task = builtin_task(settings.seed, settings.quick, log) if settings.model is None \
         else user_task(settings)
-    dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    try:
+        dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    except IncompatibleBudget as err:
+        raise UsageError(
+            f"--budget {settings.budget} does not fit layer {err.layer} (weight "
+            f"{'x'.join(map(str, err.shape))}): {err.reason}; leave it dense with --ignore "
+            f"{shlex.quote(re.escape(err.layer))}, or every such layer with --skip-incompatible"
+        ) from None
+    except TooLarge as err:
+        raise UsageError(
+            f"--method exact: a layer's program has {err.binaries} binary variables, over the "
+            f"limit of {err.max_binaries} (branch and bound grows exponentially); prune with "
+            "--method admm, or solve one small layer with l0prune solve --method exact"
+        ) from None
     data = {
         "command": shlex.join(["l0prune", *args.argv]),
         "model": task.description,
@@ -162,5 +169,5 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print("\n".join(headline(data)))
         sizes = ", ".join(f"{name} ({size:,} bytes)" for name, size in data["files"].items())
-        print(f"wrote {out}/: report.md, report.json, {sizes}")
+        print(f"wrote {out}/: {sizes}")
     return 0
