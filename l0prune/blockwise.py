@@ -52,16 +52,17 @@ from functools import partial
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from solvers import Budget
 
 from .allocation import Curve
 from .blocks import BlockInputs, Stack, capture, run_block
-from .checkpoint import Checkpoint, weights_digest
 from .layerwise import LayerPruner, LayerResult
 from .masks import attach
+from .progress import progress
+from .resume import Checkpoint, weights_digest
 from .rollback import Rollback
+from .snapshot import move
 from .statistics import Discovery, Moments, collect, input_groups
 from .targets import Target
 
@@ -284,15 +285,15 @@ class BlockPruner:
             inputs.hidden = None
         data = [{"index": i, "attention_mask": mask} for i, mask in enumerate(inputs.masks)]
         results: dict[str, LayerResult] = {}
-        with tqdm(total=len(self.stack.blocks), desc="blocks", leave=False,
-                  disable=not self.progress) as bar:
+        with progress("blocks", "block", total=len(self.stack.blocks), enabled=self.progress,
+                      transient=True) as bar:
             for index, block in enumerate(self.stack.blocks):
                 groups = self.block_groups[index]
                 members = [t for group in groups for t in group]
                 digest = weights_digest(members) if checkpoint is not None else ""
                 done = checkpoint.load(index, members, digest) if checkpoint is not None else None
                 self.rollback.capture(block)
-                block.to(self.device)
+                move(block, self.device)
                 if done is None:
                     done = self._block(block, inputs, data, groups, budgets, dense, pruned,
                                        first=not results, curves=curves)
@@ -303,7 +304,7 @@ class BlockPruner:
                         for t in members:
                             t.module.weight.copy_(done[t.name].weight)
                     self._advance(block, inputs, dense, pruned, done)
-                block.to(self.home)
+                move(block, self.home)
                 self.rollback.release(block)
                 results.update(self._in_place(done))
                 bar.update()

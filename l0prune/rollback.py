@@ -115,13 +115,16 @@ class Rollback(Snapshot):
         with safe_open(str(path), framework="pt") as file:
             return file.get_tensor(str(id(tensor)))
 
-    def restore(self) -> None:
+    def restore(self, *, devices: bool = True) -> None:
         """Put the model back as captured, the released copies file by file.
+
+        Args:
+            devices: as in :meth:`Snapshot.restore <l0prune.snapshot.Snapshot.restore>`.
 
         Returns:
             None.
         """
-        super().restore()
+        super().restore(devices=devices)
         paths: dict[Path, list[int]] = {}
         for key, (path, *_) in self.released.items():
             paths.setdefault(path, []).append(key)
@@ -129,4 +132,4 @@ class Rollback(Snapshot):
             saved = load_file(path)
             for key in keys:
                 _, tensor, requires_grad, grad = self.released[key]
-                put_back(tensor, saved[str(key)], requires_grad, grad)
+                put_back(tensor, saved[str(key)], requires_grad, grad, devices=devices)
