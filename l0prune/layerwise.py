@@ -263,19 +263,33 @@ class LayerPruner:
         with progress("error curves", "layer", total=len(self.targets), enabled=self.progress,
                       transient=True) as bar:
             for t in self.targets:
-                fam = layer_family(t, family)
-                top = fam.max_count(t.shape)
-                least = least_count(fam)
-                counts = sorted(
-                    {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
-                )
-                errors = [0.0] + [
-                    self.solve(t, fam.with_count(c), self.moments[t.name]).relative_error
-                    for c in counts[1:]
-                ]
-                curves.append(Curve(t, fam, counts, errors))
+                curves.append(self.curve(t, family, grid, self.moments[t.name]))
                 bar.update()
         return curves
+
+    def curve(self, target: Target, family: Budget, grid: Sequence[float],
+              moments: Moments) -> Curve:
+        """``target``'s error curve at the sparsities in ``grid``, on ``moments``.
+
+        Args:
+            target: the layer.
+            family: the run's budget family.
+            grid: sparsities in [0, 1).
+            moments: its statistics.
+
+        Returns:
+            The :class:`~l0prune.allocation.Curve` (the dense count first, error 0).
+        """
+        fam = layer_family(target, family)
+        top = fam.max_count(target.shape)
+        least = least_count(fam)
+        counts = sorted(
+            {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
+        )
+        errors = [0.0] + [
+            self.solve(target, fam.with_count(c), moments).relative_error for c in counts[1:]
+        ]
+        return Curve(target, fam, counts, errors)
 
 
 def _problem(W: torch.Tensor, moments: Moments, i: int, budget: Budget) -> LayerProblem:

@@ -17,12 +17,22 @@ it was before the exception propagates, on the device it was on. The price is me
 snapshot holds a copy of the model's parameters and buffers for the whole run, taken before the
 model moves to ``device`` (so on the model's own device, the CPU for a model moved to a GPU);
 the search keeps its best trial's state on the CPU.
+
+A model built as a stack of repeated blocks (a transformer) is pruned block by block by default
+(:mod:`l0prune.blockwise`): one pass over the calibration data, one block at a time on the
+device, the rollback copies taken per block where the model is
+(:class:`~l0prune.rollback.Rollback`) just before each block changes, and (with
+``checkpoint=``) each finished block written to disk so that a run resumes
+(:mod:`l0prune.resume`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,14 +43,17 @@ from torch import nn
 
 from solvers import METHODS, NM, Budget, Unstructured
 
-from . import allocation
+from . import allocation, blocks
 from .batches import LossFn, check_data, cross_entropy, mean_loss
+from .blockwise import BlockPruner, outside_problem
 from .finetune import Finetune, masked_finetune
 from .input_check import explained
 from .layerwise import LayerPruner, LayerResult, method_options
 from .masks import attach, refresh
 from .progress import progress
 from .report import LayerReport, PruneReport, Trial
+from .resume import Checkpoint
+from .rollback import Rollback
 from .search import GRID, two_stage
 from .snapshot import Snapshot, move
 from .statistics import Moments, discover
@@ -68,6 +81,10 @@ def prune(
     options: Mapping | None = None,
     progress: bool = True,
     skip_incompatible: bool = False,
+    blockwise: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    rollback_dir: str | os.PathLike | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -115,6 +132,26 @@ def prune(
             (an N:M budget on an input width not divisible by M; SparseGPT's scripts do the
             same) instead of raising :class:`IncompatibleBudget`; they are listed in the
             report's ``skipped``.
+        blockwise: prune block by block (:mod:`l0prune.blockwise`): ``None`` (default) when
+            the model is a stack of repeated blocks run one after the other (a transformer's
+            ``model.layers``, ``transformer.h``, ``encoder.layer``) and every target outside
+            the stack runs after it, else the whole-model path; ``True``: block by block or a
+            ``ValueError`` saying why not; ``False``: the whole-model path. Both give the same
+            masks with ``sequential=False`` and the same results up to float rounding with
+            ``sequential=True``. Block by block, only the blocks visit ``device``: the
+            validation loss and finetuning run where the model is.
+        checkpoint: a folder where a block-by-block run with a fixed budget (``sparsity`` or a
+            sized ``budget``, not ``alpha``) writes each finished block's weights and masks
+            (:mod:`l0prune.resume`); a model whose stack turns out not to be prunable block by
+            block (with ``blockwise=None``) takes the whole-model path and writes nothing.
+        resume: take the blocks finished in ``checkpoint`` by an earlier run with the same
+            settings and calibration data (the result is bit for bit that of a run never
+            interrupted); a checkpoint written with other settings or data is refused with one
+            line naming them.
+        rollback_dir: an existing folder where a block-by-block run moves the rollback copy of
+            each finished block (safetensors files, removed when the run ends), so that memory
+            holds the copy of one block at a time instead of a second copy of the stack; the
+            whole-model path ignores it (its snapshot is taken up front).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -134,26 +171,48 @@ def prune(
     _check_settings(loss_fn, sequential, seed, options, progress, skip_incompatible)
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
+    _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
     device = _device(model, device)
-    snapshot = Snapshot(model)  # before any move: a failure puts the model back where it was
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    stack = blocks.find_stack(model) if blockwise is not False else None
+    spill = None if stack is None or rollback_dir is None else tempfile.mkdtemp(
+        prefix="l0prune-rollback-", dir=rollback_dir)
+    # before any move: a failure puts the model back where it was
+    snapshot = Snapshot(model) if stack is None else Rollback(model, spill)
     try:
-        move(model, device)
+        if stack is None:
+            move(model, device)
         model.eval()
-        discovery = discover(model, next(iter(calibration)), device)
+        if stack is None:
+            discovery = discover(model, next(iter(calibration)), device)
+        else:
+            discovery, problem = blocks.discover(model, stack, next(iter(calibration)), home)
         if isinstance(sparsity, Mapping):
             chosen = _dict_targets(model, discovery.order, sparsity, targets, ignore)
         else:
             chosen = select_targets(model, discovery.order, targets, ignore)
         chosen, skipped = _fitting(chosen, family, skip_incompatible)
-        pruner = LayerPruner(
-            model, calibration, chosen, discovery, snapshot,
-            method=method, options=method_options(method, options, seed),
-            sequential=sequential, device=device, progress=progress,
-        )
+        if stack is not None:
+            stack = _settle(stack, problem or outside_problem(stack, chosen, discovery),
+                            blockwise, resume)
+            if stack is None or config is not None:  # the whole model changes
+                snapshot.capture(model)
+            if stack is None:
+                move(model, device)
+        common = dict(method=method, options=method_options(method, options, seed),
+                      sequential=sequential, device=device, progress=progress)
+        if stack is None:
+            pruner = LayerPruner(model, calibration, chosen, discovery, snapshot, **common)
+        else:
+            pruner = BlockPruner(
+                model, calibration, chosen, discovery, snapshot, stack, **common,
+                keep_inputs=alpha is not None,
+                checkpoint=None if checkpoint is None else Checkpoint(checkpoint, resume),
+            )
         run = _Run(
             model, pruner, snapshot, validation=validation, loss_fn=loss_fn or cross_entropy,
-            finetune=config, calibration=calibration, device=device, seed=seed,
-            progress=progress,
+            finetune=config, calibration=calibration, device=device if stack is None else home,
+            seed=seed, progress=progress,
         )
         if alpha is not None:
             run.search(alpha, family)
@@ -166,9 +225,14 @@ def prune(
         report = run.report(method, _budget_text(family), sequential, alpha, start)
         report.skipped = skipped
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
+        if stack is not None:
+            report.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
     except BaseException:
         snapshot.restore()
         raise
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
     snapshot.restore_modes()
     return report
 
@@ -253,6 +317,8 @@ class _Run:
                 return None
             self.pruner.moments = self.outcome.moments
             curves = self.pruner.curves(family, GRID)
+            if isinstance(self.pruner, BlockPruner):  # its curves leave the model dense
+                self.current = None
             return lambda s: self._trial(
                 allocation.spread(curves, int(round((1 - s) * total))), "allocated", s
             )
@@ -409,6 +475,47 @@ def _check_settings(loss_fn, sequential, seed, options, progress, skip_incompati
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f"options must be a dict of solver options, got {options!r}")
+
+
+def _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir) -> None:
+    if blockwise is not None and not isinstance(blockwise, bool):
+        raise ValueError(f"blockwise must be None, True or False, got {blockwise!r}")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a folder path, got {type(checkpoint).__name__}")
+    if rollback_dir is not None and not (
+        isinstance(rollback_dir, (str, os.PathLike)) and os.path.isdir(rollback_dir)
+    ):
+        raise ValueError(f"rollback_dir must be an existing folder, got {rollback_dir!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the folder of the run to resume)")
+    if checkpoint is not None and alpha is not None:
+        raise ValueError(
+            "checkpoint= works with a fixed budget (sparsity= or a sized budget), not alpha= "
+            "(every trial of the search prunes anew)"
+        )
+    if checkpoint is not None and blockwise is False:
+        raise ValueError("checkpoint= needs block-by-block pruning; got blockwise=False")
+    if (blockwise or checkpoint is not None) and blocks.find_stack(model) is None:
+        raise ValueError(
+            f"{'blockwise=True' if blockwise else 'checkpoint='} needs a model built as a stack "
+            "of repeated blocks (an nn.ModuleList of two or more modules of one type); "
+            f"{type(model).__name__} has none"
+        )
+
+
+def _settle(stack, problem: str | None, blockwise: bool | None, resume: bool):
+    """``stack`` if it can be pruned block by block, ``None`` for the whole-model path."""
+    if problem is None:
+        return stack
+    if blockwise or resume:
+        what = "blockwise=True" if blockwise else "resume=True"
+        raise ValueError(
+            f"{what} needs block-by-block pruning, but the stack {stack.name!r} cannot be: "
+            f"{problem}"
+        )
+    return None
 
 
 def _finetune_config(finetune) -> Finetune | None:

@@ -86,6 +86,8 @@ class PruneReport:
             ``skip_incompatible``.
         perplexity: the loss is a mean next-token negative log-likelihood (a causal LM), so
             ``exp`` of each loss is a perplexity and the report gives them.
+        blocks: the stack pruned block by block (its name and block count), or ``None`` for
+            the whole-model path.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -110,6 +112,7 @@ class PruneReport:
     trials: list[Trial] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     perplexity: bool = False
+    blocks: str | None = None
 
     @property
     def kept(self) -> int:
@@ -203,6 +206,7 @@ class PruneReport:
         lines = [
             f"sparsity {100 * self.sparsity:.2f} % ({self.kept:,} of {self.total:,} weights "
             f"kept), method {self.method}, budget {self.budget}, {mode} statistics"
+            + (f", block by block ({self.blocks})" if self.blocks else "")
         ]
         if self.dense_loss is not None and self.pruned_loss is not None:
             reached = self.alpha_reached

@@ -16,7 +16,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Snapshot", "move"]
+__all__ = ["Snapshot", "move", "put_back"]
+
+
+@torch.no_grad()
+def put_back(tensor: torch.Tensor, saved: torch.Tensor, requires_grad: bool,
+             grad: torch.Tensor | None, *, devices: bool = True) -> None:
+    """Give ``tensor`` (the same object) the value, dtype, shape and gradient captured.
+
+    Args:
+        tensor: a parameter or buffer.
+        saved: its captured value.
+        requires_grad: its captured ``requires_grad``.
+        grad: its captured gradient, or ``None``.
+        devices: back on the device it was captured on; ``False``: on the one it is on now.
+
+    Returns:
+        None.
+
+    Example:
+        >>> weight = torch.zeros(2)
+        >>> put_back(weight, torch.ones(2), False, None); weight
+        tensor([1., 1.])
+    """
+    device = saved.device if devices else tensor.device
+    if (tensor.device, tensor.dtype, tensor.shape) == (device, saved.dtype, saved.shape):
+        tensor.copy_(saved)
+    else:
+        tensor.data = saved.to(device, copy=True)
+    tensor.requires_grad_(requires_grad)
+    tensor.grad = None if grad is None else grad.to(device, copy=True)
 
 
 class _ModuleState:
@@ -104,16 +133,8 @@ class Snapshot:
             module._buffers.clear()
             module._buffers.update(state.buffers)
             module.training = state.training
-        with torch.no_grad():
-            for tensor, saved, requires_grad, grad in self.values.values():
-                device = saved.device if devices else tensor.device
-                if (tensor.device, tensor.dtype, tensor.shape) == (device, saved.dtype,
-                                                                   saved.shape):
-                    tensor.copy_(saved)
-                else:
-                    tensor.data = saved.to(device, copy=True)
-                tensor.requires_grad_(requires_grad)
-                tensor.grad = None if grad is None else grad.to(device, copy=True)
+        for tensor, saved, requires_grad, grad in self.values.values():
+            put_back(tensor, saved, requires_grad, grad, devices=devices)
 
     def restore_modes(self) -> None:
         """Put back only each module's train / eval mode.

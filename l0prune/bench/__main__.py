@@ -1,4 +1,5 @@
-"""``python -m l0prune.bench {solvers,models,certify,checkpoints} [options]``: run one benchmark.
+"""``python -m l0prune.bench {solvers,models,certify,checkpoints,memory} [options]``: run one
+benchmark.
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -14,6 +15,7 @@ BENCHMARKS = {
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
+    "memory": "l0prune.bench.memory",
 }
 
 

@@ -6,6 +6,11 @@ The folder holds ``report.json``, ``report.md``, ``recipe.toml``, ``sparsity_vs_
 ``model.sparse.pt`` (the same, compact), and for a Hugging Face model ``model/`` (its folder,
 dense or with ``--save-format compressed`` compressed); see
 :data:`~l0prune.cli.report_files.FILES`.
+
+A block-by-block run with a fixed budget also keeps each finished block in ``OUT.partial/``
+(one subfolder per method, :mod:`l0prune.resume`), next to the output folder and outside
+its atomic replacement, so that it survives a failed run; ``--resume`` continues from there.
+It is removed once the output folder is written.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import importlib.metadata
 import json
 import re
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +30,7 @@ import torch
 from torch import nn
 
 import l0prune
+from l0prune.blocks import find_stack
 from l0prune.pruning import IncompatibleBudget
 from solvers.exact import TooLarge
 
@@ -65,6 +72,23 @@ def _finetune(task: Task, settings: Settings) -> l0prune.Finetune | None:
     )
 
 
+def _partial(settings: Settings) -> Path:
+    """Where the finished blocks are kept until the output folder is written."""
+    return Path(f"{settings.out}.partial")
+
+
+def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | None:
+    """``OUT.partial/METHOD`` for a block-by-block run with a fixed budget, else ``None``."""
+    if settings.alpha is None and settings.blockwise is not False and find_stack(model):
+        return _partial(settings) / method
+    if settings.resume:
+        raise UsageError(
+            "--resume continues a block-by-block run: the model is not built as a stack of "
+            "repeated blocks (an nn.ModuleList of two or more modules of one type)"
+        )
+    return None
+
+
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
            progress: bool) -> l0prune.PruneReport:
     return l0prune.prune(
@@ -73,7 +97,8 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
         sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
         device=settings.device, progress=progress,
-        skip_incompatible=settings.skip_incompatible,
+        skip_incompatible=settings.skip_incompatible, blockwise=settings.blockwise,
+        checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
     )
 
 
@@ -164,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     with staged(out) as folder:
         data["seconds"] = time.perf_counter() - start
         _write(folder, task, settings, data)
+    shutil.rmtree(_partial(settings), ignore_errors=True)
     if args.json:
         print(json.dumps(data, indent=2))
     elif not args.quiet:

@@ -62,6 +62,8 @@ def assert_nothing_written(cwd):
     (["--finetune-epochs", "-1"], ["--finetune-epochs", "-1"]),
     (["--targets", "("], ["--targets", "not a valid regex"]),
     (["--bogus"], ["unrecognized arguments: --bogus"]),
+    (["--resume"], ["--resume continues a block-by-block run with a fixed budget", "alpha 1.02"]),
+    (["--resume", "--sparsity", "0.5", "--no-blockwise"], ["--resume", "got --no-blockwise"]),
 ])
 def test_bad_prune_input(tmp_path, capsys, monkeypatch, args, words):
     (tmp_path / "mynet.py").write_text("data = []\n")
