@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from solvers import METHODS, Budget, LayerProblem, solve
+from solvers import METHODS, Budget
 
 from .allocation import Curve, layer_family, least_count
+from .executors import LayerSolves, LayerTask
+from .layer_jobs import TargetSolution
 from .masks import attach
 from .progress import progress
 from .snapshot import Snapshot
@@ -109,6 +110,7 @@ class LayerPruner:
         sequential: see the module docstring.
         device: where statistics and solves run.
         progress: show a progress bar over layers.
+        solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here).
 
     Attributes:
         passes: passes over the calibration data so far.
@@ -145,9 +147,11 @@ class LayerPruner:
         sequential: bool,
         device: torch.device,
         progress: bool,
+        solves: LayerSolves | None = None,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.snapshot = discovery, snapshot
+        self.solves = solves if solves is not None else LayerSolves()
         self.method, self.options = method, dict(options)
         self.sequential, self.device, self.progress = sequential, device, progress
         self.groups = input_groups(self.targets, discovery)
@@ -187,33 +191,28 @@ class LayerPruner:
         Returns:
             The :class:`LayerResult`; the model is not changed.
         """
-        W = target.matrix(self.snapshot.value(self.weights[target.name])).to(self.device)
-        weights, masks, errors, seconds = [], [], [], 0.0
-        for i in range(target.groups):
-            solution = solve(_problem(W[i], moments, i, budget), self.method, **self.options)
-            weights.append(solution.weight)
-            masks.append(solution.mask)
-            errors.append(
-                (solution.relative_error, 1.0) if moments.cross is None
-                else _output_error(W[i], solution.weight, moments, i)
-            )
-            seconds += solution.info["seconds"]
-        if len(errors) == 1 and moments.cross is None:
-            error = errors[0][0]
-        else:
-            num, den = sum(e[0] for e in errors), sum(e[1] for e in errors)
-            error = num / den if den > 0 else (0.0 if num <= 0 else math.inf)
-        mask = target.unmatrix(torch.stack(masks))
-        return LayerResult(
-            name=target.name,
-            shape=target.weight_shape,
-            kept=int(mask.sum()),
-            total=target.total,
-            relative_error=float(error),
-            seconds=seconds,
-            weight=target.unmatrix(torch.stack(weights)),
-            mask=mask,
-        )
+        return self.solve_all([(target, budget, moments)])[0]
+
+    def solve_all(self, jobs: Sequence[tuple[Target, Budget, Moments]],
+                  on_done: Callable[[int], None] | None = None) -> list[LayerResult]:
+        """Solve independent ``(target, budget, moments)`` jobs together (on the run's
+        executor, see :mod:`l0prune.executors`).
+
+        Args:
+            jobs: the jobs.
+            on_done: called with a job's index as each one finishes.
+
+        Returns:
+            Their :class:`LayerResult` s, in order; the model is not changed.
+        """
+        tasks = [
+            LayerTask(t.name, _dense_matrix(t, self.snapshot.value(self.weights[t.name]),
+                                            self.device), moments, budget, self.method,
+                      self.options)
+            for t, budget, moments in jobs
+        ]
+        solutions = self.solves(tasks, on_done)
+        return [_result(t, s) for (t, _, _), s in zip(jobs, solutions, strict=True)]
 
     def run(self, budgets: Mapping[str, Budget]) -> dict[str, LayerResult]:
         """Prune every target under its budget and attach the masks.
@@ -238,12 +237,15 @@ class LayerPruner:
                     self.moments.update(
                         self._collect(level, reference=lambda: self._dense(results))
                     )
-                for target in (t for group in level for t in group):
-                    result = self.solve(target, budgets[target.name], self.moments[target.name])
+                members = [t for group in level for t in group]
+                solved = self.solve_all(
+                    [(t, budgets[t.name], self.moments[t.name]) for t in members],
+                    on_done=lambda i: bar.update(),
+                )
+                for target, result in zip(members, solved, strict=True):
                     with torch.no_grad():
                         target.module.weight.copy_(result.weight)
                     results[target.name] = result
-                    bar.update()
         for target in self.targets:
             result = results[target.name]
             attach(target.module, result.weight, result.mask)
@@ -269,7 +271,8 @@ class LayerPruner:
 
     def curve(self, target: Target, family: Budget, grid: Sequence[float],
               moments: Moments) -> Curve:
-        """``target``'s error curve at the sparsities in ``grid``, on ``moments``.
+        """``target``'s error curve at the sparsities in ``grid``, on ``moments`` (its solves
+        together: one per sparsity, only the errors kept).
 
         Args:
             target: the layer.
@@ -286,33 +289,25 @@ class LayerPruner:
         counts = sorted(
             {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
         )
-        errors = [0.0] + [
-            self.solve(target, fam.with_count(c), moments).relative_error for c in counts[1:]
-        ]
-        return Curve(target, fam, counts, errors)
+        solved = self.solve_all([(target, fam.with_count(c), moments) for c in counts[1:]])
+        return Curve(target, fam, counts, [0.0] + [r.relative_error for r in solved])
 
 
-def _problem(W: torch.Tensor, moments: Moments, i: int, budget: Budget) -> LayerProblem:
-    """The layer problem of group ``i``: ``(W, H)``, or ``(W~, H)`` from paired statistics."""
-    H = moments.H[i]
-    if moments.cross is None:
-        return LayerProblem(W, H, budget=budget)
-    lam = 0.01 * float(H.diagonal().mean())
-    target = W.double()
-    if lam > 0:
-        A = H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-        target = torch.linalg.solve(A, moments.cross[i] @ target.T + lam * target.T).T
-    return LayerProblem(target.to(W.dtype), H, lam=lam, budget=budget)
+def _dense_matrix(target: Target, weight: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``target``'s dense weight as ``(groups, out, in)`` on ``device``, contiguous (the same
+    layout in this process as on a worker, so the same sums)."""
+    return target.matrix(weight).to(device).contiguous()
 
 
-def _output_error(
-    W: torch.Tensor, pruned: torch.Tensor, moments: Moments, i: int
-) -> tuple[float, float]:
-    """``(||X W'^T - X_0 W^T||^2, ||X_0 W^T||^2) / N`` from paired statistics."""
-    W, P = W.double(), pruned.double()
-    dense = float(((W @ moments.dense[i]) * W).sum())
-    change = (
-        float(((P @ moments.H[i]) * P).sum()) - 2 * float(((P @ moments.cross[i]) * W).sum())
-        + dense
+def _result(target: Target, solution: TargetSolution) -> LayerResult:
+    mask = target.unmatrix(solution.mask)
+    return LayerResult(
+        name=target.name,
+        shape=target.weight_shape,
+        kept=int(mask.sum()),
+        total=target.total,
+        relative_error=solution.relative_error,
+        seconds=solution.seconds,
+        weight=target.unmatrix(solution.weight),
+        mask=mask,
     )
-    return max(change, 0.0), dense

@@ -46,6 +46,7 @@ from solvers import METHODS, NM, Budget, Unstructured
 from . import allocation, blocks
 from .batches import LossFn, check_data, cross_entropy, mean_loss
 from .blockwise import BlockPruner, outside_problem
+from .executors import layer_solves
 from .finetune import Finetune, masked_finetune
 from .input_check import explained
 from .layerwise import LayerPruner, LayerResult, method_options
@@ -85,6 +86,7 @@ def prune(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     rollback_dir: str | os.PathLike | None = None,
+    executor=None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -152,6 +154,17 @@ def prune(
             each finished block (safetensors files, removed when the run ends), so that memory
             holds the copy of one block at a time instead of a second copy of the stack; the
             whole-model path ignores it (its snapshot is taken up front).
+        executor: where the layer solves run (:mod:`l0prune.executors`): ``None`` here; a
+            :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, dask's
+            ``Client.get_executor()``) or a ``dask.distributed.Client``, to which independent
+            solves go together (every layer with ``sequential=False``, the layers that read one
+            input with ``True``, a block's layers block by block), each task shipping a
+            layer's weight, statistics, budget, method and options. On the CPU the result is
+            bit for bit that of a run here with one torch thread (the tasks run with one). A
+            task whose worker dies is started again where the cluster allows it, else the run
+            fails naming the layer with the model as it was. Also a
+            :class:`~l0prune.problem_files.ProblemWriter` or
+            :class:`~l0prune.problem_files.SavedSolutions` (layer problems as files).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -172,6 +185,7 @@ def prune(
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
     _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
+    solves = layer_solves(executor)
     device = _device(model, device)
     home = next((p.device for p in model.parameters()), torch.device("cpu"))
     stack = blocks.find_stack(model) if blockwise is not False else None
@@ -192,6 +206,7 @@ def prune(
         else:
             chosen = select_targets(model, discovery.order, targets, ignore)
         chosen, skipped = _fitting(chosen, family, skip_incompatible)
+        solves.check(targets=chosen, sequential=sequential, fixed=alpha is None)
         if stack is not None:
             stack = _settle(stack, problem or outside_problem(stack, chosen, discovery),
                             blockwise, resume)
@@ -200,7 +215,7 @@ def prune(
             if stack is None:
                 move(model, device)
         common = dict(method=method, options=method_options(method, options, seed),
-                      sequential=sequential, device=device, progress=progress)
+                      sequential=sequential, device=device, progress=progress, solves=solves)
         if stack is None:
             pruner = LayerPruner(model, calibration, chosen, discovery, snapshot, **common)
         else:
@@ -227,6 +242,8 @@ def prune(
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
         if stack is not None:
             report.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
+        if solves.placeholder:  # nothing was solved: the model goes back as it was
+            snapshot.restore()
     except BaseException:
         snapshot.restore()
         raise
