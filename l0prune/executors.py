@@ -214,12 +214,12 @@ def local_cluster(workers: int, *, retries: int = 3) -> Iterator:
 
 
 @contextmanager
-def join_cluster(address: str, *, timeout: float = CONNECT_TIMEOUT) -> Iterator:
+def join_cluster(address: str, *, timeout: float | None = None) -> Iterator:
     """A client of the running dask scheduler at ``address``, checked to have workers.
 
     Args:
         address: the scheduler's address, such as ``tcp://10.0.0.5:8786``.
-        timeout: seconds to wait for it.
+        timeout: seconds to wait for it (default :data:`CONNECT_TIMEOUT`).
 
     Yields:
         A ``dask.distributed.Client``, closed on leaving (the cluster stays up).
@@ -230,6 +230,7 @@ def join_cluster(address: str, *, timeout: float = CONNECT_TIMEOUT) -> Iterator:
     if not isinstance(address, str) or not address.strip():
         raise ValueError(f"scheduler must be an address such as tcp://HOST:8786, got {address!r}")
     distributed = _dask()
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     try:
         client = distributed.Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError, TypeError) as err:

@@ -7,9 +7,9 @@ gathered in the order given. The executor is
 - ``None``: the calls run here, one after the other;
 - any :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, dask's
   ``Client.get_executor()``): every call ships its own arguments;
-- a ``dask.distributed.Client``: every tensor argument is sent to the cluster once
-  (``Client.scatter``) however many calls use it (layers that read the same input share ``H``),
-  and the tasks carry references.
+- a ``dask.distributed.Client``: a tensor argument that several calls share (layers that read
+  the same input share ``H``) is sent to the cluster once, as a task of its own whose result
+  the calls take; every other argument travels with its call.
 
 A task sets one torch thread in its process before it runs (a worker that runs several tasks
 side by side must not oversubscribe its cores, and one thread gives the same sums, so the same
@@ -29,6 +29,7 @@ import concurrent.futures as cf
 import functools
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -131,21 +132,40 @@ def run_tasks(
 
 
 def _on_dask(client, fn: Callable, calls: Sequence[tuple], labels: Sequence[str], done) -> list:
-    """Scatter each tensor argument once, submit every call, gather in order."""
+    """Send each tensor shared by several calls once, submit every call, gather in order.
+
+    A shared tensor goes out as a task of its own that returns it (not ``Client.scatter``):
+    the scheduler keeps what it needs to run that task again, so a worker that dies holding the
+    tensor costs a re-send, not the run (scattered data dies with its worker).
+    """
     from distributed import as_completed
 
-    tensors = {id(a): a for args in calls for a in args if isinstance(a, torch.Tensor)}
-    sent = dict(zip(tensors, client.scatter(list(tensors.values()), hash=False), strict=True))
+    uses: dict[int, int] = {}
+    for args in calls:
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                uses[id(a)] = uses.get(id(a), 0) + 1
     run = uuid.uuid4().hex[:8]
-    futures = [
-        client.submit(on_worker, fn, *(sent.get(id(a), a) if isinstance(a, torch.Tensor) else a
-                                       for a in args),
-                      key=f"{_key(label)}-{run}-{i}", pure=False)
-        for i, (args, label) in enumerate(zip(calls, labels, strict=True))
-    ]
-    del sent  # the tasks hold the scattered data now; it is released with them
+    sent = {}
+    for args in calls:
+        for a in args:
+            if isinstance(a, torch.Tensor) and uses[id(a)] > 1 and id(a) not in sent:
+                sent[id(a)] = client.submit(_same, a, key=f"shared-{run}-{len(sent)}", pure=False)
+    with warnings.catch_warnings():  # large arguments travel with their tasks on purpose
+        warnings.filterwarnings("ignore", message="Sending large graph")
+        futures = [
+            client.submit(on_worker, fn, *(sent.get(id(a), a) for a in args),
+                          key=f"{_key(label)}-{run}-{i}", pure=False)
+            for i, (args, label) in enumerate(zip(calls, labels, strict=True))
+        ]
+    del sent  # the tasks hold the shared data now; it is released with them
     return _gather(futures, as_completed(futures), labels, done,
                    functools.partial(client.cancel, futures))
+
+
+def _same(value):
+    """A shared argument, as a task's result."""
+    return value
 
 
 def _key(label: str) -> str:
@@ -199,6 +219,18 @@ def _unpacked(state: dict, H: torch.Tensor | None) -> LayerProblem:
     return problem
 
 
+def _one_of(H: torch.Tensor | None, seen: list[torch.Tensor]) -> torch.Tensor | None:
+    """``H``, or an equal tensor of ``seen`` (every problem keeps its own symmetrised copy of
+    ``H``: the same values become one object, sent once)."""
+    if H is None:
+        return None
+    for other in seen:
+        if other.shape == H.shape and other.dtype == H.dtype and torch.equal(other, H):
+            return other
+    seen.append(H)
+    return H
+
+
 def _solve_packed(state: dict, H: torch.Tensor | None, method: str, options: dict) -> Solution:
     return solve(_unpacked(state, H), method, **options)
 
@@ -213,7 +245,7 @@ def solve_many(
 ) -> list[Solution]:
     """Solve every problem with ``method``, on ``executor`` (see the module docstring).
 
-    Problems that share one ``H`` tensor (the same object) send it once to a dask cluster. On
+    Problems with equal ``H`` (layers that read one input) send it once to a dask cluster. On
     the CPU the solutions are those of :func:`~solvers.api.solve` in a process with one torch
     thread, bit for bit, wherever they run.
 
@@ -249,7 +281,10 @@ def solve_many(
             )
     from tqdm import tqdm
 
-    calls = [(*_packed(p), method, options) for p in problems]
+    calls, seen = [], []
+    for problem in problems:
+        state, H = _packed(problem)
+        calls.append((state, _one_of(H, seen), method, options))
     with tqdm(total=len(problems), desc="solves", unit=" problems", disable=not progress) as bar:
         return run_tasks(_solve_packed, calls, executor,
                          labels=[f"problem {i}" for i in range(len(problems))],

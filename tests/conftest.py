@@ -31,3 +31,14 @@ def layer():
     W = torch.randn(24, 32, generator=g, dtype=torch.float64)
     X = correlated_inputs(256, 32, seed=2)
     return W, X.T @ X / X.shape[0]
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A dask ``LocalCluster`` of two worker processes with one thread each, started once for
+    the session (a few seconds), and its client."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client

@@ -1,4 +1,4 @@
-"""``python -m l0prune.bench {solvers,models,certify,checkpoints,memory} [options]``: run one
+"""``python -m l0prune.bench {solvers,models,certify,checkpoints,memory,scale} [options]``: run one
 benchmark.
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
     "memory": "l0prune.bench.memory",
+    "scale": "l0prune.bench.scale",
 }
 
 
