@@ -58,7 +58,10 @@ def problems(count: int, shapes=BERT_SHAPES, sparsity: float = 0.5) -> list[Laye
     out = []
     for i in range(count):
         rows, cols = shapes[i % len(shapes)]
-        H = moments.setdefault((cols, i // len(shapes)), synthetic_H(cols, seed=i // 3))
+        key = (cols, i // len(shapes))
+        if key not in moments:
+            moments[key] = synthetic_H(cols, seed=i // len(shapes))
+        H = moments[key]
         W = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1000 + i))
         out.append(LayerProblem(W, H, sparsity=sparsity))
     return out
