@@ -180,7 +180,10 @@ def _gather(futures: list, finished, labels: Sequence[str], done, cancel) -> lis
     try:
         for future in finished:
             i = index[id(future)]
-            err = future.exception()
+            try:
+                err = future.exception()
+            except cf.CancelledError as cancelled:  # cancelled elsewhere (a closed client)
+                err = cancelled
             if err is not None:
                 named = _named(err, labels[i])
                 if named is err:

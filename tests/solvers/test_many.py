@@ -3,12 +3,13 @@ a dask cluster; a shared ``H`` goes to the cluster once."""
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 
 import pytest
 import torch
 
 from solvers import NM, LayerProblem, solve
-from solvers.many import run_tasks, solve_many
+from solvers.many import WorkerLost, run_tasks, solve_many
 
 from ..conftest import correlated_inputs
 
@@ -84,3 +85,12 @@ def test_an_error_in_a_task_names_it():
     with cf.ThreadPoolExecutor(1) as pool, pytest.raises(ZeroDivisionError) as info:
         run_tasks(divmod, [(1, 1), (1, 0)], pool, labels=["first", "second"])
     assert info.value.__notes__ == ["(while running second)"]
+
+
+def test_a_worker_that_dies_in_a_process_pool_is_named():
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(WorkerLost) as info:
+            run_tasks(os._exit, [(3,)], pool, labels=["layer 'fc1'"])
+    assert info.value.label == "layer 'fc1'"
+    assert str(info.value).startswith("layer 'fc1': its worker died or the cluster went away")
+    assert "BrokenProcessPool" in str(info.value) and len(str(info.value).splitlines()) == 1
