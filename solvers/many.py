@@ -73,7 +73,7 @@ def _lost(err: BaseException) -> bool:
     if isinstance(err, (cf.BrokenExecutor, cf.CancelledError)):
         return True
     names = {cls.__name__ for cls in type(err).__mro__}
-    return bool(names & {"KilledWorker", "FutureCancelledError", "CommClosedError"})
+    return bool(names & {"KilledWorker", "CancelledError", "CommClosedError"})
 
 
 def on_worker(fn: Callable, *args):
@@ -180,10 +180,10 @@ def _gather(futures: list, finished, labels: Sequence[str], done, cancel) -> lis
     try:
         for future in finished:
             i = index[id(future)]
-            try:
+            if future.cancelled():  # by someone else: a closed client, a restarted cluster
+                err = cf.CancelledError("the task was cancelled")
+            else:
                 err = future.exception()
-            except cf.CancelledError as cancelled:  # cancelled elsewhere (a closed client)
-                err = cancelled
             if err is not None:
                 named = _named(err, labels[i])
                 if named is err:
