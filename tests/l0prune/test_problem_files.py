@@ -114,13 +114,14 @@ def test_solutions_from_another_model_are_refused_and_the_model_is_unchanged(tmp
 
 # --- the command line ----------------------------------------------------------------------------
 
-USER_FLAGS = ["--model", "mynet:build", "--calibration", "mynet:calibration", "--validation",
-              "mynet:validation", "--no-sequential", "--sparsity", 0.5, "--threads", 1,
+# A module name of its own: other tests import a different ``mynet`` in this process.
+USER_FLAGS = ["--model", "filesnet:build", "--calibration", "filesnet:calibration",
+              "--validation", "filesnet:validation", "--no-sequential", "--sparsity", 0.5, "--threads", 1,
               "--finetune-epochs", 0, "--baseline", "none", "--quiet"]
 
 
 def test_the_commands_round_trip_on_a_local_cluster(tmp_path, capsys, monkeypatch):
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    (tmp_path / "filesnet.py").write_text(USER_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     args = dict(cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     done = run_main("prune", *USER_FLAGS, "--save-problems", "problems", **args)
@@ -157,17 +158,18 @@ def test_the_commands_round_trip_on_a_local_cluster(tmp_path, capsys, monkeypatc
 def test_bad_cluster_and_folder_flags_are_one_line_and_write_nothing(tmp_path, capsys,
                                                                      monkeypatch, args, words):
     monkeypatch.setattr("l0prune.executors.CONNECT_TIMEOUT", 1)
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    (tmp_path / "filesnet.py").write_text(USER_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     done = run_main("prune", *USER_FLAGS, *args, "--out", "run", cwd=tmp_path, capsys=capsys,
                     monkeypatch=monkeypatch)
     assert_one_line_error(done, *words)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["mynet.py"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == [
+        "filesnet.py"]
 
 
 def test_applying_solutions_of_another_model_from_the_shell_changes_nothing(
         tmp_path, capsys, monkeypatch):
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    (tmp_path / "filesnet.py").write_text(USER_MODEL)
     (tmp_path / "widenet.py").write_text(USER_MODEL.replace("Linear(12, 32), nn.ReLU(), "
                                                             "nn.Linear(32, 16)",
                                                             "Linear(12, 40), nn.ReLU(), "
@@ -176,7 +178,7 @@ def test_applying_solutions_of_another_model_from_the_shell_changes_nothing(
     args = dict(cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert run_main("prune", *USER_FLAGS, "--save-problems", "p", **args).returncode == 0
     assert run_main("solve", "p", "--method", "obs", "--quiet", **args).returncode == 0
-    flags = [("widenet:build" if f == "mynet:build" else f) for f in USER_FLAGS]
+    flags = [("widenet:build" if f == "filesnet:build" else f) for f in USER_FLAGS]
     done = run_main("prune", *flags, "--apply-solutions", "p", "--out", "run", **args)
     assert_one_line_error(done, "layer '0' has weight 32x12 there, 40x12 here")
     assert not (tmp_path / "run").exists()
