@@ -116,8 +116,8 @@ def test_solutions_from_another_model_are_refused_and_the_model_is_unchanged(tmp
 
 # A module name of its own: other tests import a different ``mynet`` in this process.
 USER_FLAGS = ["--model", "filesnet:build", "--calibration", "filesnet:calibration",
-              "--validation", "filesnet:validation", "--no-sequential", "--sparsity", 0.5, "--threads", 1,
-              "--finetune-epochs", 0, "--baseline", "none", "--quiet"]
+              "--validation", "filesnet:validation", "--no-sequential", "--sparsity", 0.5,
+              "--threads", 1, "--finetune-epochs", 0, "--baseline", "none", "--quiet"]
 
 
 def test_the_commands_round_trip_on_a_local_cluster(tmp_path, capsys, monkeypatch):
