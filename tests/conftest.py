@@ -42,3 +42,14 @@ def dask_client():
                                   dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             yield client
+
+
+@pytest.fixture(scope="session")
+def process_pool():
+    """A ``ProcessPoolExecutor`` of two spawned processes, started once for the session."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool

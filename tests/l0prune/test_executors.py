@@ -3,7 +3,6 @@ process, a worker killed mid-run, and executors that cannot serve."""
 
 import concurrent.futures as cf
 import copy
-import multiprocessing
 import os
 
 import pytest
@@ -63,13 +62,12 @@ def test_a_bert_block_by_block_on_the_cluster_matches_in_process(dask_client, be
     _assert_same_run(bert, expected, other, found)
 
 
-def test_a_process_pool_gives_the_same_model(digits_cnn_trained):
+def test_a_process_pool_gives_the_same_model(digits_cnn_trained, process_pool):
     model, calibration = _digits(digits_cnn_trained)
     settings = dict(sparsity=0.6, method="obs", sequential=True, progress=False)
     here, there = copy.deepcopy(model), copy.deepcopy(model)
     expected = l0prune.prune(here, calibration, **settings)
-    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        found = l0prune.prune(there, calibration, executor=pool, **settings)
+    found = l0prune.prune(there, calibration, executor=process_pool, **settings)
     _assert_same_run(here, expected, there, found)
 
 

@@ -59,11 +59,10 @@ def test_a_dask_cluster_gives_the_same_bits_and_sends_a_shared_h_once(dask_clien
     assert len(submitted) == 1 + len(problems)
 
 
-def test_a_process_pool_gives_the_same_bits():
+def test_a_process_pool_gives_the_same_bits(process_pool):
     problems = _problems()
     expected = [solve(p, "obs") for p in problems]
-    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        _assert_same(solve_many(problems, "obs", pool, progress=False), expected)
+    _assert_same(solve_many(problems, "obs", process_pool, progress=False), expected)
 
 
 def test_bad_input_is_refused_before_any_solve():
