@@ -40,7 +40,6 @@ from __future__ import annotations
 import torch
 
 from .safeguard import finish
-from .scaling import scale
 
 __all__ = ["admm", "SCHEDULES"]
 
@@ -90,9 +89,8 @@ def admm(
     (fast, medium, slow), patience = SCHEDULES[schedule]
     budget = problem.budget
     kept = max(budget.kept(problem.shape), 1)
-    sc = scale(problem)
-    e, Q = torch.linalg.eigh(sc.H.double())
-    e, Q = e.clamp_min(0).to(sc.H.dtype), Q.to(sc.H.dtype)
+    sc = problem.scaled
+    e, Q = sc.eigh
 
     W0_eig = sc.W0 @ Q
     B_eig = W0_eig * e  # (A W0)^T in the eigenbasis, row-wise: W0 A Q = W0 Q diag(e)

@@ -52,7 +52,6 @@ import torch
 from . import gates
 from .budgets import NM, PerRow, Structured
 from .safeguard import finish
-from .scaling import scale
 
 __all__ = ["hard_concrete"]
 
@@ -200,7 +199,7 @@ def hard_concrete(
            and dual_lr >= 0, "a finite number >= 0")
 
     budget = problem.budget
-    sc = scale(problem)
+    sc = problem.scaled
     V0, A = sc.W0, sc.H
     dtype, device = V0.dtype, V0.device
     layout = _layout(budget, problem.shape, dtype, device)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 
 from .safeguard import finish
-from .scaling import scale
 
 __all__ = ["iht"]
 
@@ -87,9 +86,9 @@ def iht(
     if init is not None:
         warmup = 0
     warmup = min(warmup, max_iter)  # the continuation ends on the budget, however short the run
-    sc = scale(problem)
+    sc = problem.scaled
     A = sc.H
-    lipschitz = 2.0 * float(torch.linalg.eigvalsh(A.double())[-1]) if A.numel() else 1.0
+    lipschitz = sc.lipschitz if A.numel() else 1.0
     eta = 1.0 / max(lipschitz, 1e-30)
 
     def budget_at(it: int):

@@ -7,9 +7,7 @@ sum in another order), which is far below any change of algorithm.
 import pytest
 import torch
 
-from l0prune.layerwise import _output_error, _problem
-from l0prune.statistics import Moments
-from solvers import Unstructured, solve
+from solvers import LayerProblem, Unstructured, solve
 
 from .reference_cases import CHANGED_ON_PURPOSE, METHODS, PATH, sequential_case, solutions
 
@@ -30,11 +28,12 @@ def test_every_method_reproduces_its_reference(method):
 
 def test_the_sequential_problem_reproduces_its_reference():
     case, ref = sequential_case(), REFERENCE["sequential"]
-    moments = Moments(H=case["H"][None], cross=case["C"][None], dense=case["H0"][None])
-    problem = _problem(case["W"], moments, 0, Unstructured(sparsity=0.6))
+    problem = LayerProblem.from_moments(
+        case["W"], case["H"], case["C"], case["H0"], budget=Unstructured(sparsity=0.6)
+    )
     assert torch.allclose(problem.W, ref["target"], rtol=0, atol=1e-6)
     assert problem.lam == pytest.approx(float(ref["lam"]), rel=1e-12)
     solution = solve(problem, "obs")
     _same(solution.weight, solution.mask, ref["weight"], ref["mask"])
-    errors = _output_error(case["W"], solution.weight, moments, 0)
+    errors = problem.output_error(solution.weight)
     assert errors == pytest.approx(ref["errors"].tolist(), rel=1e-9)
