@@ -24,7 +24,6 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import weakref
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from solvers import METHODS, Budget, LayerProblem, solve
+from solvers import Budget, LayerProblem, method_function, solve
 
 from .allocation import Curve, layer_family
 from .masks import attach
@@ -51,7 +50,7 @@ def method_options(method: str, options: Mapping | None, seed: int) -> dict:
     """``options`` for ``method``, with ``seed`` added when the method takes one.
 
     Args:
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the user's options, or ``None``.
         seed: the run's seed.
 
@@ -63,9 +62,7 @@ def method_options(method: str, options: Mapping | None, seed: int) -> dict:
         {'refit': True}
     """
     options = dict(options or {})
-    module, name = METHODS[method].split(":")
-    fn = getattr(importlib.import_module(module), name)
-    if "seed" in inspect.signature(fn).parameters:
+    if "seed" in inspect.signature(method_function(method)).parameters:
         options.setdefault("seed", seed)
     return options
 
@@ -106,7 +103,7 @@ class LayerPruner:
         targets: the layers to prune.
         discovery: the model's :class:`~l0prune.statistics.Discovery`.
         snapshot: holds the dense weights.
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the method's options.
         sequential: see the module docstring.
         device: where statistics and solves run.

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from solvers import METHODS, NM, Budget, Unstructured
+from solvers import NM, Budget, Unstructured, methods
 
 from . import allocation
 from .batches import LossFn, check_data, cross_entropy, mean_loss
@@ -83,7 +83,7 @@ def prune(
             dense and pruned losses on them.
         loss_fn: ``loss_fn(outputs, batch) -> scalar``; default: the model's own ``loss``
             output or cross-entropy against the batch's last item / ``labels``.
-        method: a solver of :data:`solvers.METHODS` (``"admm"``, ``"iht"``, ``"obs"``,
+        method: a solver of :func:`solvers.methods` (``"admm"``, ``"iht"``, ``"obs"``,
             ``"wanda"``, ``"magnitude"``, ...).
         budget: the sparsity pattern: ``Unstructured()`` (default), ``PerRow()``,
             ``Structured(group=g)`` (``g`` input features; whole channels on a convolution),
@@ -326,8 +326,8 @@ def _fraction(value, name: str) -> None:
 def _check_arguments(model, calibration, sparsity, alpha, validation, method, budget) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if method not in methods():
+        raise ValueError(f"method must be one of {methods()}, got {method!r}")
     if budget is not None and not isinstance(budget, Budget):
         raise ValueError(
             f"budget must be a solvers Budget (Unstructured(), PerRow(), NM(2, 4), "

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from solvers import METHODS
+from solvers import methods
 
 from .errors import UsageError
 from .values import (
@@ -71,7 +71,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="MODULE:NAME"),
     Option("loss", reference, "loss_fn(outputs, batch) -> scalar; default: cross-entropy "
            "against the batch's last item", metavar="MODULE:NAME"),
-    Option("method", solver(), f"layer solver: {', '.join(sorted(METHODS))} (default: admm)",
+    Option("method", solver(), f"layer solver: {', '.join(methods())} (default: admm)",
            metavar="NAME"),
     Option("baseline", solver("none"), "solver compared against under the same "
            "settings, or none (default: magnitude)", metavar="NAME"),

@@ -4,13 +4,14 @@ across every budget of an error curve, and the sequential target from the solver
 import torch
 from torch import nn
 
+import l0prune
 from l0prune.allocation import uniform
 from l0prune.layerwise import LayerPruner
 from l0prune.search import GRID
 from l0prune.snapshot import Snapshot
 from l0prune.statistics import discover
 from l0prune.targets import select_targets
-from solvers import Unstructured
+from solvers import Unstructured, register_method
 
 
 def _pruner(sequential: bool):
@@ -55,3 +56,20 @@ def test_new_statistics_build_new_problems(monkeypatch):
     assert first == len(targets)
     pruner.run(uniform(targets, Unstructured(), 0.7))  # later layers see new statistics
     assert len(calls) == 2 * len(targets) - 1  # the first layer's (dense) statistics are reused
+
+
+def test_prune_runs_a_registered_method():
+    def halve(problem):
+        mask = problem.budget.select(problem.W * problem.W)
+        return problem.W * mask / 2, mask, {"iterations": 0, "converged": True, "history": []}
+
+    register_method("test_halve", halve)
+    pruner, targets = _pruner(sequential=False)
+    model = pruner.model
+    dense = {t.name: t.module.weight.detach().clone() for t in targets}
+    report = l0prune.prune(model, [torch.randn(64, 12)], sparsity=0.5, method="test_halve",
+                           sequential=False, progress=False)
+    assert report.method == "test_halve"
+    for t in targets:
+        kept = t.module.weight_mask.bool()
+        assert torch.equal(t.module.weight.detach()[kept], dense[t.name][kept] / 2)
