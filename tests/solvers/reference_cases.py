@@ -44,9 +44,11 @@ BUDGETS = [
 
 
 def problems() -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """``name -> (W, H)``: two correlated float32 layers and one plain (``H = I``) layer."""
+    """``name -> (W, H)``: three correlated float32 layers (one with more outputs than inputs)
+    and one plain (``H = I``) layer."""
     out = {}
-    for name, (rows, cols, seed) in {"16x24": (16, 24, 0), "12x32": (12, 32, 1)}.items():
+    sizes = {"16x24": (16, 24, 0), "12x32": (12, 32, 1), "40x16": (40, 16, 2)}
+    for name, (rows, cols, seed) in sizes.items():
         g = torch.Generator().manual_seed(seed)
         W = torch.randn(rows, cols, generator=g, dtype=torch.float64)
         X = correlated_inputs(4 * cols, cols, seed=seed + 10)
