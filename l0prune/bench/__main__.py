@@ -1,4 +1,4 @@
-"""``python -m l0prune.bench {solvers,models,certify} [options]``: run one benchmark.
+"""``python -m l0prune.bench {solvers,models,certify,gpu,threads} [options]``: run one benchmark.
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -13,6 +13,8 @@ BENCHMARKS = {
     "solvers": "l0prune.bench.solvers",
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
+    "gpu": "l0prune.bench.gpu",
+    "threads": "l0prune.bench.threads",
 }
 
 
