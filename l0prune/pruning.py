@@ -42,6 +42,7 @@ from .search import GRID, two_stage
 from .snapshot import Snapshot
 from .statistics import Moments, discover
 from .targets import Target, select_targets
+from .threads import using_threads
 
 __all__ = ["prune"]
 
@@ -64,6 +65,7 @@ def prune(
     device: torch.device | str | None = None,
     options: Mapping | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -104,6 +106,9 @@ def prune(
             (and back if the run fails).
         options: options for the solver method (see its docstring).
         progress: show progress bars.
+        threads: torch CPU threads for the run (torch's setting is put back after it);
+            default: torch's count capped by the CPUs this process may use (affinity and
+            cgroup quota, :func:`l0prune.threads.default_threads`). The report records it.
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -121,6 +126,17 @@ def prune(
     start = time.perf_counter()
     _check_arguments(model, calibration, sparsity, alpha, validation, method, budget)
     _check_settings(loss_fn, sequential, seed, options, progress)
+    with using_threads(threads) as count:
+        report = _prune(model, calibration, sparsity, alpha, validation, loss_fn, method,
+                        budget, targets, ignore, sequential, finetune, seed, device, options,
+                        progress, start)
+    report.threads = count
+    return report
+
+
+def _prune(model, calibration, sparsity, alpha, validation, loss_fn, method, budget, targets,
+           ignore, sequential, finetune, seed, device, options, progress, start) -> PruneReport:
+    """:func:`prune` after its arguments are checked, on the run's threads."""
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
     device, moved_from = _device(model, device)

@@ -80,6 +80,7 @@ class PruneReport:
         validation_passes: passes over the validation data.
         finetune_steps: optimizer steps of finetuning, all trials together.
         trials: the search steps, in order (empty without ``alpha``).
+        threads: torch CPU threads the run used.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -102,6 +103,7 @@ class PruneReport:
     validation_passes: int = 0
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
+    threads: int | None = None
 
     @property
     def kept(self) -> int:
@@ -181,7 +183,7 @@ class PruneReport:
             f"passes: {self.calibration_passes} over the calibration data, "
             f"{self.validation_passes} over the validation data; "
             f"{self.finetune_steps} finetuning steps; {len(self.trials)} search trials; "
-            f"{self.seconds:.1f} s"
+            f"{self.seconds:.1f} s" + (f" on {self.threads} thread(s)" if self.threads else "")
         )
         return "\n".join(lines)
 

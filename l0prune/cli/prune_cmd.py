@@ -66,7 +66,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         validation=task.validation, loss_fn=task.loss_fn, method=method,
         budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
         sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
-        device=settings.device, progress=progress,
+        device=settings.device, progress=progress, threads=settings.threads,
     )
 
 
