@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        threads = {"None": None, "torch": "torch"}.get(args.worker) or int(args.worker)
+        named = {"None": None, "torch": "torch"}
+        threads = named[args.worker] if args.worker in named else int(args.worker)
         print(json.dumps(prune_once(threads, args.quick)))
         return
     from l0prune.threads import available_cpus

@@ -65,3 +65,15 @@ def test_prune_runs_on_the_threads_asked_and_reports_them():
     assert "on 2 thread(s)" in report.summary()
     with pytest.raises(ValueError, match="threads must be a positive integer, got 0"):
         l0prune.prune(model, data, sparsity=0.5, method="wanda", progress=False, threads=0)
+
+
+def test_thread_bench_table_ratios_are_against_one_thread_in_the_same_load():
+    from l0prune.bench.threads import table
+
+    rows = [{"load": "none", "setting": "1", "threads": 1, "seconds": 2.0},
+            {"load": "none", "setting": "l0prune default", "threads": 2, "seconds": 1.0},
+            {"load": "busy loop", "setting": "1", "threads": 1, "seconds": 4.0},
+            {"load": "busy loop", "setting": "l0prune default", "threads": 1, "seconds": 4.4}]
+    lines = table(rows).splitlines()
+    assert lines[3] == "| none | l0prune default | 2 | 1.00 | 0.50 |"
+    assert lines[5] == "| busy loop | l0prune default | 1 | 4.40 | 1.10 |"
