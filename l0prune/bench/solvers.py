@@ -238,9 +238,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def plot(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: list[Row], path: Path,
-         count: int = 2) -> None:
-    """Relative error against seconds on the ``count`` largest layers, for OBS and every ADMM
-    variant in ``rows``, one marker per sparsity."""
+         count: int = 3) -> None:
+    """Error against seconds on the ``count`` largest layers, for OBS and every ADMM variant in
+    ``rows``, both as ratios to the published ALPS schedule's at the same sparsity (one marker
+    per sparsity): left of 1 is faster, below 1 more accurate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,20 +249,28 @@ def plot(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: list[Row], 
 
     largest = sorted(layers, key=lambda n: -layers[n][0].numel())[:count]
     labels = [label for label, method, _ in VARIANTS if method == "admm" or label == REFERENCE]
-    markers = dict(zip(sorted({row.sparsity for row in rows}), "osD^v", strict=False))
-    fig, axes = plt.subplots(1, len(largest), figsize=(6 * len(largest), 4.5), squeeze=False)
+    published = {row.sparsity: row for row in rows if row.label == PUBLISHED}
+    markers = dict(zip(sorted(published), "osD^v", strict=False))
+    fig, axes = plt.subplots(1, len(largest), figsize=(5 * len(largest), 4.2), squeeze=False)
     for ax, name in zip(axes[0], largest, strict=True):
         for color, label in zip(plt.cm.tab10.colors, labels, strict=False):
             for row in rows:
-                if row.label == label and name in row.errors:
-                    ax.plot(row.seconds[name], row.errors[name], markers[row.sparsity],
-                            color=color, label=label if row.sparsity == rows[0].sparsity else None)
+                alps = published.get(row.sparsity)
+                if row.label != label or alps is None or name not in row.errors:
+                    continue
+                ax.plot(row.seconds[name] / alps.seconds[name],
+                        row.errors[name] / alps.errors[name], markers[row.sparsity],
+                        color=color, label=label if row.sparsity == min(published) else None)
         W = layers[name][0]
-        ax.set(xscale="log", yscale="log", xlabel=f"seconds ({torch.get_num_threads()} thread(s))",
-               ylabel="relative error", title=f"{name} ({W.shape[0]}x{W.shape[1]}); markers: "
-               + ", ".join(f"{m} {s}" for s, m in markers.items()))
-        ax.legend(fontsize=8)
+        ax.axhline(1.0, color="gray", lw=0.5)
+        ax.axvline(1.0, color="gray", lw=0.5)
+        ax.set(xscale="log", yscale="log", title=f"{name} ({W.shape[0]}x{W.shape[1]})",
+               xlabel="seconds / published ALPS schedule's",
+               ylabel="relative error / published ALPS schedule's")
+        ax.legend(fontsize=7, title=", ".join(f"{m} {s}" for s, m in markers.items()),
+                  title_fontsize=7)
+    fig.suptitle(f"{torch.get_num_threads()} CPU thread(s)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

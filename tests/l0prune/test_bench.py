@@ -110,3 +110,15 @@ def test_synthetic_layer():
     for kwargs, name in bad:
         with pytest.raises(ValueError, match=name):
             synthetic_layer(**kwargs)
+
+
+def test_plot_of_error_against_time(tmp_path):
+    W, H = synthetic_layer(16, 8)
+    layers = {"a": (W, H), "b": (W[:8], H)}
+    variants = [v for v in bench.VARIANTS if v[0] in ("obs", "admm (fast)", bench.PUBLISHED)]
+    rows = bench.run(layers, variants, [("50%", Unstructured(sparsity=0.5))])
+    assert [r.label for r in rows] == ["obs", "admm (fast)", bench.PUBLISHED]
+    table = bench.table(rows)
+    assert table.splitlines()[-1].split("|")[-3:-1] == [" 1.000 ", " 1.00 "]  # ALPS vs itself
+    bench.plot(layers, rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
