@@ -100,3 +100,17 @@ def test_bad_options(layer, options, message):
     W, H = layer
     with pytest.raises(ValueError, match=message):
         solve(LayerProblem(W, H, sparsity=0.5), "admm", **options)
+
+
+def test_a_settled_support_stops_the_run(layer, monkeypatch):
+    """With ``settled`` every check whose movement is at most that fraction of the kept weights
+    counts as stable: at 100 % the run stops at the first ``patience`` checks."""
+    from solvers import admm as admm_module
+
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.6)
+    loose = admm_module.Schedule(0.01, (1.3, 1.2, 1.1), 2, settled=1.0)
+    monkeypatch.setitem(admm_module.SCHEDULES, "loose", loose)
+    info = solve(problem, "admm", schedule="loose").info
+    assert info["converged"] and info["iterations"] == 6 and info["support_changes"][0] > 0
+    assert solve(problem, "admm", schedule="alps").info["iterations"] > 6
