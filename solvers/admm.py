@@ -90,7 +90,7 @@ SCHEDULES = {
 def admm(
     problem,
     *,
-    schedule: str = "default",
+    schedule: str | Schedule = "default",
     rho0: float | None = None,
     check_every: int = 3,
     max_iter: int = 500,
@@ -102,7 +102,7 @@ def admm(
 
     Args:
         schedule: ``"default"``, ``"fast"`` or ``"alps"`` (the published schedule; see the
-            module docstring).
+            module docstring), or a :class:`Schedule` of your own.
         rho0: initial penalty in scaled coordinates; default: the schedule's. Most of the
             spectrum of ``H~`` lies far below its mean of 1 on real layers (medians of 0.02-0.4
             on the benchmark layers), and while ``rho`` dominates those eigenvalues the
@@ -129,9 +129,11 @@ def admm(
         >>> fast.relative_error <= solve(problem, "magnitude", refit=True).relative_error
         True
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-    plan = SCHEDULES[schedule]
+    if not isinstance(schedule, Schedule) and schedule not in SCHEDULES:
+        raise ValueError(
+            f"schedule must be one of {sorted(SCHEDULES)} or a Schedule, got {schedule!r}"
+        )
+    plan = schedule if isinstance(schedule, Schedule) else SCHEDULES[schedule]
     if rho0 is not None and not rho0 > 0:
         raise ValueError(f"rho0 must be > 0, got {rho0!r}")
     (fast, medium, slow), patience = plan.factors, plan.patience

@@ -1,4 +1,4 @@
-"""``python -m l0prune.bench {solvers,models,certify,gpu,threads} [options]``: run one benchmark.
+"""``python -m l0prune.bench NAME [options]``: run one benchmark (``--help`` lists the names).
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
     "gpu": "l0prune.bench.gpu",
+    "bert": "l0prune.bench.bert",
     "threads": "l0prune.bench.threads",
 }
 
