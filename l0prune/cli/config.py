@@ -98,8 +98,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("device", torch_device, "where to compute, such as cpu or cuda (default: the model's)",
            metavar="DEVICE"),
-    Option("threads", integer(1), "torch CPU threads (default: torch's; 1 for the built-in "
-           "model, whose layers are too small to gain from more)", metavar="N"),
+    Option("threads", integer(1), "torch CPU threads (default: torch's, capped by the CPUs the "
+           "process may use and finds idle; 1 for the built-in model, whose layers are too small "
+           "to gain from more)", metavar="N"),
     Option("quick", flag, "a fast look: the built-in model trains 5 epochs instead of 30 and "
            f"finetuning runs {QUICK_FINETUNE_EPOCHS} epoch", kind="flag"),
     Option("out", nonempty, "output folder (default: l0prune-run); a previous run there is "
