@@ -4,7 +4,11 @@
   ``L(W') <= alpha * L(W)``, and returns a :class:`PruneReport`;
 - :class:`Finetune` configures the masked finetuning it can run;
 - :func:`export` writes the result with pruning made permanent (a dense state dict and a compact
-  sparse file, read back by :func:`load_sparse`);
+  sparse file, read back by :func:`load_sparse`; the suffix picks safetensors or torch);
+- :func:`finalize` makes the pruning permanent in the model itself; :func:`save_pretrained` and
+  :func:`load_pretrained` write and read Hugging Face folders, dense or compressed;
+- :func:`text_batches` cuts tokenised text into calibration / validation windows, and
+  :func:`next_token_nll` is the causal-LM loss whose ``exp`` the report gives as perplexity;
 - :func:`second_moments` gives the layer statistics ``H`` the solvers work on.
 """
 
@@ -16,11 +20,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from solvers import NM, PerRow, Structured, Unstructured  # noqa: E402
 
+from .checkpoints import load_pretrained, save_pretrained
 from .exporting import ExportReport, export, load_sparse
+from .finalize import finalize
 from .finetune import Finetune, masked_finetune
+from .perplexity import next_token_nll
 from .pruning import prune
 from .report import LayerReport, PruneReport, Trial
 from .statistics import second_moments
+from .text import text_batches
 
 __all__ = [
     "NM",
@@ -33,8 +41,13 @@ __all__ = [
     "Trial",
     "Unstructured",
     "export",
+    "finalize",
+    "load_pretrained",
     "load_sparse",
     "masked_finetune",
+    "next_token_nll",
     "prune",
+    "save_pretrained",
     "second_moments",
+    "text_batches",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -20,7 +21,8 @@ class LayerReport:
 
     Attributes:
         name: fully qualified module name.
-        shape: the stored weight's shape.
+        shape: the weight's shape, out x in (x kernel) for every layer type (a Hugging Face
+            ``Conv1D``, stored in x out, is shown transposed).
         kept: weights kept.
         total: weights in the layer.
         relative_error: the layer's relative output error ``tr(D H D^T) / tr(W H W^T)``.
@@ -80,13 +82,19 @@ class PruneReport:
         validation_passes: passes over the validation data.
         finetune_steps: optimizer steps of finetuning, all trials together.
         trials: the search steps, in order (empty without ``alpha``).
+        skipped: targets left dense because the budget does not fit them (name -> why), with
+            ``skip_incompatible``.
+        perplexity: the loss is a mean next-token negative log-likelihood (a causal LM), so
+            ``exp`` of each loss is a perplexity and the report gives them.
+        blocks: the stack pruned block by block (its name and block count), or ``None`` for
+            the whole-model path.
         threads: torch CPU threads the run used.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
         >>> report.sparsity
         0.75
-        >>> PruneReport.from_json(report.to_json()) == report
+        >>> PruneReport.from_json_string(report.to_json()) == report
         True
     """
 
@@ -103,6 +111,9 @@ class PruneReport:
     validation_passes: int = 0
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    perplexity: bool = False
+    blocks: str | None = None
     threads: int | None = None
 
     @property
@@ -126,6 +137,34 @@ class PruneReport:
         if self.dense_loss is None or self.pruned_loss is None or self.dense_loss == 0:
             return None
         return self.pruned_loss / self.dense_loss
+
+    def _exp(self, loss: float | None) -> float | None:
+        return math.exp(loss) if self.perplexity and loss is not None else None
+
+    @property
+    def dense_perplexity(self) -> float | None:
+        """``exp(dense_loss)`` for a next-token loss, else ``None``."""
+        return self._exp(self.dense_loss)
+
+    @property
+    def pruned_perplexity(self) -> float | None:
+        """``exp(pruned_loss)`` for a next-token loss, else ``None``."""
+        return self._exp(self.pruned_loss)
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        """``pruned_perplexity / dense_perplexity = exp(pruned_loss - dense_loss)``, when both
+        are known.
+
+        Example:
+            >>> report = PruneReport([], "obs", "u", True, dense_loss=math.log(20),
+            ...                      pruned_loss=math.log(25), perplexity=True)
+            >>> round(report.pruned_perplexity, 6), round(report.perplexity_ratio, 6)
+            (25.0, 1.25)
+        """
+        if self.dense_perplexity is None or self.pruned_perplexity is None:
+            return None
+        return math.exp(self.pruned_loss - self.dense_loss)
 
     def table(self) -> str:
         """The per-layer results as a markdown table.
@@ -169,6 +208,7 @@ class PruneReport:
         lines = [
             f"sparsity {100 * self.sparsity:.2f} % ({self.kept:,} of {self.total:,} weights "
             f"kept), method {self.method}, budget {self.budget}, {mode} statistics"
+            + (f", block by block ({self.blocks})" if self.blocks else "")
         ]
         if self.dense_loss is not None and self.pruned_loss is not None:
             reached = self.alpha_reached
@@ -179,6 +219,13 @@ class PruneReport:
             if self.loss_before_finetune is not None:
                 text += f"; before finetuning {self.loss_before_finetune:.4g}"
             lines.append(text)
+        if self.skipped:
+            lines.append(f"left dense, the budget does not fit them: {', '.join(self.skipped)}")
+        if self.perplexity_ratio is not None:
+            lines.append(
+                f"perplexity: dense {self.dense_perplexity:.4g}, pruned "
+                f"{self.pruned_perplexity:.4g} (ratio {self.perplexity_ratio:.4f})"
+            )
         lines.append(
             f"passes: {self.calibration_passes} over the calibration data, "
             f"{self.validation_passes} over the validation data; "
@@ -191,8 +238,8 @@ class PruneReport:
         return self.table() + "\n\n" + self.summary()
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: every field plus ``kept``, ``total``, ``sparsity`` and
-        ``alpha_reached`` (and each layer's ``sparsity``).
+        """A JSON-ready dict: every field plus ``kept``, ``total``, ``sparsity``,
+        ``alpha_reached`` and the perplexities (and each layer's ``sparsity``).
 
         Returns:
             The dict.
@@ -205,7 +252,8 @@ class PruneReport:
         data["layers"] = [{**asdict(layer), "sparsity": layer.sparsity} for layer in self.layers]
         data.update(
             kept=self.kept, total=self.total, sparsity=self.sparsity,
-            alpha_reached=self.alpha_reached,
+            alpha_reached=self.alpha_reached, dense_perplexity=self.dense_perplexity,
+            pruned_perplexity=self.pruned_perplexity, perplexity_ratio=self.perplexity_ratio,
         )
         return data
 
@@ -247,8 +295,39 @@ class PruneReport:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> PruneReport:
-        """A report from :meth:`to_json` text.
+    def from_json(cls, path: str | Path) -> PruneReport:
+        """A report from the file :meth:`to_json` wrote.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The report.
+
+        Example:
+            >>> import tempfile, os
+            >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u",
+            ...                      True)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = report.to_json(os.path.join(d, "report.json"))
+            ...     PruneReport.from_json(os.path.join(d, "report.json")) == report
+            True
+        """
+        path = Path(path)
+        try:
+            found = path.is_file()
+        except OSError:  # JSON text given as a path: a name too long for the system
+            found = False
+        if not found:
+            raise ValueError(
+                f"path must be a JSON file written by PruneReport.to_json, got {str(path)[:60]!r} "
+                "(no such file; for JSON text use PruneReport.from_json_string)"
+            )
+        return cls.from_json_string(path.read_text())
+
+    @classmethod
+    def from_json_string(cls, text: str) -> PruneReport:
+        """A report from the JSON text :meth:`to_json` returns.
 
         Args:
             text: the JSON text.
@@ -257,7 +336,8 @@ class PruneReport:
             The report.
 
         Example:
-            >>> PruneReport.from_json(PruneReport([], "admm", "u", True).to_json()).sequential
+            >>> text = PruneReport([], "admm", "u", True).to_json()
+            >>> PruneReport.from_json_string(text).sequential
             True
         """
         return cls.from_dict(json.loads(text))

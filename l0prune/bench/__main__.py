@@ -13,6 +13,8 @@ BENCHMARKS = {
     "solvers": "l0prune.bench.solvers",
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
+    "checkpoints": "l0prune.bench.checkpoints",
+    "memory": "l0prune.bench.memory",
     "gpu": "l0prune.bench.gpu",
     "bert": "l0prune.bench.bert",
     "threads": "l0prune.bench.threads",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from solvers import methods
 
 from .errors import UsageError
+from .sources import data_source, is_hf, is_text, model_source
 from .values import (
     choice,
     flag,
@@ -63,14 +64,27 @@ class Option:
 
 #: Every option of ``l0prune prune``, in the order ``--help`` lists them.
 OPTIONS: tuple[Option, ...] = (
-    Option("model", reference, "your model: MODULE:FACTORY returning a trained nn.Module "
-           "(MODULE may be a .py file); default: the built-in digits CNN", metavar="MODULE:NAME"),
-    Option("calibration", reference, "batches to take layer statistics from (a DataLoader, a "
-           "list, or a function returning one); needed with --model", metavar="MODULE:NAME"),
-    Option("validation", reference, "batches to measure the loss on; needed with --model",
-           metavar="MODULE:NAME"),
+    Option("model", model_source, "your model: MODULE:FACTORY returning a trained nn.Module "
+           "(MODULE may be a .py file), or hf:NAME_OR_DIR, a Hugging Face hub name or folder; "
+           "default: the built-in digits CNN", metavar="MODEL"),
+    Option("calibration", data_source, "batches to take layer statistics from (a DataLoader, a "
+           "list, or a function returning one), or text for an hf: model: text:PATH (a .txt "
+           "file or folder) or hf-dataset:NAME[:CONFIG]:SPLIT; needed with --model",
+           metavar="SOURCE"),
+    Option("validation", data_source, "batches to measure the loss on, or text as for "
+           "--calibration; needed with --model", metavar="SOURCE"),
     Option("loss", reference, "loss_fn(outputs, batch) -> scalar; default: cross-entropy "
-           "against the batch's last item", metavar="MODULE:NAME"),
+           "against the batch's last item (an hf: causal LM: the mean next-token loss)",
+           metavar="MODULE:NAME"),
+    Option("nsamples", integer(1), "text windows: calibration windows drawn at random, at most "
+           "this many consecutive validation windows (default: 128)", metavar="N"),
+    Option("seqlen", integer(2), "tokens per text window (default: 2048, or the model's maximum "
+           "length if shorter)", metavar="N"),
+    Option("trust-remote-code", flag, "let an hf: model run code shipped with its checkpoint "
+           "(default: off)", kind="flag"),
+    Option("save-format", choice("dense", "compressed"), "the model/ folder of an hf: model: "
+           "dense (its own save_pretrained; default) or compressed (bitmask / 2:4 layouts, read "
+           "with l0prune.load_pretrained)", metavar="FORMAT"),
     Option("method", solver(), f"layer solver: {', '.join(methods())} (default: admm)",
            metavar="NAME"),
     Option("baseline", solver("none"), "solver compared against under the same "
@@ -85,12 +99,22 @@ OPTIONS: tuple[Option, ...] = (
            "Conv that runs except the last)", kind="list", metavar="REGEX"),
     Option("ignore", patterns, "regexes of layer names left dense", kind="list",
            metavar="REGEX"),
+    Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
+           "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
+           kind="flag"),
     Option("sequential", flag, "take each layer's statistics with the layers before it "
            "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
+    Option("blockwise", flag, "prune a model built as a stack of repeated blocks (a "
+           "transformer) block by block: one calibration pass, one block at a time on the "
+           "device (default when such a stack is found); --no-blockwise: the whole-model path",
+           kind="flag"),
+    Option("resume", flag, "continue a block-by-block run with a fixed budget that stopped: "
+           "the finished blocks are kept in OUT.partial/ until the output folder is written; "
+           "refused with one line when the settings or data differ", kind="flag"),
     Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
            "every search trial, on the training split (built-in model) or the calibration "
            f"batches (--model); 0: none (default: {FINETUNE_EPOCHS}, {QUICK_FINETUNE_EPOCHS} "
-           "with --quick)", metavar="N"),
+           "with --quick, 0 for an hf: model)", metavar="N"),
     Option("finetune-lr", positive, "finetuning learning rate (default: 0.001)", metavar="LR"),
     Option("finetune-optimizer", choice("adam", "adamw", "sgd"), "finetuning optimizer: "
            "adam, adamw or sgd (default: adam)", metavar="NAME"),
@@ -117,6 +141,10 @@ class Settings:
     calibration: str | None = None
     validation: str | None = None
     loss: str | None = None
+    nsamples: int | None = None
+    seqlen: int | None = None
+    trust_remote_code: bool | None = None
+    save_format: str | None = None
     method: str = "admm"
     baseline: str = "magnitude"
     sparsity: float | None = None
@@ -124,7 +152,10 @@ class Settings:
     budget: str = "unstructured"
     targets: list[str] | None = None
     ignore: list[str] | None = None
+    skip_incompatible: bool = False
     sequential: bool = True
+    blockwise: bool | None = None
+    resume: bool = False
     finetune_epochs: int | None = None
     finetune_lr: float = 1e-3
     finetune_optimizer: str = "adam"
@@ -191,11 +222,34 @@ def _check(settings: Settings) -> None:
         missing = [f"--{name}" for name in user[:2] if getattr(settings, name) is None]
         if missing:
             raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of batches)")
+    _check_hf(settings)
     if settings.baseline == settings.method:
         raise UsageError(
             f"--baseline must differ from --method (both {settings.method}); use --baseline none "
             "to skip the comparison"
         )
+
+
+def _check_hf(settings: Settings) -> None:
+    """Options that only an hf: model or text data take."""
+    hf = is_hf(settings.model)
+    for name in ("calibration", "validation"):
+        value = getattr(settings, name)
+        if is_text(value) and not hf:
+            raise UsageError(f"--{name} {value} needs --model hf:NAME_OR_DIR: text is tokenised "
+                             "with the model's tokenizer")
+    if not (is_text(settings.calibration) or is_text(settings.validation)):
+        given = [f"--{name}" for name in ("nsamples", "seqlen")
+                 if getattr(settings, name) is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                             "text data (text:PATH or hf-dataset:NAME[:CONFIG]:SPLIT), which no "
+                             "data flag names")
+    if not hf and settings.trust_remote_code:
+        raise UsageError("--trust-remote-code applies to --model hf:NAME_OR_DIR only")
+    if not hf and settings.save_format == "compressed":
+        raise UsageError("--save-format compressed applies to --model hf:NAME_OR_DIR only (other "
+                         "models get model.pt and model.sparse.pt)")
 
 
 def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
@@ -217,8 +271,16 @@ def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
     _check(settings)
     if settings.sparsity is None and settings.alpha is None and ":" not in settings.budget:
         settings.alpha = DEFAULT_ALPHA
+    if settings.resume and (settings.alpha is not None or settings.blockwise is False):
+        given = "--no-blockwise" if settings.blockwise is False else f"alpha {settings.alpha:g}"
+        raise UsageError(
+            "--resume continues a block-by-block run with a fixed budget (--sparsity or an N:M "
+            f"--budget); got {given}"
+        )
     if settings.finetune_epochs is None:
-        settings.finetune_epochs = QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
+        settings.finetune_epochs = 0 if is_hf(settings.model) else (
+            QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
+        )
     return settings
 
 
@@ -233,14 +295,16 @@ def _toml_value(value) -> str:
 
 
 def as_recipe(settings: Settings) -> dict[str, object]:
-    """``settings`` keyed by the long flag names, unset options left out.
+    """``settings`` keyed by the long flag names, unset options left out (and ``resume``: a
+    recipe repeats a run, whatever folder state it finds).
 
     Example:
         >>> as_recipe(Settings(alpha=1.05))["alpha"]
         1.05
     """
     values = {option.name: getattr(settings, option.field) for option in OPTIONS}
-    return {name: value for name, value in values.items() if value is not None}
+    return {name: value for name, value in values.items()
+            if value is not None and name != "resume"}
 
 
 def to_toml(settings: Settings) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from .config import Settings
 from .references import load_batches, load_callable, load_model
+from .sources import is_hf
 
 __all__ = ["Task", "user_task"]
 
@@ -25,6 +27,8 @@ class Task:
         loss_fn: ``loss_fn(outputs, batch) -> scalar``, or ``None`` for cross-entropy.
         finetune_data: finetuning batches; ``None``: the calibration batches.
         metrics: extra scores of a model, such as test accuracy (name -> value).
+        save_model: writes the pruned model in its own folder format (``model/`` of a Hugging
+            Face model), or ``None``.
     """
 
     description: str
@@ -34,10 +38,15 @@ class Task:
     loss_fn: Callable | None = None
     finetune_data: Iterable | None = None
     metrics: Callable[[nn.Module], dict[str, float]] = field(default=lambda model: {})
+    save_model: Callable[[nn.Module, Path], None] | None = None
 
 
 def user_task(settings: Settings) -> Task:
     """The task of ``--model``, ``--calibration``, ``--validation`` and ``--loss``."""
+    if is_hf(settings.model):
+        from .hf_task import hf_task  # imports transformers
+
+        return hf_task(settings)
     loss_fn = load_callable(settings.loss, "--loss") if settings.loss is not None else None
     return Task(
         description=f"{settings.model} (calibration {settings.calibration}, validation "

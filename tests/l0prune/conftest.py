@@ -58,3 +58,20 @@ def tokens():
         mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
         batches.append({"input_ids": ids * mask, "attention_mask": mask})
     return batches
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+    """``train.txt``, ``valid.txt`` and tiny GPT-2, OPT, LLaMA and BERT folders (hidden 32, two
+    layers, random init) saved with a tokenizer trained here: nothing is downloaded."""
+    pytest.importorskip("transformers")
+    from . import tiny_hf
+
+    root = tmp_path_factory.mktemp("hf")
+    train, valid = tiny_hf.corpus()
+    (root / "train.txt").write_text(train)
+    (root / "valid.txt").write_text(valid)
+    tok = tiny_hf.tokenizer(train)
+    for kind in tiny_hf.KINDS:
+        tiny_hf.save(kind, root / kind, tok)
+    return root

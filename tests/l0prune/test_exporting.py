@@ -35,7 +35,7 @@ def test_dense_file_has_the_dense_keys_and_loads_into_a_dense_model(tmp_path):
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 1.0])
 def test_sparse_file_loads_back_bit_for_bit(tmp_path, density):
     model = _pruned_model(density)
-    report = export(model, tmp_path / "m.pt", tmp_path / "m.compact")
+    report = export(model, tmp_path / "m.pt", tmp_path / "m.compact.pt")
     dense = torch.load(report.path, weights_only=True)
     sparse = load_sparse(report.sparse_path)
     assert dense.keys() == sparse.keys()
@@ -65,3 +65,102 @@ def test_bad_paths_and_files(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not an l0prune sparse file"):
         load_sparse(tmp_path / "plain.pt")
+
+
+def _crafted(tmp_path, **entry):
+    path = tmp_path / "crafted.sparse.pt"
+    torch.save({"format": "l0prune-sparse", "version": 1, "tensors": {"w": entry}}, path)
+    return path
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"encoding": "dense", "values": "not a tensor"}, "values must be a tensor, got str"),
+    ({"encoding": "dense", "values": [1.0, 2.0]}, "values must be a tensor, got list"),
+    ({"encoding": "zip", "values": torch.ones(2)}, "no known encoding"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(1),
+      "indices": torch.tensor([-1], dtype=torch.int32)}, r"indices must increase within \[0, 4\)"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(1),
+      "indices": torch.tensor([4], dtype=torch.int32)}, r"indices must increase within \[0, 4\)"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(2),
+      "indices": torch.tensor([1, 1], dtype=torch.int32)}, "indices must increase"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(2),
+      "indices": torch.tensor([1.0, 2.0])}, "indices must be an int32 / int64 tensor"),
+    ({"encoding": "bitmask", "shape": [64, 64], "values": torch.ones(1),
+      "bits": torch.tensor([128], dtype=torch.uint8)}, "shape .64, 64. needs 512 mask bytes"),
+    ({"encoding": "bitmask", "shape": [8], "values": torch.ones(2),
+      "bits": torch.tensor([128], dtype=torch.uint8)}, "marks 1 entries of 8 for 2 values"),
+    ({"encoding": "bitmask", "shape": [4], "values": torch.ones(1),
+      "bits": torch.tensor([129], dtype=torch.uint8)}, "marks 1 entries of 4 for 1 values"),
+    ({"encoding": "bitmask", "shape": [2, -4], "values": torch.ones(1),
+      "bits": torch.tensor([128], dtype=torch.uint8)}, "shape must be a list of non-negative"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(1, dtype=torch.int64),
+      "indices": torch.tensor([0])}, "values must be a 1-D floating tensor"),
+])
+def test_load_sparse_refuses_an_inconsistent_file(tmp_path, entry, message):
+    """Each entry once came back as it was, wrapped a negative index, or failed inside torch."""
+    with pytest.raises(ValueError, match=f"crafted.sparse.pt'?: tensor 'w'.*{message}"):
+        load_sparse(_crafted(tmp_path, **entry))
+
+
+def test_load_sparse_refuses_a_huge_shape_from_a_tiny_file(tmp_path):
+    """A few hundred bytes declaring 5000 x 5000 zeros (100 MB) is refused before allocating
+    (a real export of such a tensor is a bitmask of 3 MB: within the limit)."""
+    path = _crafted(tmp_path, encoding="indices", shape=[5000, 5000], values=torch.ones(0),
+                    indices=torch.zeros(0, dtype=torch.int32))
+    assert path.stat().st_size < 2000
+    with pytest.raises(ValueError, match="declares 100,000,000 bytes of tensors"):
+        load_sparse(path)
+    layer = nn.Linear(5000, 5000, bias=False)
+    attach(layer, layer.weight.detach(), torch.zeros(5000, 5000, dtype=torch.bool))
+    report = export(layer, tmp_path / "zero.pt")
+    assert torch.equal(load_sparse(report.sparse_path)["weight"], torch.zeros(5000, 5000))
+
+
+def test_safetensors_suffix_writes_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _pruned_model(0.3)
+    report = export(model, tmp_path / "model.safetensors")
+    assert report.sparse_path == str(tmp_path / "model.sparse.safetensors")
+    for path in (report.path, report.sparse_path):
+        with open(path, "rb") as file:  # 8-byte header length, then the JSON header
+            size = int.from_bytes(file.read(8), "little")
+            assert file.read(1) == b"{" and size < 10_000
+    state = load_file(report.path)
+    fresh = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+    fresh.load_state_dict(state)
+    x = torch.randn(4, 128)
+    assert torch.equal(fresh(x), model(x))
+    sparse = load_sparse(report.sparse_path)
+    assert sparse.keys() == state.keys() and all(torch.equal(sparse[k], state[k]) for k in state)
+    assert {t.name: t.encoding for t in report.tensors}["0.weight"] == "bitmask"
+    assert report.sparse_bytes < 0.45 * report.dense_bytes
+
+
+def test_safetensors_export_of_tied_transposed_weights(tmp_path):
+    """GPT-2: ``Conv1D`` weights stored in x out, and the head tied to the embedding."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    import l0prune
+
+    l0prune.prune(model, [{"input_ids": ids}], budget=l0prune.NM(2, 4), method="wanda",
+                  progress=False)
+    report = export(model, tmp_path / "gpt2.safetensors")
+    state = load_sparse(report.sparse_path)
+    layouts = {t.name: t.encoding for t in report.tensors}
+    assert layouts["transformer.h.0.attn.c_attn.weight"] == "2:4"
+    fresh = transformers.GPT2LMHeadModel(model.config).eval()
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("path, sparse", [("m.txt", None), ("m.pt", "m.sparse"),
+                                          ("m", None)])
+def test_unknown_suffixes_are_refused_before_writing(tmp_path, path, sparse):
+    with pytest.raises(ValueError, match=r"must end in \.safetensors .* or \.pt"):
+        export(_pruned_model(0.5), tmp_path / path, tmp_path / sparse if sparse else None)
+    assert list(tmp_path.iterdir()) == []
