@@ -134,7 +134,7 @@ class BlockPruner:
         rollback: the run's :class:`~l0prune.rollback.Rollback`; each block is captured in it
             just before it changes.
         stack: the model's stack.
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the method's options.
         sequential: see the module docstring.
         device: where blocks, cached activations, statistics and solves go.
@@ -386,10 +386,12 @@ class BlockPruner:
         """Solve the layers of ``groups`` together and write their weights."""
         members = [t for group in groups for t in group]
         solved = self.layers.solve_all([(t, budgets[t.name], moments[t.name]) for t in members])
+        if curves is not None:
+            family, grid, found = curves
+            layers = [(t, moments[t.name]) for t in members]
+            found.update(zip([t.name for t in members],
+                             self.layers.curve_all(layers, family, grid), strict=True))
         for t, result in zip(members, solved, strict=True):
-            if curves is not None:
-                family, grid, found = curves
-                found[t.name] = self.layers.curve(t, family, grid, moments[t.name])
             with torch.no_grad():
                 t.module.weight.copy_(result.weight)
             done[t.name] = result

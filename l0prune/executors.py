@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from solvers import Budget
-from solvers.many import is_dask_client, run_tasks
+from solvers import Budget, LayerProblem
+from solvers.many import is_dask_client, portable, run_tasks
 
-from .layer_jobs import TargetSolution, solve_target
+from .layer_jobs import TargetSolution, solve_problems, solve_target, target_problems
 from .statistics import Moments
 from .targets import Target
 
@@ -39,27 +39,35 @@ __all__ = ["LayerSolves", "LayerTask", "join_cluster", "layer_solves", "local_cl
 
 #: Seconds to wait for a scheduler before giving up (``--scheduler``).
 CONNECT_TIMEOUT = 10
+#: Where a local cluster's scheduler serves HTTP (health checks; no dashboard): any free local
+#: port, not dask's 8787, which another cluster on the machine may hold.
+_HTTP = "127.0.0.1:0"
 
 
 @dataclass
 class LayerTask:
-    """One target's solve, as the pruners hand it over.
+    """One target's solves, as the pruners hand them over.
 
     Attributes:
         name: the layer's name.
         W: its dense weight, ``(groups, out, in)``, contiguous.
         moments: its statistics.
-        budget: a sized budget for one of its problems.
-        method: a :data:`solvers.METHODS` name.
+        budgets: sized budgets for one of its problems (one for a run; a curve's several).
+        method: a :func:`solvers.methods` name.
         options: the method's options.
+        errors_only: keep the errors only (an error curve).
+        problems: gives the target's problems here, built once and cached by the pruner (a
+            solve in this process uses them; a worker builds its own from the tensors).
     """
 
     name: str
     W: torch.Tensor
     moments: Moments
-    budget: Budget
+    budgets: list[Budget]
     method: str
     options: Mapping
+    errors_only: bool = False
+    problems: Callable[[], list[LayerProblem]] | None = None
 
 
 class LayerSolves:
@@ -77,8 +85,8 @@ class LayerSolves:
         >>> from solvers import Unstructured
         >>> X = torch.randn(32, 4, dtype=torch.float64)
         >>> task = LayerTask("fc", torch.randn(1, 2, 4), Moments((X.T @ X / 32)[None]),
-        ...                  Unstructured(k=4), "obs", {})
-        >>> LayerSolves()([task])[0].mask.sum().item()
+        ...                  [Unstructured(k=4)], "obs", {})
+        >>> LayerSolves()([task])[0][0].mask.sum().item()
         4
     """
 
@@ -97,7 +105,7 @@ class LayerSolves:
         """
 
     def __call__(self, tasks: Sequence[LayerTask],
-                 on_done: Callable[[int], None] | None = None) -> list[TargetSolution]:
+                 on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
         """Solve ``tasks``; their solutions in order, where each ``W`` is.
 
         Args:
@@ -105,28 +113,32 @@ class LayerSolves:
             on_done: called with a task's index as each one finishes.
 
         Returns:
-            One :class:`~l0prune.layer_jobs.TargetSolution` per task.
+            Per task, one :class:`~l0prune.layer_jobs.TargetSolution` per budget.
         """
         if self.executor is None:
-            calls = [_arguments(t, t.moments) for t in tasks]
-            return run_tasks(solve_target, calls, None, on_done=on_done)
+            calls = [(t.problems() if t.problems is not None else target_problems(
+                t.W, t.moments.H, t.moments.cross, t.moments.dense), t.budgets, t.method,
+                t.options, t.errors_only) for t in tasks]
+            return run_tasks(solve_problems, calls, None, on_done=on_done)
         on_cpu: dict[int, Moments] = {}  # a group's statistics moved once, shared by its layers
         for t in tasks:
             if id(t.moments) not in on_cpu:
                 on_cpu[id(t.moments)] = Moments(*(None if x is None else x.cpu() for x in (
                     t.moments.H, t.moments.cross, t.moments.dense)))
-        calls = [_arguments(t, on_cpu[id(t.moments)], cpu=True) for t in tasks]
+        calls = [_arguments(t, on_cpu[id(t.moments)]) for t in tasks]
         solutions = run_tasks(solve_target, calls, self.executor,
                               labels=[f"layer {t.name!r}" for t in tasks], on_done=on_done)
-        for t, s in zip(tasks, solutions, strict=True):
-            s.weight, s.mask = s.weight.to(t.W.device), s.mask.to(t.W.device)
+        for t, found in zip(tasks, solutions, strict=True):
+            for s in found:
+                if s.weight is not None:
+                    s.weight, s.mask = s.weight.to(t.W.device), s.mask.to(t.W.device)
         return solutions
 
 
-def _arguments(task: LayerTask, moments: Moments, cpu: bool = False) -> tuple:
-    W = task.W.cpu() if cpu else task.W
-    return (W, moments.H, moments.cross, moments.dense, task.budget, task.method,
-            dict(task.options))
+def _arguments(task: LayerTask, moments: Moments) -> tuple:
+    """The arguments of :func:`~l0prune.layer_jobs.solve_target` for ``task``, on the CPU."""
+    return (task.W.cpu(), moments.H, moments.cross, moments.dense, list(task.budgets),
+            task.method, dict(task.options), task.errors_only, portable(task.method)[1])
 
 
 def layer_solves(executor) -> LayerSolves:
@@ -208,7 +220,7 @@ def local_cluster(workers: int, *, retries: int = 3) -> Iterator:
     distributed = _dask()
     with distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        scheduler_kwargs={"allowed_failures": retries},
+        scheduler_kwargs={"allowed_failures": retries, "dashboard_address": _HTTP},
     ) as cluster, distributed.Client(cluster) as client:
         yield client
 

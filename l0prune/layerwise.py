@@ -14,8 +14,9 @@ those it sees:
   ``min ||X W'^T - X_0 W^T||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
   ``C = X^T X_0 / N`` and ``A = H + lam I`` this is the layer problem
   ``tr((W' - W~) A (W' - W~)^T)`` (plus a constant) for the target ``W~ = (W C^T + lam W) A^-1``,
-  so a layer corrects the error of the layers before it (``W~ = W`` when ``X = X_0``). The first
-  group only ever sees the dense model, so its statistics are taken once.
+  so a layer corrects the error of the layers before it (``W~ = W`` when ``X = X_0``;
+  :meth:`solvers.LayerProblem.from_moments` builds it). The first group only ever sees the dense
+  model, so its statistics are taken once.
 
 The relative error reported per layer is ``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2``: how far the
 layer's output is from the dense model's (in parallel mode, the layer problem's relative error).
@@ -23,20 +24,21 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from solvers import METHODS, Budget
+from solvers import Budget, LayerProblem, method_function
 
 from .allocation import Curve, layer_family, least_count
 from .executors import LayerSolves, LayerTask
-from .layer_jobs import TargetSolution
+from .layer_jobs import TargetSolution, target_problems
 from .masks import attach
 from .progress import progress
 from .snapshot import Snapshot
@@ -50,7 +52,7 @@ def method_options(method: str, options: Mapping | None, seed: int) -> dict:
     """``options`` for ``method``, with ``seed`` added when the method takes one.
 
     Args:
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the user's options, or ``None``.
         seed: the run's seed.
 
@@ -62,9 +64,7 @@ def method_options(method: str, options: Mapping | None, seed: int) -> dict:
         {'refit': True}
     """
     options = dict(options or {})
-    module, name = METHODS[method].split(":")
-    fn = getattr(importlib.import_module(module), name)
-    if "seed" in inspect.signature(fn).parameters:
+    if "seed" in inspect.signature(method_function(method)).parameters:
         options.setdefault("seed", seed)
     return options
 
@@ -105,7 +105,7 @@ class LayerPruner:
         targets: the layers to prune.
         discovery: the model's :class:`~l0prune.statistics.Discovery`.
         snapshot: holds the dense weights.
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the method's options.
         sequential: see the module docstring.
         device: where statistics and solves run.
@@ -159,6 +159,7 @@ class LayerPruner:
         self.passes = 0
         self.moments: dict[str, Moments] = {}
         self._first: dict[str, Moments] = {}
+        self._cache: dict[str, tuple[weakref.ref, list[LayerProblem]]] = {}
 
     def _collect(self, groups, reference=None) -> dict[str, Moments]:
         self.passes += 1
@@ -180,6 +181,23 @@ class LayerPruner:
                 for name, result in results.items():
                     modules[name].weight.copy_(result.weight)
 
+    def _problems(self, target: Target, moments: Moments) -> list[LayerProblem]:
+        """``target``'s problems (one per convolution group) for ``moments``, built once.
+
+        A problem caches its scaled form and eigendecomposition (and, from paired statistics,
+        its sequential target solve), so every budget tried on the same statistics (an
+        allocation's error curve, a search's trials) reuses them. One entry per target: new
+        statistics replace it.
+        """
+        cached = self._cache.get(target.name)
+        if cached is not None and cached[0]() is moments:
+            return cached[1]
+        problems = target_problems(self._dense_matrix(target), moments.H, moments.cross,
+                                   moments.dense)
+        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
+        self._cache[target.name] = (weakref.ref(moments), problems)
+        return problems
+
     def solve(self, target: Target, budget: Budget, moments: Moments) -> LayerResult:
         """Solve ``target``'s problem (each convolution group apart) under ``budget``.
 
@@ -193,6 +211,18 @@ class LayerPruner:
         """
         return self.solve_all([(target, budget, moments)])[0]
 
+    def _dense_matrix(self, target: Target) -> torch.Tensor:
+        """``target``'s dense weight as ``(groups, out, in)`` on the run's device, contiguous
+        (the layout a worker receives, so the same sums here and there)."""
+        weight = self.snapshot.value(self.weights[target.name])
+        return target.matrix(weight).to(self.device).contiguous()
+
+    def _task(self, target: Target, budgets: list[Budget], moments: Moments,
+              errors_only: bool = False) -> LayerTask:
+        return LayerTask(target.name, self._dense_matrix(target), moments, budgets,
+                         self.method, self.options, errors_only,
+                         partial(self._problems, target, moments))
+
     def solve_all(self, jobs: Sequence[tuple[Target, Budget, Moments]],
                   on_done: Callable[[int], None] | None = None) -> list[LayerResult]:
         """Solve independent ``(target, budget, moments)`` jobs together (on the run's
@@ -205,14 +235,9 @@ class LayerPruner:
         Returns:
             Their :class:`LayerResult` s, in order; the model is not changed.
         """
-        tasks = [
-            LayerTask(t.name, _dense_matrix(t, self.snapshot.value(self.weights[t.name]),
-                                            self.device), moments, budget, self.method,
-                      self.options)
-            for t, budget, moments in jobs
-        ]
+        tasks = [self._task(t, [budget], moments) for t, budget, moments in jobs]
         solutions = self.solves(tasks, on_done)
-        return [_result(t, s) for (t, _, _), s in zip(jobs, solutions, strict=True)]
+        return [_result(t, s[0]) for (t, _, _), s in zip(jobs, solutions, strict=True)]
 
     def run(self, budgets: Mapping[str, Budget]) -> dict[str, LayerResult]:
         """Prune every target under its budget and attach the masks.
@@ -261,18 +286,14 @@ class LayerPruner:
         Returns:
             One :class:`~l0prune.allocation.Curve` per target.
         """
-        curves = []
         with progress("error curves", "layer", total=len(self.targets), enabled=self.progress,
                       transient=True) as bar:
-            for t in self.targets:
-                curves.append(self.curve(t, family, grid, self.moments[t.name]))
-                bar.update()
-        return curves
+            return self.curve_all([(t, self.moments[t.name]) for t in self.targets], family,
+                                  grid, on_done=lambda i: bar.update())
 
     def curve(self, target: Target, family: Budget, grid: Sequence[float],
               moments: Moments) -> Curve:
-        """``target``'s error curve at the sparsities in ``grid``, on ``moments`` (its solves
-        together: one per sparsity, only the errors kept).
+        """``target``'s error curve at the sparsities in ``grid``, on ``moments``.
 
         Args:
             target: the layer.
@@ -283,20 +304,41 @@ class LayerPruner:
         Returns:
             The :class:`~l0prune.allocation.Curve` (the dense count first, error 0).
         """
-        fam = layer_family(target, family)
-        top = fam.max_count(target.shape)
-        least = least_count(fam)
-        counts = sorted(
-            {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
-        )
-        solved = self.solve_all([(target, fam.with_count(c), moments) for c in counts[1:]])
-        return Curve(target, fam, counts, [0.0] + [r.relative_error for r in solved])
+        return self.curve_all([(target, moments)], family, grid)[0]
 
+    def curve_all(self, layers: Sequence[tuple[Target, Moments]], family: Budget,
+                  grid: Sequence[float],
+                  on_done: Callable[[int], None] | None = None) -> list[Curve]:
+        """The error curves of ``(target, moments)`` pairs together: one task per target
+        solving every sparsity of its curve on one set of problems, errors only.
 
-def _dense_matrix(target: Target, weight: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``target``'s dense weight as ``(groups, out, in)`` on ``device``, contiguous (the same
-    layout in this process as on a worker, so the same sums)."""
-    return target.matrix(weight).to(device).contiguous()
+        Args:
+            layers: the targets and their statistics.
+            family: the run's budget family.
+            grid: sparsities in [0, 1).
+            on_done: called with a pair's index as each curve is done.
+
+        Returns:
+            One :class:`~l0prune.allocation.Curve` per pair.
+        """
+        families, counts, tasks = [], [], []
+        for target, moments in layers:
+            fam = layer_family(target, family)
+            top = fam.max_count(target.shape)
+            least = least_count(fam)
+            found = sorted(
+                {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
+            )
+            families.append(fam)
+            counts.append(found)
+            tasks.append(self._task(target, [fam.with_count(c) for c in found[1:]], moments,
+                                    errors_only=True))
+        solved = self.solves(tasks, on_done)
+        return [
+            Curve(target, fam, found, [0.0] + [s.relative_error for s in solutions])
+            for (target, _), fam, found, solutions in zip(layers, families, counts, solved,
+                                                         strict=True)
+        ]
 
 
 def _result(target: Target, solution: TargetSolution) -> LayerResult:

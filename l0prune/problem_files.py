@@ -160,7 +160,7 @@ class ProblemWriter(LayerSolves):
         self.targets = {t.name: list(t.weight_shape) for t in targets}
 
     def __call__(self, tasks: Sequence[LayerTask],
-                 on_done: Callable[[int], None] | None = None) -> list[TargetSolution]:
+                 on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
         moments: dict[int, tuple[str, str]] = {}  # one file per input group, in this batch
         solutions = []
         for i, task in enumerate(tasks):
@@ -174,12 +174,13 @@ class ProblemWriter(LayerSolves):
             name = f"problems/{len(self.problems):04d}.safetensors"
             save_file({"W": W}, self.folder / name)
             self.problems.append({
-                "name": task.name, "shape": list(W.shape), "budget": _budget_json(task.budget),
+                "name": task.name, "shape": list(W.shape),
+                "budget": _budget_json(task.budgets[0]),
                 "W": name, "H": moments[id(task.moments)][0], "W_sha256": _sha256(W),
                 "H_sha256": moments[id(task.moments)][1],
             })
-            solutions.append(TargetSolution(task.W, torch.ones_like(task.W, dtype=torch.bool),
-                                            0.0, 0.0))
+            solutions.append([TargetSolution(
+                task.W, torch.ones_like(task.W, dtype=torch.bool), 0.0, 0.0)])
             if on_done is not None:
                 on_done(i)
         return solutions
@@ -241,7 +242,7 @@ class SavedSolutions(LayerSolves):
                 )
 
     def __call__(self, tasks: Sequence[LayerTask],
-                 on_done: Callable[[int], None] | None = None) -> list[TargetSolution]:
+                 on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
         solutions = []
         for i, task in enumerate(tasks):
             problem, solved = self.by_name[task.name]
@@ -250,10 +251,10 @@ class SavedSolutions(LayerSolves):
                 raise ValueError(f"the solution of layer {task.name!r} in {self.folder} is not "
                                  f"for this run's problem: {differs}")
             saved = load_file(self.folder / "solutions" / solved["file"])
-            solutions.append(TargetSolution(
+            solutions.append([TargetSolution(
                 saved["weight"].to(task.W.device), saved["mask"].to(task.W.device),
                 solved["relative_error"], solved["seconds"],
-            ))
+            )])
             if on_done is not None:
                 on_done(i)
         return solutions
@@ -261,8 +262,8 @@ class SavedSolutions(LayerSolves):
     def _differs(self, task: LayerTask, problem: Mapping) -> str | None:
         """What of ``task`` differs from the saved problem and solve, or ``None``."""
         budget = _budget_from(problem["budget"])
-        if budget != task.budget:
-            return f"budget {budget!r} there, {task.budget!r} here"
+        if [budget] != list(task.budgets):
+            return f"budget {budget!r} there, {task.budgets[0]!r} here"
         if task.method != self.method:
             return f"method {self.method} there, {task.method} here"
         options = json.loads(json.dumps(dict(task.options), default=repr))
@@ -373,7 +374,7 @@ def solve_folder(
 
     Args:
         folder: a folder written by :func:`save_problems`.
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         executor: ``None`` (here), a :class:`concurrent.futures.Executor` or a
             ``dask.distributed.Client`` (``H`` files shared by several layers go out once).
         options: the method's options.
@@ -395,12 +396,12 @@ def solve_folder(
     for problem in index["problems"]:
         W, H = load_problem(folder, problem)
         H = shared.setdefault(problem["H"], H)
-        calls.append((W, H, None, None, _budget_from(problem["budget"]), method, options))
+        calls.append((W, H, None, None, [_budget_from(problem["budget"])], method, options))
         labels.append(f"layer {problem['name']!r}")
     with progress("solves", "layer", total=len(calls), enabled=show_progress,
                   transient=True) as bar:
-        solutions = run_tasks(solve_target, calls, solves.executor, labels=labels,
-                              on_done=lambda i: bar.update())
+        solutions = [found[0] for found in run_tasks(
+            solve_target, calls, solves.executor, labels=labels, on_done=lambda i: bar.update())]
     rows = []
     staging = Path(tempfile.mkdtemp(prefix=".solutions.partial-", dir=folder))
     try:

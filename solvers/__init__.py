@@ -7,7 +7,7 @@ cluster: imported only when one is given).
 It never imports ``l0prune``.
 """
 
-from .api import METHODS, solve, solve_to_tolerance
+from .api import method_function, methods, register_method, solve, solve_to_tolerance
 from .bounds import BOUNDS, lower_bound
 from .budgets import NM, Budget, PerRow, Structured, Unstructured
 from .many import solve_many
@@ -16,7 +16,6 @@ from .solution import Solution
 
 __all__ = [
     "BOUNDS",
-    "METHODS",
     "NM",
     "Budget",
     "LayerProblem",
@@ -25,6 +24,9 @@ __all__ = [
     "Structured",
     "Unstructured",
     "lower_bound",
+    "method_function",
+    "methods",
+    "register_method",
     "solve",
     "solve_many",
     "solve_to_tolerance",

@@ -34,11 +34,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .api import _method, solve
+from .api import method_function, methods, register_method, solve
 from .problem import LayerProblem
 from .solution import Solution
 
-__all__ = ["WorkerLost", "is_dask_client", "run_tasks", "solve_many"]
+__all__ = ["WorkerLost", "ensure_method", "is_dask_client", "portable", "run_tasks",
+           "solve_many"]
 
 
 class WorkerLost(RuntimeError):
@@ -204,12 +205,30 @@ def _named(err: BaseException, label: str) -> BaseException:
     return err
 
 
+def portable(method: str) -> tuple[str, Callable | None]:
+    """``(method, fn)`` to ship to a worker: ``fn`` is the function of a method added by
+    :func:`~solvers.api.register_method` (a worker's registry holds the built-ins only; it is
+    pickled by reference, or by value on dask for a function defined in a script), ``None`` for
+    a built-in.
+
+    Example:
+        >>> portable("obs")
+        ('obs', None)
+    """
+    fn = method_function(method)
+    return method, (None if fn.__module__.startswith("solvers.") else fn)
+
+
+def ensure_method(method: str, fn: Callable | None) -> None:
+    """Register ``fn`` as ``method`` here when it is not known yet (see :func:`portable`)."""
+    if fn is not None and method not in methods():
+        register_method(method, fn)
+
+
 def _packed(problem: LayerProblem) -> tuple[dict, torch.Tensor | None]:
-    """A problem as ``(state without H and caches, H)``: ``H`` travels on its own, once for
+    """A problem as ``(state without H and its cache, H)``: ``H`` travels on its own, once for
     every problem that shares it; cached factorisations are recomputed where it is solved."""
-    cached = {name for name, value in vars(LayerProblem).items()
-              if isinstance(value, functools.cached_property)}
-    state = {k: v for k, v in vars(problem).items() if k != "H" and k not in cached}
+    state = {k: v for k, v in vars(problem).items() if k not in ("H", "_cache")}
     return state, problem.H
 
 
@@ -218,7 +237,7 @@ def _unpacked(state: dict, H: torch.Tensor | None) -> LayerProblem:
     was made)."""
     problem = object.__new__(LayerProblem)
     problem.__dict__.update(state)
-    problem.H = H
+    problem.H, problem._cache = H, {}
     return problem
 
 
@@ -234,8 +253,10 @@ def _one_of(H: torch.Tensor | None, seen: list[torch.Tensor]) -> torch.Tensor | 
     return H
 
 
-def _solve_packed(state: dict, H: torch.Tensor | None, method: str, options: dict) -> Solution:
-    return solve(_unpacked(state, H), method, **options)
+def _solve_packed(state: dict, H: torch.Tensor | None, method: tuple[str, Callable | None],
+                  options: dict) -> Solution:
+    ensure_method(*method)
+    return solve(_unpacked(state, H), method[0], **options)
 
 
 def solve_many(
@@ -254,7 +275,8 @@ def solve_many(
 
     Args:
         problems: :class:`~solvers.problem.LayerProblem` s with sized budgets.
-        method: one of :data:`~solvers.api.METHODS`.
+        method: one of :func:`~solvers.api.methods` (built-in; a registered one must be registered
+            in the workers too).
         executor: ``None`` (here), a :class:`concurrent.futures.Executor` or a
             ``dask.distributed.Client``.
         progress: a progress bar on stderr as the solves finish.
@@ -272,7 +294,7 @@ def solve_many(
         [0.5, 0.5, 0.5]
     """
     problems = list(problems)
-    _method(method)
+    shipped = portable(method)
     for i, problem in enumerate(problems):
         if not isinstance(problem, LayerProblem):
             raise ValueError(
@@ -287,7 +309,7 @@ def solve_many(
     calls, seen = [], []
     for problem in problems:
         state, H = _packed(problem)
-        calls.append((state, _one_of(H, seen), method, options))
+        calls.append((state, _one_of(H, seen), shipped, options))
     with tqdm(total=len(problems), desc="solves", unit=" problems", disable=not progress) as bar:
         return run_tasks(_solve_packed, calls, executor,
                          labels=[f"problem {i}" for i in range(len(problems))],

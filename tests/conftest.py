@@ -39,7 +39,8 @@ def dask_client():
     the session (a few seconds), and its client."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=None,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster:
         with distributed.Client(cluster) as client:
             yield client
 

@@ -93,7 +93,8 @@ def scale_table(count: int, method: str, workers: int, options: dict) -> str:
     rows = [("this process, 1 thread", here, True, 0.0)]
     iterations = [s.info.get("iterations") for s in expected]
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}
+                      ) as cluster, Client(cluster) as client:
         solve_many(tiny[:4], "magnitude", client, progress=False)  # workers warm
         wall, found = _timed(lambda: solve_many(batch, method, client, progress=False,
                                                 **options))

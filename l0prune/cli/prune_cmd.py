@@ -104,6 +104,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         skip_incompatible=settings.skip_incompatible, blockwise=settings.blockwise,
         checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
         executor=executor,
+        threads=settings.threads,
     )
 
 

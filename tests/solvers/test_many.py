@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from solvers import NM, LayerProblem, solve
+from solvers import NM, LayerProblem, register_method, solve
 from solvers.many import WorkerLost, run_tasks, solve_many
 
 from ..conftest import correlated_inputs
@@ -93,3 +93,16 @@ def test_a_worker_that_dies_in_a_process_pool_is_named():
     assert info.value.label == "layer 'fc1'"
     assert str(info.value).startswith("layer 'fc1': its worker died or the cluster went away")
     assert "BrokenProcessPool" in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_a_method_registered_here_is_registered_on_the_workers(dask_client):
+    def keep_largest_rows(problem):
+        """Keeps the budget's count of the largest |W| (a stand-in for a user's method)."""
+        mask = problem.budget.select(problem.W.abs())
+        return problem.W * mask, mask, {"iterations": 0, "converged": True, "history": []}
+
+    register_method("keep_largest_rows_cluster_test", keep_largest_rows)
+    problems = _problems()
+    expected = [solve(p, "keep_largest_rows_cluster_test") for p in problems]
+    found = solve_many(problems, "keep_largest_rows_cluster_test", dask_client, progress=False)
+    _assert_same(found, expected)
