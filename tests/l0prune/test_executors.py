@@ -180,3 +180,16 @@ def test_local_cluster_checks_its_arguments():
     with pytest.raises(ValueError, match="retries must be an integer >= 0, got -1"):
         with local_cluster(1, retries=-1):
             pass
+
+
+def test_the_alpha_search_on_the_cluster_takes_the_same_path(dask_client, digits_mlp_trained):
+    model, calibration = _digits(digits_mlp_trained)
+    validation = [next(iter(digits_mlp_trained[1].loader("val")))]
+    settings = dict(alpha=1.05, validation=validation, method="obs", progress=False)
+    here, there = copy.deepcopy(model), copy.deepcopy(model)
+    expected = l0prune.prune(here, calibration, **settings)
+    found = l0prune.prune(there, calibration, executor=dask_client, **settings)
+    assert any(t.stage == "allocated" for t in expected.trials)  # the error curves ran
+    assert [(t.stage, t.target, t.sparsity, t.loss) for t in found.trials] == [
+        (t.stage, t.target, t.sparsity, t.loss) for t in expected.trials]
+    _assert_same_run(here, expected, there, found)
