@@ -57,6 +57,7 @@ from solvers import Budget
 
 from .allocation import Curve
 from .blocks import BlockInputs, Stack, capture, run_block
+from .executors import LayerSolves
 from .layerwise import LayerPruner, LayerResult
 from .masks import attach
 from .progress import progress
@@ -142,6 +143,8 @@ class BlockPruner:
             as the first run moves past block 0.
         checkpoint: write each finished block there, and take the finished ones from there on
             a resume.
+        solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here);
+            a block's layers go out together (``sequential=True``: those that read one input).
 
     Attributes:
         passes: passes over the calibration data so far.
@@ -190,6 +193,7 @@ class BlockPruner:
         progress: bool,
         keep_inputs: bool = False,
         checkpoint: Checkpoint | None = None,
+        solves: LayerSolves | None = None,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.rollback, self.stack = discovery, rollback, stack
@@ -199,7 +203,7 @@ class BlockPruner:
         self.home = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.layers = LayerPruner(
             model, calibration, targets, discovery, rollback, method=method, options=options,
-            sequential=sequential, device=device, progress=False,
+            sequential=sequential, device=device, progress=False, solves=solves,
         )
         self.groups = input_groups(self.targets, discovery)
         self.block_groups: list[list[list[Target]]] = [[] for _ in stack.blocks]
@@ -320,8 +324,7 @@ class BlockPruner:
         if not self.sequential:
             moments = collect(runner, data, groups, self.device, self.discovery)
             self._advance(block, inputs, dense, pruned, {})
-            for group in groups:
-                self._solve(group, budgets, moments, done, curves)
+            self._solve(groups, budgets, moments, done, curves)
             return done
         for position, group in enumerate(groups):
             if first and position == 0:
@@ -331,7 +334,7 @@ class BlockPruner:
                     return self._both(runner.reading(dense), self._dense(done))
 
                 moments = collect(runner, data, [group], self.device, self.discovery, reference)
-            self._solve(group, budgets, moments, done, curves)
+            self._solve([group], budgets, moments, done, curves)
             del moments
         self._advance(block, inputs, dense, pruned, done)
         return done
@@ -359,13 +362,12 @@ class BlockPruner:
         if not self.sequential:
             with self._dense(results):
                 moments = self._collect(self.suffix, None)
-            for group in self.suffix:
-                self._solve(group, budgets, moments, done, curves)
+            self._solve(self.suffix, budgets, moments, done, curves)
             return self._in_place(done)
         for group in self.suffix:
             earlier = {**results, **done}
             moments = self._collect([group], partial(self._dense, earlier) if earlier else None)
-            self._solve(group, budgets, moments, done, curves)
+            self._solve([group], budgets, moments, done, curves)
         return self._in_place(done)
 
     def _collect(self, groups, reference) -> dict[str, Moments]:
@@ -380,12 +382,16 @@ class BlockPruner:
                 ))
         return {name: moved[id(m)] for name, m in found.items()}
 
-    def _solve(self, group, budgets, moments, done, curves) -> None:
-        for t in group:
-            result = self.layers.solve(t, budgets[t.name], moments[t.name])
-            if curves is not None:
-                family, grid, found = curves
-                found[t.name] = self.layers.curve(t, family, grid, moments[t.name])
+    def _solve(self, groups, budgets, moments, done, curves) -> None:
+        """Solve the layers of ``groups`` together and write their weights."""
+        members = [t for group in groups for t in group]
+        solved = self.layers.solve_all([(t, budgets[t.name], moments[t.name]) for t in members])
+        if curves is not None:
+            family, grid, found = curves
+            layers = [(t, moments[t.name]) for t in members]
+            found.update(zip([t.name for t in members],
+                             self.layers.curve_all(layers, family, grid), strict=True))
+        for t, result in zip(members, solved, strict=True):
             with torch.no_grad():
                 t.module.weight.copy_(result.weight)
             done[t.name] = result

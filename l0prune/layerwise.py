@@ -25,18 +25,20 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 from __future__ import annotations
 
 import inspect
-import math
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from solvers import Budget, LayerProblem, method_function, solve
+from solvers import Budget, LayerProblem, method_function
 
 from .allocation import Curve, layer_family, least_count
+from .executors import LayerSolves, LayerTask
+from .layer_jobs import TargetSolution, target_problems
 from .masks import attach
 from .progress import progress
 from .snapshot import Snapshot
@@ -108,6 +110,7 @@ class LayerPruner:
         sequential: see the module docstring.
         device: where statistics and solves run.
         progress: show a progress bar over layers.
+        solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here).
 
     Attributes:
         passes: passes over the calibration data so far.
@@ -144,9 +147,11 @@ class LayerPruner:
         sequential: bool,
         device: torch.device,
         progress: bool,
+        solves: LayerSolves | None = None,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.snapshot = discovery, snapshot
+        self.solves = solves if solves is not None else LayerSolves()
         self.method, self.options = method, dict(options)
         self.sequential, self.device, self.progress = sequential, device, progress
         self.groups = input_groups(self.targets, discovery)
@@ -187,15 +192,8 @@ class LayerPruner:
         cached = self._cache.get(target.name)
         if cached is not None and cached[0]() is moments:
             return cached[1]
-        W = target.matrix(self.snapshot.value(self.weights[target.name])).to(self.device)
-        problems = [
-            LayerProblem.from_moments(
-                W[i], moments.H[i],
-                None if moments.cross is None else moments.cross[i],
-                None if moments.dense is None else moments.dense[i],
-            )
-            for i in range(target.groups)
-        ]
+        problems = target_problems(self._dense_matrix(target), moments.H, moments.cross,
+                                   moments.dense)
         self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
         self._cache[target.name] = (weakref.ref(moments), problems)
         return problems
@@ -211,32 +209,35 @@ class LayerPruner:
         Returns:
             The :class:`LayerResult`; the model is not changed.
         """
-        weights, masks, errors, seconds = [], [], [], 0.0
-        for base in self._problems(target, moments):
-            solution = solve(base.with_budget(budget), self.method, **self.options)
-            weights.append(solution.weight)
-            masks.append(solution.mask)
-            errors.append(
-                (solution.relative_error, 1.0) if moments.cross is None
-                else base.output_error(solution.weight)
-            )
-            seconds += solution.info["seconds"]
-        if len(errors) == 1 and moments.cross is None:
-            error = errors[0][0]
-        else:
-            num, den = sum(e[0] for e in errors), sum(e[1] for e in errors)
-            error = num / den if den > 0 else (0.0 if num <= 0 else math.inf)
-        mask = target.unmatrix(torch.stack(masks))
-        return LayerResult(
-            name=target.name,
-            shape=target.weight_shape,
-            kept=int(mask.sum()),
-            total=target.total,
-            relative_error=float(error),
-            seconds=seconds,
-            weight=target.unmatrix(torch.stack(weights)),
-            mask=mask,
-        )
+        return self.solve_all([(target, budget, moments)])[0]
+
+    def _dense_matrix(self, target: Target) -> torch.Tensor:
+        """``target``'s dense weight as ``(groups, out, in)`` on the run's device, contiguous
+        (the layout a worker receives, so the same sums here and there)."""
+        weight = self.snapshot.value(self.weights[target.name])
+        return target.matrix(weight).to(self.device).contiguous()
+
+    def _task(self, target: Target, budgets: list[Budget], moments: Moments,
+              errors_only: bool = False) -> LayerTask:
+        return LayerTask(target.name, self._dense_matrix(target), moments, budgets,
+                         self.method, self.options, errors_only,
+                         partial(self._problems, target, moments))
+
+    def solve_all(self, jobs: Sequence[tuple[Target, Budget, Moments]],
+                  on_done: Callable[[int], None] | None = None) -> list[LayerResult]:
+        """Solve independent ``(target, budget, moments)`` jobs together (on the run's
+        executor, see :mod:`l0prune.executors`).
+
+        Args:
+            jobs: the jobs.
+            on_done: called with a job's index as each one finishes.
+
+        Returns:
+            Their :class:`LayerResult` s, in order; the model is not changed.
+        """
+        tasks = [self._task(t, [budget], moments) for t, budget, moments in jobs]
+        solutions = self.solves(tasks, on_done)
+        return [_result(t, s[0]) for (t, _, _), s in zip(jobs, solutions, strict=True)]
 
     def run(self, budgets: Mapping[str, Budget]) -> dict[str, LayerResult]:
         """Prune every target under its budget and attach the masks.
@@ -261,12 +262,15 @@ class LayerPruner:
                     self.moments.update(
                         self._collect(level, reference=lambda: self._dense(results))
                     )
-                for target in (t for group in level for t in group):
-                    result = self.solve(target, budgets[target.name], self.moments[target.name])
+                members = [t for group in level for t in group]
+                solved = self.solve_all(
+                    [(t, budgets[t.name], self.moments[t.name]) for t in members],
+                    on_done=lambda i: bar.update(),
+                )
+                for target, result in zip(members, solved, strict=True):
                     with torch.no_grad():
                         target.module.weight.copy_(result.weight)
                     results[target.name] = result
-                    bar.update()
         for target in self.targets:
             result = results[target.name]
             attach(target.module, result.weight, result.mask)
@@ -282,13 +286,10 @@ class LayerPruner:
         Returns:
             One :class:`~l0prune.allocation.Curve` per target.
         """
-        curves = []
         with progress("error curves", "layer", total=len(self.targets), enabled=self.progress,
                       transient=True) as bar:
-            for t in self.targets:
-                curves.append(self.curve(t, family, grid, self.moments[t.name]))
-                bar.update()
-        return curves
+            return self.curve_all([(t, self.moments[t.name]) for t in self.targets], family,
+                                  grid, on_done=lambda i: bar.update())
 
     def curve(self, target: Target, family: Budget, grid: Sequence[float],
               moments: Moments) -> Curve:
@@ -303,14 +304,52 @@ class LayerPruner:
         Returns:
             The :class:`~l0prune.allocation.Curve` (the dense count first, error 0).
         """
-        fam = layer_family(target, family)
-        top = fam.max_count(target.shape)
-        least = least_count(fam)
-        counts = sorted(
-            {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
-        )
-        errors = [0.0] + [
-            self.solve(target, fam.with_count(c), moments).relative_error for c in counts[1:]
-        ]
-        return Curve(target, fam, counts, errors)
+        return self.curve_all([(target, moments)], family, grid)[0]
 
+    def curve_all(self, layers: Sequence[tuple[Target, Moments]], family: Budget,
+                  grid: Sequence[float],
+                  on_done: Callable[[int], None] | None = None) -> list[Curve]:
+        """The error curves of ``(target, moments)`` pairs together: one task per target
+        solving every sparsity of its curve on one set of problems, errors only.
+
+        Args:
+            layers: the targets and their statistics.
+            family: the run's budget family.
+            grid: sparsities in [0, 1).
+            on_done: called with a pair's index as each curve is done.
+
+        Returns:
+            One :class:`~l0prune.allocation.Curve` per pair.
+        """
+        families, counts, tasks = [], [], []
+        for target, moments in layers:
+            fam = layer_family(target, family)
+            top = fam.max_count(target.shape)
+            least = least_count(fam)
+            found = sorted(
+                {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
+            )
+            families.append(fam)
+            counts.append(found)
+            tasks.append(self._task(target, [fam.with_count(c) for c in found[1:]], moments,
+                                    errors_only=True))
+        solved = self.solves(tasks, on_done)
+        return [
+            Curve(target, fam, found, [0.0] + [s.relative_error for s in solutions])
+            for (target, _), fam, found, solutions in zip(layers, families, counts, solved,
+                                                         strict=True)
+        ]
+
+
+def _result(target: Target, solution: TargetSolution) -> LayerResult:
+    mask = target.unmatrix(solution.mask)
+    return LayerResult(
+        name=target.name,
+        shape=target.weight_shape,
+        kept=int(mask.sum()),
+        total=target.total,
+        relative_error=solution.relative_error,
+        seconds=solution.seconds,
+        weight=target.unmatrix(solution.weight),
+        mask=mask,
+    )

@@ -46,6 +46,7 @@ from solvers import NM, Budget, Unstructured, methods
 from . import allocation, blocks
 from .batches import LossFn, check_data, cross_entropy, mean_loss
 from .blockwise import BlockPruner, outside_problem
+from .executors import layer_solves
 from .finetune import Finetune, masked_finetune
 from .input_check import explained
 from .layerwise import LayerPruner, LayerResult, method_options
@@ -87,6 +88,7 @@ def prune(
     resume: bool = False,
     rollback_dir: str | os.PathLike | None = None,
     threads: int | None = None,
+    executor=None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -157,6 +159,17 @@ def prune(
         threads: torch CPU threads for the run (torch's setting is put back after it);
             default: torch's count capped by the CPUs this process may use (affinity and
             cgroup quota, :func:`l0prune.threads.default_threads`). The report records it.
+        executor: where the layer solves run (:mod:`l0prune.executors`): ``None`` here; a
+            :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, dask's
+            ``Client.get_executor()``) or a ``dask.distributed.Client``, to which independent
+            solves go together (every layer with ``sequential=False``, the layers that read one
+            input with ``True``, a block's layers block by block), each task shipping a
+            layer's weight, statistics, budget, method and options. On the CPU the result is
+            bit for bit that of a run here with one torch thread (the tasks run with one). A
+            task whose worker dies is started again where the cluster allows it, else the run
+            fails naming the layer with the model as it was. Also a
+            :class:`~l0prune.problem_files.ProblemWriter` or
+            :class:`~l0prune.problem_files.SavedSolutions` (layer problems as files).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -180,7 +193,7 @@ def prune(
             loss_fn=loss_fn, method=method, budget=budget, targets=targets, ignore=ignore,
             sequential=sequential, finetune=finetune, seed=seed, device=device, options=options,
             progress=progress, skip_incompatible=skip_incompatible, blockwise=blockwise,
-            checkpoint=checkpoint, resume=resume, rollback_dir=rollback_dir,
+            checkpoint=checkpoint, resume=resume, rollback_dir=rollback_dir, executor=executor,
         )
     report.threads = count
     return report
@@ -188,11 +201,13 @@ def prune(
 
 def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, method, budget,
            targets, ignore, sequential, finetune, seed, device, options, progress,
-           skip_incompatible, blockwise, checkpoint, resume, rollback_dir) -> PruneReport:
+           skip_incompatible, blockwise, checkpoint, resume, rollback_dir,
+           executor) -> PruneReport:
     """:func:`prune` after its arguments are checked, on the run's threads."""
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
     _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
+    solves = layer_solves(executor)
     device = _device(model, device)
     home = next((p.device for p in model.parameters()), torch.device("cpu"))
     stack = blocks.find_stack(model) if blockwise is not False else None
@@ -213,6 +228,7 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
         else:
             chosen = select_targets(model, discovery.order, targets, ignore)
         chosen, skipped = _fitting(chosen, family, skip_incompatible)
+        solves.check(targets=chosen, sequential=sequential, fixed=alpha is None)
         if stack is not None:
             stack = _settle(stack, problem or outside_problem(stack, chosen, discovery),
                             blockwise, resume)
@@ -221,7 +237,7 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
             if stack is None:
                 move(model, device)
         common = dict(method=method, options=method_options(method, options, seed),
-                      sequential=sequential, device=device, progress=progress)
+                      sequential=sequential, device=device, progress=progress, solves=solves)
         if stack is None:
             pruner = LayerPruner(model, calibration, chosen, discovery, snapshot, **common)
         else:
@@ -248,6 +264,8 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
         if stack is not None:
             report.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
+        if solves.placeholder:  # nothing was solved: the model goes back as it was
+            snapshot.restore()
     except BaseException:
         snapshot.restore()
         raise

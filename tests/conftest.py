@@ -31,3 +31,26 @@ def layer():
     W = torch.randn(24, 32, generator=g, dtype=torch.float64)
     X = correlated_inputs(256, 32, seed=2)
     return W, X.T @ X / X.shape[0]
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A dask ``LocalCluster`` of two worker processes with one thread each, started once for
+    the session (a few seconds), and its client."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+def process_pool():
+    """A ``ProcessPoolExecutor`` of two spawned processes, started once for the session."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool

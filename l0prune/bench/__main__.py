@@ -18,6 +18,7 @@ BENCHMARKS = {
     "gpu": "l0prune.bench.gpu",
     "bert": "l0prune.bench.bert",
     "threads": "l0prune.bench.threads",
+    "scale": "l0prune.bench.scale",
 }
 
 

@@ -125,6 +125,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", integer(1), "torch CPU threads (default: torch's, capped by the CPUs the "
            "process may use and finds idle; 1 for the built-in model, whose layers are too small "
            "to gain from more)", metavar="N"),
+    Option("workers", integer(1), "solve the layers on a local dask cluster of N worker "
+           "processes, one thread each, started for the run (pip install 'l0prune[dask]')",
+           metavar="N"),
+    Option("scheduler", nonempty, "solve the layers on the running dask cluster whose scheduler "
+           "is at ADDRESS (tcp://HOST:8786); refused before any work when it cannot be reached",
+           metavar="ADDRESS"),
+    Option("retries", integer(0), "with --workers: how many times a layer whose worker died is "
+           "started again on another before the run fails naming it (default: 3)", metavar="N"),
+    Option("save-problems", nonempty, "write every layer's problem (W, H, budget) to the new "
+           "folder DIR instead of solving (needs --no-sequential and a fixed budget); solve it "
+           "with l0prune solve DIR, apply it with --apply-solutions DIR", metavar="DIR"),
+    Option("apply-solutions", nonempty, "prune with the solutions l0prune solve wrote into DIR "
+           "(the settings of --save-problems; each solution is checked to be for this model's "
+           "problem)", metavar="DIR"),
     Option("quick", flag, "a fast look: the built-in model trains 5 epochs instead of 30 and "
            f"finetuning runs {QUICK_FINETUNE_EPOCHS} epoch", kind="flag"),
     Option("out", nonempty, "output folder (default: l0prune-run); a previous run there is "
@@ -162,6 +176,11 @@ class Settings:
     seed: int = 0
     device: str | None = None
     threads: int | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    retries: int | None = None
+    save_problems: str | None = None
+    apply_solutions: str | None = None
     quick: bool = False
     out: str = "l0prune-run"
 
@@ -277,11 +296,42 @@ def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
             "--resume continues a block-by-block run with a fixed budget (--sparsity or an N:M "
             f"--budget); got {given}"
         )
+    _check_scale_out(settings)
     if settings.finetune_epochs is None:
         settings.finetune_epochs = 0 if is_hf(settings.model) else (
             QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
         )
     return settings
+
+
+def _check_scale_out(settings: Settings) -> None:
+    """The cluster and problem-file options, against each other and the run."""
+    if settings.workers is not None and settings.scheduler is not None:
+        raise UsageError(f"give --workers or --scheduler, not both (got --workers "
+                         f"{settings.workers}, --scheduler {settings.scheduler})")
+    if settings.retries is not None and settings.workers is None:
+        raise UsageError("--retries applies to the cluster --workers N starts (a cluster joined "
+                         "with --scheduler keeps its own distributed.scheduler.allowed-failures)")
+    if settings.save_problems is not None and settings.apply_solutions is not None:
+        raise UsageError("give --save-problems or --apply-solutions, not both")
+    for name in ("save_problems", "apply_solutions"):
+        folder = getattr(settings, name)
+        if folder is None:
+            continue
+        flag_name = "--" + name.replace("_", "-")
+        if settings.sequential:
+            raise UsageError(
+                f"{flag_name} needs --no-sequential: with --sequential each input group's "
+                "statistics depend on the solutions of the groups before it, so the problems "
+                "cannot be written up front (solve a sequential run on a cluster with --workers "
+                "or --scheduler instead)"
+            )
+        if settings.alpha is not None:
+            raise UsageError(f"{flag_name} needs a fixed budget (--sparsity S or an N:M "
+                             f"--budget), got alpha {settings.alpha:g}")
+    if settings.save_problems is not None and (settings.workers or settings.scheduler):
+        raise UsageError("--save-problems solves nothing: give --workers / --scheduler to "
+                         "l0prune solve DIR instead")
 
 
 def _toml_value(value) -> str:

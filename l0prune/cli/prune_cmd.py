@@ -24,6 +24,8 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,9 +33,11 @@ from torch import nn
 
 import l0prune
 from l0prune.blocks import find_stack
+from l0prune.problem_files import SavedSolutions, check_new_folder, save_problems
 from l0prune.pruning import IncompatibleBudget
 from solvers.exact import TooLarge
 
+from .cluster import cluster
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
 from .default_model import builtin_task
 from .errors import UsageError
@@ -90,7 +94,7 @@ def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | Non
 
 
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
-           progress: bool) -> l0prune.PruneReport:
+           progress: bool, executor=None) -> l0prune.PruneReport:
     return l0prune.prune(
         model, task.calibration, sparsity=settings.sparsity, alpha=settings.alpha,
         validation=task.validation, loss_fn=task.loss_fn, method=method,
@@ -99,6 +103,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         device=settings.device, progress=progress,
         skip_incompatible=settings.skip_incompatible, blockwise=settings.blockwise,
         checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
+        executor=executor,
         threads=settings.threads,
     )
 
@@ -108,16 +113,19 @@ def _environment() -> dict[str, object]:
             "torch_threads": torch.get_num_threads()}
 
 
-def _runs(task: Task, settings: Settings, log, progress: bool) -> tuple[dict, list[dict]]:
-    """Prune with the method (the task's model) and the baseline (a copy of the dense model)."""
+def _runs(task: Task, settings: Settings, log, progress: bool,
+          executors: tuple) -> tuple[dict, list[dict]]:
+    """Prune with the method (the task's model) and the baseline (a copy of the dense model),
+    each on its executor."""
     dense_metrics = task.metrics(task.model)
     dense = copy.deepcopy(task.model) if settings.baseline != "none" else None
     runs = []
-    for method, model in ((settings.method, task.model), (settings.baseline, dense)):
+    for method, model, executor in ((settings.method, task.model, executors[0]),
+                                    (settings.baseline, dense, executors[1])):
         if model is None:
             continue
         log(f"pruning with {method}")
-        report = _prune(model, method, task, settings, progress)
+        report = _prune(model, method, task, settings, progress, executor)
         runs.append({"method": method, "report": report.to_dict(),
                      "metrics": task.metrics(model)})
     return {"loss": runs[0]["report"]["dense_loss"], "metrics": dense_metrics}, runs
@@ -146,24 +154,12 @@ def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     write_reports(folder, data)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``l0prune prune`` with parsed ``args``; returns the exit status."""
-    start = time.perf_counter()
-    fields = {option.field for option in OPTIONS}
-    settings = resolve({k: v for k, v in vars(args).items() if k in fields}, args.config)
-    out = Path(settings.out)
-    check_destination(out)
-
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    if settings.threads is not None or settings.model is None:
-        torch.set_num_threads(settings.threads or 1)
-    task = builtin_task(settings.seed, settings.quick, log) if settings.model is None \
-        else user_task(settings)
+@contextmanager
+def _usage_errors(settings: Settings) -> Iterator[None]:
+    """A budget that does not fit a layer, or an exact solve over its limit, as one line with
+    the flags that get round it."""
     try:
-        dense, runs = _runs(task, settings, log, progress=not args.quiet)
+        yield
     except IncompatibleBudget as err:
         raise UsageError(
             f"--budget {settings.budget} does not fit layer {err.layer} (weight "
@@ -176,6 +172,68 @@ def run(args: argparse.Namespace) -> int:
             f"limit of {err.max_binaries} (branch and bound grows exponentially); prune with "
             "--method admm, or solve one small layer with l0prune solve --method exact"
         ) from None
+
+
+def _solutions(settings: Settings) -> SavedSolutions | None:
+    """The solutions of ``--apply-solutions`` (their method becomes the run's), or ``None``."""
+    if settings.apply_solutions is None:
+        return None
+    solutions = SavedSolutions(settings.apply_solutions)
+    if settings.method not in (Settings.method, solutions.method):
+        raise UsageError(f"--apply-solutions {settings.apply_solutions} holds solutions by "
+                         f"{solutions.method}, not --method {settings.method}")
+    settings.method = solutions.method
+    if settings.baseline == settings.method:
+        raise UsageError(f"--baseline must differ from the method of the solutions "
+                         f"({settings.method}); use --baseline none to skip the comparison")
+    return solutions
+
+
+def _save_problems(task: Task, settings: Settings, args: argparse.Namespace, log) -> int:
+    """``--save-problems DIR``: write the problems of the task's model; nothing else."""
+    folder = settings.save_problems
+    index = save_problems(
+        task.model, task.calibration, folder, sparsity=settings.sparsity,
+        budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
+        sequential=False, seed=settings.seed, device=settings.device,
+        progress=not args.quiet, skip_incompatible=settings.skip_incompatible,
+        blockwise=settings.blockwise,
+    )
+    summary = {"problems": folder, "layers": [p["name"] for p in index["problems"]]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        log(f"wrote {len(index['problems'])} layer problems to {folder}/ (index.json); solve "
+            f"them with: l0prune solve {shlex.quote(folder)} --method NAME [--workers N]")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``l0prune prune`` with parsed ``args``; returns the exit status."""
+    start = time.perf_counter()
+    fields = {option.field for option in OPTIONS}
+    settings = resolve({k: v for k, v in vars(args).items() if k in fields}, args.config)
+    out = Path(settings.out)
+    if settings.save_problems is None:
+        check_destination(out)
+    else:
+        check_new_folder(settings.save_problems)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    if settings.threads is not None or settings.model is None:
+        torch.set_num_threads(settings.threads or 1)
+    solutions = _solutions(settings)
+    with cluster(settings.workers, settings.scheduler, settings.retries) as executor:
+        task = builtin_task(settings.seed, settings.quick, log) if settings.model is None \
+            else user_task(settings)
+        with _usage_errors(settings):
+            if settings.save_problems is not None:
+                return _save_problems(task, settings, args, log)
+            dense, runs = _runs(task, settings, log, not args.quiet,
+                                (solutions or executor, executor))
     data = {
         "command": shlex.join(["l0prune", *args.argv]),
         "model": task.description,

@@ -1,4 +1,7 @@
-"""``l0prune solve``: one layer problem from files, solved by one method, its figures printed.
+"""``l0prune solve``: one layer problem from files, solved by one method, its figures printed;
+or every problem of a folder written by ``l0prune prune --save-problems DIR``, here or on a dask
+cluster (``--workers N``, ``--scheduler ADDRESS``), the solutions and a table written there
+(:func:`l0prune.problem_files.solve_folder`).
 
 ``W`` is the layer's weight (out x in; a convolution's weight is flattened to out x in*kh*kw and
 written back in its own shape); ``--hessian`` gives ``H`` (in x in), ``--inputs`` the layer's
@@ -15,10 +18,12 @@ from pathlib import Path
 import torch
 
 from l0prune.layerwise import method_options
+from l0prune.problem_files import read_index, solve_folder, table
 from solvers import LayerProblem, methods, solve
 from solvers.bounds import BOUNDS, PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS, SDP_MAX_WEIGHTS
 from solvers.exact import exact, program_binaries
 
+from .cluster import cluster
 from .errors import UsageError
 from .tensor_files import SUFFIXES, check_output, load_tensor, save_tensor
 from .values import (
@@ -44,12 +49,13 @@ def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
         description=f"Solve one layer's pruning problem from tensor files ({files}; "
                     "FILE:KEY picks one tensor of a state dict or safetensors file).",
     )
-    parser.add_argument("weight", metavar="W", help="the layer's weight, out x in")
+    parser.add_argument("weight", metavar="W|DIR", help="the layer's weight, out x in; or a "
+                        "folder of problems (l0prune prune --save-problems DIR), all solved")
     second = parser.add_mutually_exclusive_group()
     second.add_argument("--hessian", metavar="H", help="second moment of the inputs, in x in")
     second.add_argument("--inputs", metavar="X", help="the layer's inputs, rows x in")
     parser.add_argument("--sparsity", metavar="S", help="fraction of weights removed, in [0, 1)")
-    parser.add_argument("--budget", metavar="B", default="unstructured",
+    parser.add_argument("--budget", metavar="B",
                         help="unstructured, per-row, structured or N:M such as 2:4 (default: "
                              "unstructured)")
     parser.add_argument("--method", metavar="NAME", default="admm",
@@ -70,11 +76,17 @@ def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
                         help="seed of solvers that draw random numbers (default: 0)")
     parser.add_argument("--device", metavar="DEVICE", help="where to compute (default: cpu)")
     parser.add_argument("--out", metavar="FILE", help=f"write the pruned weight ({files})")
+    parser.add_argument("--workers", metavar="N", help="DIR: solve on a local dask cluster of N "
+                        "worker processes, one thread each")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="DIR: solve on the running dask "
+                        "cluster whose scheduler is at ADDRESS (tcp://HOST:8786)")
+    parser.add_argument("--retries", metavar="N", help="DIR with --workers: how many times a "
+                        "layer whose worker died is started again (default: 3)")
     parser.set_defaults(run=run)
 
 
 def _problem(args: argparse.Namespace, W: torch.Tensor) -> LayerProblem:
-    budget = parse_budget(args.budget, "--budget")
+    budget = parse_budget(args.budget or "unstructured", "--budget")
     sized = ":" in budget
     if sized and args.sparsity is not None:
         raise UsageError(f"--budget {budget} fixes the sparsity: give it without --sparsity")
@@ -158,9 +170,46 @@ def _figures(problem: LayerProblem, solution, args: argparse.Namespace, shape) -
     }
 
 
+#: Flags of one problem, which a folder's problems (each with its own budget) do not take.
+_SINGLE = ("hessian", "inputs", "sparsity", "budget", "lam", "certify", "device", "out")
+
+
+def _folder_run(args: argparse.Namespace, method: str) -> int:
+    """``l0prune solve DIR``: every problem of the folder, the solutions written there."""
+    given = [f"--{name}" for name in _SINGLE if getattr(args, name) not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to one "
+                         f"problem W, not to a folder of problems ({args.weight})")
+    workers = integer(1)(args.workers, "--workers") if args.workers is not None else None
+    retries = integer(0)(args.retries, "--retries") if args.retries is not None else None
+    if workers is not None and args.scheduler is not None:
+        raise UsageError(f"give --workers or --scheduler, not both (got --workers {workers}, "
+                         f"--scheduler {args.scheduler})")
+    if retries is not None and workers is None:
+        raise UsageError("--retries applies to the cluster --workers N starts")
+    read_index(args.weight)  # a folder that is not one of problems: one line, before a cluster
+    with cluster(workers, args.scheduler, retries) as executor:
+        rows = solve_folder(args.weight, method, executor, options=_exact_options(args, method),
+                            seed=args.seed, show_progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"folder": args.weight, "method": method, "solutions": rows},
+                         indent=2))
+    elif not args.quiet:
+        print(table(rows, method), end="")
+        print(f"wrote {Path(args.weight) / 'solutions'}/ (solutions.json, table.md); apply them "
+              f"with l0prune prune ... --apply-solutions {args.weight}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``l0prune solve`` with parsed ``args``; returns the exit status."""
     method = solver()(args.method, "--method")
+    if Path(args.weight).is_dir():
+        return _folder_run(args, method)
+    for name in ("workers", "scheduler", "retries"):
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name} applies to a folder of problems (l0prune solve DIR), "
+                             f"not to one problem W")
     bound = choice(*BOUNDS)(args.bound, "--bound")
     if args.out is not None:
         check_output(Path(args.out), "--out")

@@ -75,3 +75,4 @@ def hf_folder(tmp_path_factory):
     for kind in tiny_hf.KINDS:
         tiny_hf.save(kind, root / kind, tok)
     return root
+

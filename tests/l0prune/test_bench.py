@@ -135,6 +135,19 @@ def test_synthetic_layer():
             synthetic_layer(**kwargs)
 
 
+def test_the_scale_benchmark_problems_share_h_within_a_block_and_are_psd():
+    from l0prune.bench.scale import BERT_SHAPES, problems, synthetic_H
+
+    H = synthetic_H(48, seed=0, rank=16)
+    e = torch.linalg.eigvalsh(H.double())
+    assert torch.allclose(H, H.T) and float(e[0]) >= 0.01 - 1e-5  # PSD, ridge 0.01
+    assert float(e[-1]) > 10 * float(e[-17])  # the spectrum decays
+    batch = problems(6, sparsity=0.5)
+    assert [p.shape for p in batch] == [*BERT_SHAPES, *BERT_SHAPES]
+    assert torch.equal(batch[0].H, batch[1].H) and batch[1].H.shape == (384, 384)
+    assert not torch.equal(batch[0].H, batch[3].H)  # the next block: other statistics
+
+
 def test_plot_of_error_against_time(tmp_path):
     W, H = synthetic_layer(16, 8)
     layers = {"a": (W, H), "b": (W[:8], H)}

@@ -82,17 +82,18 @@ def _pruned(model, report):
 
 
 def _fail_in_block(monkeypatch, block: int, error: BaseException, counter: list | None = None):
-    """Make ``LayerPruner.solve`` raise ``error`` on the first layer of ``block``."""
-    solve = LayerPruner.solve
+    """Make ``LayerPruner.solve_all`` raise ``error`` on a batch holding a layer of ``block``."""
+    solve_all = LayerPruner.solve_all
 
-    def failing(self, target, budget, moments):
-        if f".{block}." in target.name:
-            raise error
-        if counter is not None:
-            counter.append(target.name)
-        return solve(self, target, budget, moments)
+    def failing(self, jobs, on_done=None):
+        for target, _, _ in jobs:
+            if f".{block}." in target.name:
+                raise error
+            if counter is not None:
+                counter.append(target.name)
+        return solve_all(self, jobs, on_done)
 
-    monkeypatch.setattr(LayerPruner, "solve", failing)
+    monkeypatch.setattr(LayerPruner, "solve_all", failing)
 
 
 # --- finding the stack ---------------------------------------------------------------------------

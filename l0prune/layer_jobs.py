@@ -1,0 +1,139 @@
+"""One target's solves as a pure function of tensors, so that they run anywhere.
+
+:func:`solve_target` takes a layer's dense weight as ``(groups, out, in)``, its statistics
+(``H``; for a sequential run also the cross moment ``C = X^T X_0 / N`` and the dense moment
+``D = X_0^T X_0 / N``), one or more budgets, the method and its options, and returns one
+:class:`TargetSolution` per budget. No model, no data: it ships to any executor
+(:mod:`solvers.many`), and gives the same bits wherever it runs on the CPU with one torch
+thread. The problems are those of :meth:`solvers.LayerProblem.from_moments` (one per
+convolution group), built once for all the budgets, so an error curve's solves share their
+factorisations on the worker as they do here.
+
+The error reported is the layer problem's relative error, or with paired statistics
+``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2`` (:meth:`solvers.LayerProblem.output_error`), summed
+over the groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from solvers import Budget, LayerProblem, solve
+from solvers.many import ensure_method
+
+__all__ = ["TargetSolution", "solve_problems", "solve_target", "target_problems"]
+
+
+@dataclass
+class TargetSolution:
+    """One target's solution under one budget, every convolution group stacked.
+
+    Attributes:
+        weight: the pruned weight, ``(groups, out, in)``; ``None`` when only the error was asked.
+        mask: its support, boolean, same shape (or ``None`` with ``weight``).
+        relative_error: see the module docstring.
+        seconds: solver time, summed over the groups.
+    """
+
+    weight: torch.Tensor | None
+    mask: torch.Tensor | None
+    relative_error: float
+    seconds: float
+
+
+def target_problems(W: torch.Tensor, H: torch.Tensor, cross: torch.Tensor | None,
+                    dense: torch.Tensor | None) -> list[LayerProblem]:
+    """The layer problems of a target, one per convolution group.
+
+    Args:
+        W: the dense weight, ``(groups, out, in)``.
+        H: ``X^T X / N`` per group, ``(groups, in, in)``.
+        cross: ``X^T X_0 / N`` per group, or ``None`` for parallel statistics.
+        dense: ``X_0^T X_0 / N`` per group (with ``cross``), or ``None``.
+
+    Returns:
+        One unsized :class:`~solvers.LayerProblem` per group.
+    """
+    return [
+        LayerProblem.from_moments(W[i], H[i], None if cross is None else cross[i],
+                                  None if dense is None else dense[i])
+        for i in range(W.shape[0])
+    ]
+
+
+def solve_problems(problems: Sequence[LayerProblem], budgets: Sequence[Budget], method: str,
+                   options: Mapping, errors_only: bool = False) -> list[TargetSolution]:
+    """Solve a target's problems (one per group) under each budget.
+
+    Args:
+        problems: from :func:`target_problems` (their caches are shared by the budgets).
+        budgets: sized budgets for one group's problem.
+        method: a :func:`solvers.methods` name.
+        options: the method's options.
+        errors_only: keep only the errors and times (an error curve), not the weights.
+
+    Returns:
+        One :class:`TargetSolution` per budget.
+    """
+    solutions = []
+    for budget in budgets:
+        weights, masks, errors, seconds = [], [], [], 0.0
+        for base in problems:
+            solution = solve(base.with_budget(budget), method, **options)
+            weights.append(solution.weight)
+            masks.append(solution.mask)
+            errors.append(
+                (solution.relative_error, 1.0) if base.reference is None
+                else base.output_error(solution.weight)
+            )
+            seconds += solution.info["seconds"]
+        if len(errors) == 1 and problems[0].reference is None:
+            error = errors[0][0]
+        else:
+            num, den = sum(e[0] for e in errors), sum(e[1] for e in errors)
+            error = num / den if den > 0 else (0.0 if num <= 0 else math.inf)
+        if errors_only:
+            solutions.append(TargetSolution(None, None, float(error), seconds))
+        else:
+            solutions.append(TargetSolution(torch.stack(weights), torch.stack(masks),
+                                            float(error), seconds))
+    return solutions
+
+
+def solve_target(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    cross: torch.Tensor | None,
+    dense: torch.Tensor | None,
+    budgets: Sequence[Budget],
+    method: str,
+    options: Mapping,
+    errors_only: bool = False,
+    method_fn: Callable | None = None,
+) -> list[TargetSolution]:
+    """Solve a target under each budget, from its tensors (see the module docstring).
+
+    Args:
+        W, H, cross, dense: as for :func:`target_problems`.
+        budgets, method, options, errors_only: as for :func:`solve_problems`.
+        method_fn: the function of a method registered where the task was made, registered
+            here too (:func:`solvers.many.portable`); ``None`` for a built-in.
+
+    Returns:
+        One :class:`TargetSolution` per budget.
+
+    Example:
+        >>> from solvers import Unstructured
+        >>> W = torch.randn(1, 4, 8); X = torch.randn(64, 8, dtype=torch.float64)
+        >>> H = (X.T @ X / 64)[None]
+        >>> [s.mask.sum().item() for s in solve_target(
+        ...     W, H, None, None, [Unstructured(k=16), Unstructured(k=8)], "obs", {})]
+        [16, 8]
+    """
+    ensure_method(method, method_fn)
+    return solve_problems(target_problems(W, H, cross, dense), budgets, method, options,
+                          errors_only)
