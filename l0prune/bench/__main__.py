@@ -1,4 +1,5 @@
-"""``python -m l0prune.bench {solvers,models,certify,checkpoints} [options]``: run one benchmark.
+"""``python -m l0prune.bench NAME [options]``: run one benchmark (``solvers``, ``models``,
+``certify``, ``checkpoints``, ``lm``, ``llmcompressor``).
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -14,6 +15,8 @@ BENCHMARKS = {
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
+    "lm": "l0prune.bench.lm",
+    "llmcompressor": "l0prune.bench.llmcompressor_side",
 }
 
 
