@@ -3,7 +3,8 @@
 A run's ``budget`` names a family (unstructured, per-row, N:M, structured); each layer gets a
 member of it, sized per problem (per convolution group). Two ways to size them:
 
-- :func:`uniform`: every layer at the same sparsity;
+- :func:`uniform`: every layer at the same sparsity (a structured budget keeps at least one
+  group of each layer: :func:`least_count`);
 - :func:`spread`: a global number of kept weights split by each layer's error curve. Each layer's
   curve (relative error against weights removed) is replaced by its lower convex hull; the
   removals are then taken in order of cheapest error per weight removed, across layers, until
@@ -21,7 +22,10 @@ from solvers import Budget, Structured
 
 from .targets import Target
 
-__all__ = ["Curve", "kept", "layer_family", "per_layer", "sized", "spread", "uniform"]
+__all__ = [
+    "Curve", "given", "kept", "layer_family", "least_count", "per_layer", "sized", "spread",
+    "uniform",
+]
 
 
 def layer_family(target: Target, family: Budget) -> Budget:
@@ -47,6 +51,21 @@ def layer_family(target: Target, family: Budget) -> Budget:
     return family
 
 
+def least_count(family: Budget) -> int:
+    """The smallest count a layer is given: one group for a structured budget, else 0.
+
+    A structured count is whole column groups (input channels); rounding a sparsity to 0 of
+    them would remove the layer, which no one asks for (a convolution with one input channel
+    has a single group, so it stays dense).
+
+    Example:
+        >>> from solvers import Unstructured
+        >>> least_count(Structured(group=9)), least_count(Unstructured())
+        (1, 0)
+    """
+    return 1 if isinstance(family, Structured) else 0
+
+
 def sized(target: Target, family: Budget, sparsity: float) -> Budget:
     """``family`` sized for one problem of ``target`` at ``sparsity`` (rounded to a count).
 
@@ -65,7 +84,23 @@ def sized(target: Target, family: Budget, sparsity: float) -> Budget:
         Unstructured(sparsity=None, k=10)
     """
     family = layer_family(target, family)
-    return family.with_count(int(round((1.0 - sparsity) * family.max_count(target.shape))))
+    count = int(round((1.0 - sparsity) * family.max_count(target.shape)))
+    return family.with_count(max(count, least_count(family)))
+
+
+def given(target: Target, family: Budget) -> Budget:
+    """A sized ``family`` (the user's own budget) as it applies to ``target``, keeping at least
+    :func:`least_count` groups.
+
+    Example:
+        >>> from torch import nn
+        >>> given(Target("c", nn.Conv2d(1, 8, 3)), Structured(sparsity=0.5)).k
+        1
+    """
+    family = layer_family(target, family)
+    if least_count(family) == 0:
+        return family
+    return family.with_count(max(family.count(target.shape), least_count(family)))
 
 
 def kept(target: Target, budget: Budget) -> int:

@@ -4,9 +4,10 @@
   those of the dense model, so ``dense_model.load_state_dict(torch.load(path))`` works.
 - The *sparse file* stores each tensor in the smallest of three encodings: ``dense`` (the
   values), ``bitmask`` (one bit per entry, packed eight to a byte, plus the non-zero values in
-  order) or ``indices`` (int32 / int64 flat indices of the non-zeros plus their values). Its size
-  is about ``numel / 8 + nnz * itemsize`` bytes for a pruned weight, so it shrinks with the
-  density. :func:`load_sparse` reads it back to the same tensors, bit for bit.
+  order) or ``indices`` (int32 / int64 flat indices of the non-zeros plus their values; not for
+  a tensor so nearly zero that it would shrink over 1024 times). Its size is about
+  ``numel / 8 + nnz * itemsize`` bytes for a pruned weight, so it shrinks with the density.
+  :func:`load_sparse` checks it and reads it back to the same tensors, bit for bit.
 
 The suffix of each path decides its format: ``.pt`` / ``.pth`` / ``.bin`` a torch pickle (both
 files load with ``torch.load(..., weights_only=True)``), ``.safetensors`` safetensors (the dense
@@ -37,6 +38,12 @@ __all__ = ["ExportReport", "TensorExport", "export", "load_sparse"]
 _FORMAT = "l0prune-sparse"
 _VERSION = 1
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+#: A sparse file may decode to at most this many times its own size, plus :data:`_SLACK` bytes:
+#: far above what :func:`export` writes (it stores every tensor in at least 1 / _AMPLIFICATION
+#: of its bytes), far below what a crafted header declaring a huge all-zero shape would make
+#: :func:`load_sparse` allocate.
+_AMPLIFICATION = 1024
+_SLACK = 64 << 20
 
 
 @dataclass
@@ -115,6 +122,8 @@ def _encode(tensor: torch.Tensor) -> dict:
         "bitmask": math.ceil(numel / 8) + nnz * item,
         "indices": nnz * (index_bytes + item),
     }
+    if sizes["indices"] * _AMPLIFICATION < numel * item:  # nearly all zero: what load_sparse
+        del sizes["indices"]  # accepts is bounded by the file's size, so a bitmask it is
     encoding = min(sizes, key=sizes.get)
     if encoding == "dense":
         return {"encoding": "dense", "values": tensor.clone()}
@@ -127,6 +136,7 @@ def _encode(tensor: torch.Tensor) -> dict:
 
 
 def _decode(entry: dict) -> torch.Tensor:
+    """The tensor of a checked entry (see :func:`_check_entry`)."""
     if entry["encoding"] == "dense":
         return entry["values"]
     values, shape = entry["values"], entry["shape"]
@@ -134,11 +144,61 @@ def _decode(entry: dict) -> torch.Tensor:
     out = torch.zeros(numel, dtype=values.dtype)
     if entry["encoding"] == "bitmask":
         out[_unpack(entry["bits"], numel)] = values
-    elif entry["encoding"] == "indices":
-        out[entry["indices"].long()] = values
     else:
-        raise ValueError(f"unknown encoding {entry['encoding']!r} in the sparse file")
+        out[entry["indices"].long()] = values
     return out.reshape(shape)
+
+
+def _check_entry(entry, name: str, where: str) -> int:
+    """Raise ``ValueError`` unless ``entry`` is a consistent encoding of one tensor; return the
+    bytes it decodes to. Everything is checked against the stored data before anything of the
+    declared size is allocated."""
+    bad = f"{where}: tensor {name!r}"
+    if not isinstance(entry, dict) or entry.get("encoding") not in ("dense", "bitmask",
+                                                                     "indices"):
+        raise ValueError(f"{bad} has no known encoding (dense, bitmask or indices)")
+    values = entry.get("values")
+    if not isinstance(values, torch.Tensor):
+        raise ValueError(f"{bad}: values must be a tensor, got {type(values).__name__}")
+    if entry["encoding"] == "dense":
+        return values.numel() * values.element_size()
+    shape = entry.get("shape")
+    if not (isinstance(shape, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    )):
+        raise ValueError(f"{bad}: shape must be a list of non-negative integers, got {shape!r}")
+    if values.ndim != 1 or not values.is_floating_point():
+        raise ValueError(f"{bad}: values must be a 1-D floating tensor, got {values.dtype} "
+                         f"of shape {tuple(values.shape)}")
+    numel = math.prod(shape)
+    if entry["encoding"] == "bitmask":
+        bits = entry.get("bits")
+        if not (isinstance(bits, torch.Tensor) and bits.dtype == torch.uint8 and bits.ndim == 1
+                and bits.numel() == math.ceil(numel / 8)):
+            raise ValueError(f"{bad}: shape {shape} needs {math.ceil(numel / 8)} mask bytes, "
+                             f"the file holds {_describe(bits)}")
+        kept = int(_unpack(bits, numel).sum())
+        if kept != values.numel() or int(_unpack(bits, bits.numel() * 8).sum()) != kept:
+            raise ValueError(f"{bad}: its mask marks {kept} entries of {numel} for "
+                             f"{values.numel()} values")
+    else:
+        indices = entry.get("indices")
+        if not (isinstance(indices, torch.Tensor) and indices.dtype in (torch.int32, torch.int64)
+                and indices.shape == values.shape):
+            raise ValueError(f"{bad}: indices must be an int32 / int64 tensor of its "
+                             f"{values.numel()} values' length, the file holds "
+                             f"{_describe(indices)}")
+        if indices.numel() and (int(indices[0]) < 0 or int(indices[-1]) >= numel
+                                or not bool((indices[1:] > indices[:-1]).all())):
+            raise ValueError(f"{bad}: indices must increase within [0, {numel}) for shape "
+                             f"{shape}")
+    return numel * values.element_size()
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
 
 
 def _payload(entry: dict) -> int:
@@ -226,11 +286,18 @@ def export(
 def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in a sparse file written by :func:`export` (CPU tensors).
 
+    The file is checked before anything is allocated: each entry's encoding, types, shape
+    against its mask or indices, index ranges, and a total no larger than 1024 times the file
+    plus 64 MiB (the compact encodings cannot shrink a real tensor further).
+
     Args:
         path: the sparse file (a ``.safetensors`` one is read as safetensors).
 
     Returns:
         The dense state dict, equal to the one in the dense file.
+
+    Raises:
+        ValueError: the file is not a consistent sparse file of this version.
 
     Example:
         >>> import tempfile, os
@@ -243,12 +310,23 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     """
     if Path(path).suffix.lower() == ".safetensors":
         return read_compressed(path)
+    where = repr(str(path))
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise ValueError(f"{str(path)!r} is not an l0prune sparse file")
+        raise ValueError(f"{where} is not an l0prune sparse file")
     if data.get("version") != _VERSION:
         raise ValueError(
-            f"{str(path)!r} has sparse format version {data.get('version')!r}; "
+            f"{where} has sparse format version {data.get('version')!r}; "
             f"this l0prune reads version {_VERSION}"
         )
-    return {name: _decode(entry) for name, entry in data["tensors"].items()}
+    tensors = data.get("tensors")
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
+        raise ValueError(f"{where}: its tensors must be a dict by name")
+    total = sum(_check_entry(entry, name, where) for name, entry in tensors.items())
+    limit = _AMPLIFICATION * Path(path).stat().st_size + _SLACK
+    if total > limit:
+        raise ValueError(
+            f"{where} declares {total:,} bytes of tensors, more than {_AMPLIFICATION} x its "
+            f"size plus {_SLACK >> 20} MiB ({limit:,} bytes): not a file export wrote"
+        )
+    return {name: _decode(entry) for name, entry in tensors.items()}

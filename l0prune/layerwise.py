@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from solvers import METHODS, Budget, LayerProblem, solve
 
-from .allocation import Curve, layer_family
+from .allocation import Curve, layer_family, least_count
 from .masks import attach
+from .progress import progress
 from .snapshot import Snapshot
 from .statistics import Discovery, Moments, collect, input_groups
 from .targets import Target
@@ -228,9 +228,8 @@ class LayerPruner:
         plan = [[group] for group in self.groups] if self.sequential else [self.groups]
         if not self.sequential and not self.moments:
             self.moments = self._collect(self.groups)
-        with tqdm(
-            total=len(self.targets), desc="layers", leave=False, disable=not self.progress
-        ) as bar:
+        with progress("layers", "layer", total=len(self.targets), enabled=self.progress,
+                      transient=True) as bar:
             for index, level in enumerate(plan):
                 if self.sequential and index == 0:
                     self._first = self._first or self._collect(level)
@@ -261,20 +260,36 @@ class LayerPruner:
             One :class:`~l0prune.allocation.Curve` per target.
         """
         curves = []
-        with tqdm(
-            total=len(self.targets), desc="error curves", leave=False, disable=not self.progress
-        ) as bar:
+        with progress("error curves", "layer", total=len(self.targets), enabled=self.progress,
+                      transient=True) as bar:
             for t in self.targets:
-                fam = layer_family(t, family)
-                top = fam.max_count(t.shape)
-                counts = sorted({int(round((1 - s) * top)) for s in grid} | {top}, reverse=True)
-                errors = [0.0] + [
-                    self.solve(t, fam.with_count(c), self.moments[t.name]).relative_error
-                    for c in counts[1:]
-                ]
-                curves.append(Curve(t, fam, counts, errors))
+                curves.append(self.curve(t, family, grid, self.moments[t.name]))
                 bar.update()
         return curves
+
+    def curve(self, target: Target, family: Budget, grid: Sequence[float],
+              moments: Moments) -> Curve:
+        """``target``'s error curve at the sparsities in ``grid``, on ``moments``.
+
+        Args:
+            target: the layer.
+            family: the run's budget family.
+            grid: sparsities in [0, 1).
+            moments: its statistics.
+
+        Returns:
+            The :class:`~l0prune.allocation.Curve` (the dense count first, error 0).
+        """
+        fam = layer_family(target, family)
+        top = fam.max_count(target.shape)
+        least = least_count(fam)
+        counts = sorted(
+            {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
+        )
+        errors = [0.0] + [
+            self.solve(target, fam.with_count(c), moments).relative_error for c in counts[1:]
+        ]
+        return Curve(target, fam, counts, errors)
 
 
 def _problem(W: torch.Tensor, moments: Moments, i: int, budget: Budget) -> LayerProblem:

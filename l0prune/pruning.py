@@ -13,37 +13,53 @@ The run, in order (DESIGN.md 2.6 and 3):
 4. the report.
 
 Any exception (a bad batch, a solver error, ``KeyboardInterrupt``) puts the model back exactly as
-it was before the exception propagates. The price is memory: the snapshot holds a copy of the
-model's parameters and buffers on its device for the whole run (and the search keeps its best
-trial's state on the CPU).
+it was before the exception propagates, on the device it was on. The price is memory: the
+snapshot holds a copy of the model's parameters and buffers for the whole run, taken before the
+model moves to ``device`` (so on the model's own device, the CPU for a model moved to a GPU);
+the search keeps its best trial's state on the CPU.
+
+A model built as a stack of repeated blocks (a transformer) is pruned block by block by default
+(:mod:`l0prune.blockwise`): one pass over the calibration data, one block at a time on the
+device, the rollback copies taken per block where the model is
+(:class:`~l0prune.rollback.Rollback`) just before each block changes, and (with
+``checkpoint=``) each finished block written to disk so that a run resumes
+(:mod:`l0prune.resume`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from solvers import METHODS, NM, Budget, Unstructured
 
-from . import allocation
+from . import allocation, blocks
 from .batches import LossFn, check_data, cross_entropy, mean_loss
+from .blockwise import BlockPruner, outside_problem
 from .finetune import Finetune, masked_finetune
+from .input_check import explained
 from .layerwise import LayerPruner, LayerResult, method_options
 from .masks import attach, refresh
+from .progress import progress
 from .report import LayerReport, PruneReport, Trial
+from .resume import Checkpoint
+from .rollback import Rollback
 from .search import GRID, two_stage
-from .snapshot import Snapshot
+from .snapshot import Snapshot, move
 from .statistics import Moments, discover
 from .targets import Target, select_targets
 
-__all__ = ["prune"]
+__all__ = ["IncompatibleBudget", "prune"]
 
 
 def prune(
@@ -64,6 +80,11 @@ def prune(
     device: torch.device | str | None = None,
     options: Mapping | None = None,
     progress: bool = True,
+    skip_incompatible: bool = False,
+    blockwise: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    rollback_dir: str | os.PathLike | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -103,9 +124,34 @@ def prune(
             finetuning after pruning; with ``alpha``, after every trial of the search.
         seed: seeds finetuning and solvers that draw random numbers.
         device: where the run computes; default: the model's device. The model is moved there
-            (and back if the run fails).
+            (and back if the run fails); one that does not exist here (``"cuda"`` without
+            CUDA) or holds no data (``"meta"``) is a ``ValueError``.
         options: options for the solver method (see its docstring).
         progress: show progress bars.
+        skip_incompatible: leave dense, with a warning, the targets the budget cannot apply to
+            (an N:M budget on an input width not divisible by M; SparseGPT's scripts do the
+            same) instead of raising :class:`IncompatibleBudget`; they are listed in the
+            report's ``skipped``.
+        blockwise: prune block by block (:mod:`l0prune.blockwise`): ``None`` (default) when
+            the model is a stack of repeated blocks run one after the other (a transformer's
+            ``model.layers``, ``transformer.h``, ``encoder.layer``) and every target outside
+            the stack runs after it, else the whole-model path; ``True``: block by block or a
+            ``ValueError`` saying why not; ``False``: the whole-model path. Both give the same
+            masks with ``sequential=False`` and the same results up to float rounding with
+            ``sequential=True``. Block by block, only the blocks visit ``device``: the
+            validation loss and finetuning run where the model is.
+        checkpoint: a folder where a block-by-block run with a fixed budget (``sparsity`` or a
+            sized ``budget``, not ``alpha``) writes each finished block's weights and masks
+            (:mod:`l0prune.resume`); a model whose stack turns out not to be prunable block by
+            block (with ``blockwise=None``) takes the whole-model path and writes nothing.
+        resume: take the blocks finished in ``checkpoint`` by an earlier run with the same
+            settings and calibration data (the result is bit for bit that of a run never
+            interrupted); a checkpoint written with other settings or data is refused with one
+            line naming them.
+        rollback_dir: an existing folder where a block-by-block run moves the rollback copy of
+            each finished block (safetensors files, removed when the run ends), so that memory
+            holds the copy of one block at a time instead of a second copy of the stack; the
+            whole-model path ignores it (its snapshot is taken up front).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -122,30 +168,51 @@ def prune(
     """
     start = time.perf_counter()
     _check_arguments(model, calibration, sparsity, alpha, validation, method, budget)
-    _check_settings(loss_fn, sequential, seed, options, progress)
+    _check_settings(loss_fn, sequential, seed, options, progress, skip_incompatible)
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
-    device, moved_from = _device(model, device)
-    if moved_from is not None:
-        model.to(device)
-    snapshot = Snapshot(model)
+    _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
+    device = _device(model, device)
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    stack = blocks.find_stack(model) if blockwise is not False else None
+    spill = None if stack is None or rollback_dir is None else tempfile.mkdtemp(
+        prefix="l0prune-rollback-", dir=rollback_dir)
+    # before any move: a failure puts the model back where it was
+    snapshot = Snapshot(model) if stack is None else Rollback(model, spill)
     try:
+        if stack is None:
+            move(model, device)
         model.eval()
-        discovery = discover(model, next(iter(calibration)), device)
+        if stack is None:
+            discovery = discover(model, next(iter(calibration)), device)
+        else:
+            discovery, problem = blocks.discover(model, stack, next(iter(calibration)), home)
         if isinstance(sparsity, Mapping):
             chosen = _dict_targets(model, discovery.order, sparsity, targets, ignore)
         else:
             chosen = select_targets(model, discovery.order, targets, ignore)
-        _check_fits(chosen, family)
-        pruner = LayerPruner(
-            model, calibration, chosen, discovery, snapshot,
-            method=method, options=method_options(method, options, seed),
-            sequential=sequential, device=device, progress=progress,
-        )
+        chosen, skipped = _fitting(chosen, family, skip_incompatible)
+        if stack is not None:
+            stack = _settle(stack, problem or outside_problem(stack, chosen, discovery),
+                            blockwise, resume)
+            if stack is None or config is not None:  # the whole model changes
+                snapshot.capture(model)
+            if stack is None:
+                move(model, device)
+        common = dict(method=method, options=method_options(method, options, seed),
+                      sequential=sequential, device=device, progress=progress)
+        if stack is None:
+            pruner = LayerPruner(model, calibration, chosen, discovery, snapshot, **common)
+        else:
+            pruner = BlockPruner(
+                model, calibration, chosen, discovery, snapshot, stack, **common,
+                keep_inputs=alpha is not None,
+                checkpoint=None if checkpoint is None else Checkpoint(checkpoint, resume),
+            )
         run = _Run(
             model, pruner, snapshot, validation=validation, loss_fn=loss_fn or cross_entropy,
-            finetune=config, calibration=calibration, device=device, seed=seed,
-            progress=progress,
+            finetune=config, calibration=calibration, device=device if stack is None else home,
+            seed=seed, progress=progress,
         )
         if alpha is not None:
             run.search(alpha, family)
@@ -154,14 +221,18 @@ def prune(
         elif sparsity is not None:
             run.fixed(allocation.uniform(chosen, family, sparsity))
         else:
-            run.fixed({t.name: allocation.layer_family(t, family) for t in chosen})
+            run.fixed({t.name: allocation.given(t, family) for t in chosen})
         report = run.report(method, _budget_text(family), sequential, alpha, start)
+        report.skipped = skipped
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
+        if stack is not None:
+            report.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
     except BaseException:
         snapshot.restore()
-        if moved_from is not None:
-            model.to(moved_from)
         raise
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
     snapshot.restore_modes()
     return report
 
@@ -193,7 +264,7 @@ class _Run:
         self.limit = math.inf
         self.outcome: _Outcome | None = None  # the best so far
         self.current: _Outcome | None = None  # the one in the model
-        self.bar: tqdm | None = None
+        self.bar = None
 
     def evaluate(self) -> float:
         self.validation_passes += 1
@@ -216,14 +287,20 @@ class _Run:
         total = sum(r.total for r in results.values())
         return _Outcome(1.0 - kept / total, results, loss, before)
 
+    def dense_evaluate(self) -> float:
+        """The dense model's loss: the first pass over the validation data, so a batch that
+        does not fit the model is named there."""
+        with explained(self.model, "validation"):
+            return self.evaluate()
+
     def fixed(self, budgets: Mapping[str, Budget]) -> None:
         if self.validation is not None:
-            self.dense_loss = self.evaluate()
+            self.dense_loss = self.dense_evaluate()
         self.outcome = self.apply(budgets)
 
     def search(self, alpha: float, family: Budget) -> None:
         """The two-stage search of :mod:`l0prune.search`; leaves the best trial in the model."""
-        self.dense_loss = self.evaluate()
+        self.dense_loss = self.dense_evaluate()
         if self.dense_loss <= 0:
             raise ValueError(
                 f"alpha needs a positive dense validation loss, got {self.dense_loss:.6g}"
@@ -240,11 +317,13 @@ class _Run:
                 return None
             self.pruner.moments = self.outcome.moments
             curves = self.pruner.curves(family, GRID)
+            if isinstance(self.pruner, BlockPruner):  # its curves leave the model dense
+                self.current = None
             return lambda s: self._trial(
                 allocation.spread(curves, int(round((1 - s) * total))), "allocated", s
             )
 
-        with tqdm(desc="alpha search", unit="trial", disable=not self.progress) as self.bar:
+        with progress("alpha search", "trial", enabled=self.progress) as self.bar:
             two_stage(uniform, allocated)
             if self.outcome is None:  # nothing passed: the dense model, as pruned at 0 %
                 self._trial(allocation.uniform(targets, family, 0.0), "uniform", 0.0)
@@ -254,7 +333,7 @@ class _Run:
 
     def _trial(self, budgets: Mapping[str, Budget], stage: str, target: float) -> bool:
         """Prune the dense model under ``budgets``; keep the state if it is the best so far."""
-        self.snapshot.restore()
+        self.snapshot.restore(devices=False)
         self.model.eval()
         outcome = self.current = self.apply(budgets)
         met = outcome.loss <= self.limit
@@ -267,14 +346,14 @@ class _Run:
             }
             outcome.moments = dict(self.pruner.moments)
             self.outcome = outcome
-        self.bar.update()
         self.bar.set_postfix(stage=stage, sparsity=f"{outcome.sparsity:.3f}",
                              ratio=f"{outcome.loss / self.dense_loss:.4f}")
+        self.bar.update()
         return met
 
     def _put_back(self, outcome: _Outcome) -> None:
         """Make the model hold ``outcome``'s state again."""
-        self.snapshot.restore()
+        self.snapshot.restore(devices=False)
         self.model.eval()
         for t in self.pruner.targets:
             result = outcome.results[t.name]
@@ -287,8 +366,9 @@ class _Run:
     def report(self, method: str, budget: str, sequential: bool, alpha: float | None,
                start: float) -> PruneReport:
         outcome = self.outcome
+        shapes = {t.name: list(t.out_in_shape) for t in self.pruner.targets}
         layers = [
-            LayerReport(r.name, list(r.shape), r.kept, r.total, r.relative_error, r.seconds)
+            LayerReport(r.name, shapes[r.name], r.kept, r.total, r.relative_error, r.seconds)
             for r in outcome.results.values()
         ]
         return PruneReport(
@@ -307,16 +387,27 @@ def _budget_text(family: Budget) -> str:
     return f"{type(family).__name__}({', '.join(v for v in values if not v.endswith('=None'))})"
 
 
-def _device(model: nn.Module, device) -> tuple[torch.device, torch.device | None]:
-    """The run's device, and the model's device if the model must move there."""
-    current = next((p.device for p in model.parameters()), torch.device("cpu"))
+def _device(model: nn.Module, device) -> torch.device:
+    """The run's device (default: the model's), checked to exist and to hold data."""
     if device is None:
-        return current, None
+        return next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be a torch device or its name, got {device!r}") from None
-    return device, (current if device != current else None)
+    if device.type == "meta":
+        raise ValueError(
+            "device must hold data to compute on, such as 'cpu' or 'cuda'; got 'meta'"
+        )
+    try:  # exists, and takes a CPU tensor's data in place (as model.to needs)
+        torch.empty(0).data = torch.empty(0, device=device)
+    except Exception as err:  # torch raises AssertionError or RuntimeError by backend
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"device {str(device)!r} is not available here ({first}); give one that is, such "
+            f"as 'cpu'"
+        ) from None
+    return device
 
 
 def _fraction(value, name: str) -> None:
@@ -373,16 +464,58 @@ def _check_arguments(model, calibration, sparsity, alpha, validation, method, bu
         check_data(validation, "validation")
 
 
-def _check_settings(loss_fn, sequential, seed, options, progress) -> None:
+def _check_settings(loss_fn, sequential, seed, options, progress, skip_incompatible) -> None:
     if loss_fn is not None and not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable (outputs, batch) -> scalar, got {loss_fn!r}")
-    for name, value in (("sequential", sequential), ("progress", progress)):
+    for name, value in (("sequential", sequential), ("progress", progress),
+                        ("skip_incompatible", skip_incompatible)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f"options must be a dict of solver options, got {options!r}")
+
+
+def _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir) -> None:
+    if blockwise is not None and not isinstance(blockwise, bool):
+        raise ValueError(f"blockwise must be None, True or False, got {blockwise!r}")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a folder path, got {type(checkpoint).__name__}")
+    if rollback_dir is not None and not (
+        isinstance(rollback_dir, (str, os.PathLike)) and os.path.isdir(rollback_dir)
+    ):
+        raise ValueError(f"rollback_dir must be an existing folder, got {rollback_dir!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the folder of the run to resume)")
+    if checkpoint is not None and alpha is not None:
+        raise ValueError(
+            "checkpoint= works with a fixed budget (sparsity= or a sized budget), not alpha= "
+            "(every trial of the search prunes anew)"
+        )
+    if checkpoint is not None and blockwise is False:
+        raise ValueError("checkpoint= needs block-by-block pruning; got blockwise=False")
+    if (blockwise or checkpoint is not None) and blocks.find_stack(model) is None:
+        raise ValueError(
+            f"{'blockwise=True' if blockwise else 'checkpoint='} needs a model built as a stack "
+            "of repeated blocks (an nn.ModuleList of two or more modules of one type); "
+            f"{type(model).__name__} has none"
+        )
+
+
+def _settle(stack, problem: str | None, blockwise: bool | None, resume: bool):
+    """``stack`` if it can be pruned block by block, ``None`` for the whole-model path."""
+    if problem is None:
+        return stack
+    if blockwise or resume:
+        what = "blockwise=True" if blockwise else "resume=True"
+        raise ValueError(
+            f"{what} needs block-by-block pruning, but the stack {stack.name!r} cannot be: "
+            f"{problem}"
+        )
+    return None
 
 
 def _finetune_config(finetune) -> Finetune | None:
@@ -416,14 +549,47 @@ def _dict_targets(model, executed, sparsity, targets, ignore) -> list[Target]:
     return chosen
 
 
-def _check_fits(targets: Sequence[Target], family: Budget) -> None:
+class IncompatibleBudget(ValueError):
+    """The budget cannot apply to a target layer (an N:M budget on an input width that M does
+    not divide, a structured group that does not divide it).
+
+    Attributes:
+        layer: the layer's name.
+        budget: the budget, as text (``NM(n=2, m=4)``).
+        shape: the weight's shape, out x in (x kernel).
+        reason: why, from the budget.
+    """
+
+    def __init__(self, layer: str, budget: str, shape: tuple[int, ...], reason: str):
+        self.layer, self.budget, self.shape, self.reason = layer, budget, shape, reason
+        super().__init__(
+            f"budget {budget} does not fit layer {layer!r} (weight "
+            f"{'x'.join(map(str, shape))}): {reason}; leave it dense with ignore=[{layer!r}], "
+            "or every such layer with skip_incompatible=True"
+        )
+
+
+def _fitting(targets: Sequence[Target], family: Budget,
+             skip: bool) -> tuple[list[Target], dict[str, str]]:
+    """The targets ``family`` fits, and why each other one does not (by name); without
+    ``skip`` the first misfit raises :class:`IncompatibleBudget`."""
+    fitting, skipped = [], {}
     for t in targets:
         try:
             allocation.layer_family(t, family).max_count(t.shape)
             if family.sized:
                 allocation.layer_family(t, family).check(t.shape)
         except ValueError as err:
-            raise ValueError(
-                f"budget {family!r} does not fit layer {t.name!r} (weight "
-                f"{'x'.join(map(str, t.weight_shape))}, problem {t.shape[0]}x{t.shape[1]}): {err}"
-            ) from None
+            misfit = IncompatibleBudget(t.name, _budget_text(family), t.out_in_shape, str(err))
+            if not skip:
+                raise misfit from None
+            warnings.warn(f"layer {t.name!r} left dense: {misfit.reason}", stacklevel=3)
+            skipped[t.name] = misfit.reason
+        else:
+            fitting.append(t)
+    if not fitting:
+        raise ValueError(
+            f"budget {_budget_text(family)} fits none of the target layers "
+            f"({', '.join(skipped)}): nothing to prune"
+        )
+    return fitting, skipped

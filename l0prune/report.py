@@ -21,7 +21,8 @@ class LayerReport:
 
     Attributes:
         name: fully qualified module name.
-        shape: the stored weight's shape.
+        shape: the weight's shape, out x in (x kernel) for every layer type (a Hugging Face
+            ``Conv1D``, stored in x out, is shown transposed).
         kept: weights kept.
         total: weights in the layer.
         relative_error: the layer's relative output error ``tr(D H D^T) / tr(W H W^T)``.
@@ -81,14 +82,18 @@ class PruneReport:
         validation_passes: passes over the validation data.
         finetune_steps: optimizer steps of finetuning, all trials together.
         trials: the search steps, in order (empty without ``alpha``).
+        skipped: targets left dense because the budget does not fit them (name -> why), with
+            ``skip_incompatible``.
         perplexity: the loss is a mean next-token negative log-likelihood (a causal LM), so
             ``exp`` of each loss is a perplexity and the report gives them.
+        blocks: the stack pruned block by block (its name and block count), or ``None`` for
+            the whole-model path.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
         >>> report.sparsity
         0.75
-        >>> PruneReport.from_json(report.to_json()) == report
+        >>> PruneReport.from_json_string(report.to_json()) == report
         True
     """
 
@@ -105,7 +110,9 @@ class PruneReport:
     validation_passes: int = 0
     finetune_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
     perplexity: bool = False
+    blocks: str | None = None
 
     @property
     def kept(self) -> int:
@@ -199,6 +206,7 @@ class PruneReport:
         lines = [
             f"sparsity {100 * self.sparsity:.2f} % ({self.kept:,} of {self.total:,} weights "
             f"kept), method {self.method}, budget {self.budget}, {mode} statistics"
+            + (f", block by block ({self.blocks})" if self.blocks else "")
         ]
         if self.dense_loss is not None and self.pruned_loss is not None:
             reached = self.alpha_reached
@@ -209,6 +217,8 @@ class PruneReport:
             if self.loss_before_finetune is not None:
                 text += f"; before finetuning {self.loss_before_finetune:.4g}"
             lines.append(text)
+        if self.skipped:
+            lines.append(f"left dense, the budget does not fit them: {', '.join(self.skipped)}")
         if self.perplexity_ratio is not None:
             lines.append(
                 f"perplexity: dense {self.dense_perplexity:.4g}, pruned "
@@ -283,8 +293,39 @@ class PruneReport:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> PruneReport:
-        """A report from :meth:`to_json` text.
+    def from_json(cls, path: str | Path) -> PruneReport:
+        """A report from the file :meth:`to_json` wrote.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The report.
+
+        Example:
+            >>> import tempfile, os
+            >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u",
+            ...                      True)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     _ = report.to_json(os.path.join(d, "report.json"))
+            ...     PruneReport.from_json(os.path.join(d, "report.json")) == report
+            True
+        """
+        path = Path(path)
+        try:
+            found = path.is_file()
+        except OSError:  # JSON text given as a path: a name too long for the system
+            found = False
+        if not found:
+            raise ValueError(
+                f"path must be a JSON file written by PruneReport.to_json, got {str(path)[:60]!r} "
+                "(no such file; for JSON text use PruneReport.from_json_string)"
+            )
+        return cls.from_json_string(path.read_text())
+
+    @classmethod
+    def from_json_string(cls, text: str) -> PruneReport:
+        """A report from the JSON text :meth:`to_json` returns.
 
         Args:
             text: the JSON text.
@@ -293,7 +334,8 @@ class PruneReport:
             The report.
 
         Example:
-            >>> PruneReport.from_json(PruneReport([], "admm", "u", True).to_json()).sequential
+            >>> text = PruneReport([], "admm", "u", True).to_json()
+            >>> PruneReport.from_json_string(text).sequential
             True
         """
         return cls.from_dict(json.loads(text))

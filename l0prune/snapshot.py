@@ -6,6 +6,9 @@ finetuned, the model moved between devices and switched between train and eval m
 hooks and its mode, and :meth:`Snapshot.restore` puts all of it back: the same tensor objects,
 the same values, on the same devices, with any pruning re-parametrization undone. The search uses
 it to start each trial from the dense model; a failed run uses it to leave the model untouched.
+A run on another device captures the model where it is (the copy stays there, off the run's
+device), then moves it with :func:`move`, which keeps every tensor object, so the snapshot still
+names them and can put them back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Snapshot"]
+__all__ = ["Snapshot", "move", "put_back"]
+
+
+@torch.no_grad()
+def put_back(tensor: torch.Tensor, saved: torch.Tensor, requires_grad: bool,
+             grad: torch.Tensor | None, *, devices: bool = True) -> None:
+    """Give ``tensor`` (the same object) the value, dtype, shape and gradient captured.
+
+    Args:
+        tensor: a parameter or buffer.
+        saved: its captured value.
+        requires_grad: its captured ``requires_grad``.
+        grad: its captured gradient, or ``None``.
+        devices: back on the device it was captured on; ``False``: on the one it is on now.
+
+    Returns:
+        None.
+
+    Example:
+        >>> weight = torch.zeros(2)
+        >>> put_back(weight, torch.ones(2), False, None); weight
+        tensor([1., 1.])
+    """
+    device = saved.device if devices else tensor.device
+    if (tensor.device, tensor.dtype, tensor.shape) == (device, saved.dtype, saved.shape):
+        tensor.copy_(saved)
+    else:
+        tensor.data = saved.to(device, copy=True)
+    tensor.requires_grad_(requires_grad)
+    tensor.grad = None if grad is None else grad.to(device, copy=True)
 
 
 class _ModuleState:
@@ -69,8 +101,13 @@ class Snapshot:
         """
         return self.values[id(tensor)][1]
 
-    def restore(self) -> None:
+    def restore(self, *, devices: bool = True) -> None:
         """Put the model back as captured: structure, values, devices, hooks and modes.
+
+        Args:
+            devices: put every tensor back on the device it was captured on; ``False`` copies
+                the captured values onto the device each tensor is on now (a run that moved the
+                model there starts a trial from the dense values without moving it back).
 
         Returns:
             None.
@@ -96,16 +133,8 @@ class Snapshot:
             module._buffers.clear()
             module._buffers.update(state.buffers)
             module.training = state.training
-        with torch.no_grad():
-            for tensor, saved, requires_grad, grad in self.values.values():
-                if (tensor.device, tensor.dtype, tensor.shape) == (
-                    saved.device, saved.dtype, saved.shape
-                ):
-                    tensor.copy_(saved)
-                else:
-                    tensor.data = saved.clone()
-                tensor.requires_grad_(requires_grad)
-                tensor.grad = None if grad is None else grad.clone()
+        for tensor, saved, requires_grad, grad in self.values.values():
+            put_back(tensor, saved, requires_grad, grad, devices=devices)
 
     def restore_modes(self) -> None:
         """Put back only each module's train / eval mode.
@@ -120,3 +149,32 @@ class Snapshot:
         """
         for module, state in self.modules:
             module.training = state.training
+
+
+def move(model: nn.Module, device: torch.device) -> None:
+    """Move ``model``'s parameters, buffers and gradients to ``device``, keeping each tensor
+    object (``model.to`` replaces buffers by new ones, which a :class:`Snapshot` taken before
+    would no longer name).
+
+    Args:
+        model: the model.
+        device: where its tensors go.
+
+    Returns:
+        None.
+
+    Example:
+        >>> layer = nn.BatchNorm1d(2); mean = layer.running_mean
+        >>> move(layer, torch.device("cpu")); layer.running_mean is mean
+        True
+    """
+    seen: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            for tensor in (*module._parameters.values(), *module._buffers.values()):
+                if tensor is None or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                tensor.data = tensor.data.to(device)
+                if tensor.grad is not None:
+                    tensor.grad.data = tensor.grad.data.to(device)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .batches import attention_mask, check_data, forward, to_device
+from .input_check import explained
 from .targets import Target, prunable_layers, select_targets
 
 __all__ = ["Discovery", "Moments", "collect", "discover", "input_groups", "second_moments"]
@@ -89,7 +90,8 @@ def discover(model: nn.Module, batch, device: torch.device) -> Discovery:
         for n, m in prunable_layers(model).items()
     ]
     try:
-        forward(model, batch, device)
+        with explained(model, "calibration"):
+            forward(model, batch, device)
     finally:
         for handle in handles:
             handle.remove()

@@ -109,6 +109,13 @@ class Target:
         return tuple(self.module.weight.shape)
 
     @property
+    def out_in_shape(self) -> tuple[int, ...]:
+        """The weight's shape as reports show it, out x in (x kernel) for every layer type: a
+        ``Conv1D``'s stored in x out is transposed."""
+        w = self.weight_shape
+        return (w[1], w[0]) if self.is_transposed else w
+
+    @property
     def shape(self) -> tuple[int, int]:
         """``(rows, cols)`` of one problem: ``(out/groups, in/groups * kernel)``."""
         w = self.weight_shape

@@ -16,7 +16,7 @@ import time
 import torch
 
 from .bounds import BOUNDS, lower_bound
-from .problem import LayerProblem
+from .problem import PSD_TOLERANCE, LayerProblem
 from .solution import Solution
 
 __all__ = ["METHODS", "solve", "solve_to_tolerance"]
@@ -77,7 +77,9 @@ def solve(
         **options: the method's own options (see its docstring).
 
     Returns:
-        A :class:`~solvers.solution.Solution` whose mask meets the budget exactly.
+        A :class:`~solvers.solution.Solution` whose mask meets the budget exactly, its weight
+        in ``problem.output_dtype`` (an fp16 / bf16 ``W``'s own dtype); the figures are those
+        of that weight.
 
     Example:
         >>> import torch
@@ -98,6 +100,7 @@ def solve(
     used = _options_used(fn, method, options)
     start = time.perf_counter()
     weight, mask, info = fn(problem, **options)
+    weight = weight.to(problem.output_dtype)
     seconds = time.perf_counter() - start
     info = {"method": method, "options": used, "seconds": seconds, **info}
     solution = Solution(
@@ -120,12 +123,16 @@ def _certify(problem: LayerProblem, solution: Solution, bound: str) -> None:
     if proven is not None:
         lb = max(lb, float(proven))
     D = solution.weight.double() - problem.W.double()
-    f = float(((D @ problem.damped.double()) * D).sum())
-    if lb > f + 1e-9 * abs(f):
+    A = problem.damped.double()
+    f = max(float(((D @ A) * D).sum()), 0.0)  # round-off below 0 on a singular H is 0
+    # H is PSD only within PSD_TOLERANCE (and rounded), so f and lb carry errors of that order.
+    slack = 1e-9 * f + PSD_TOLERANCE * float(A.abs().max()) * float((D * D).sum())
+    if lb > f + slack:
         raise RuntimeError(
             f"lower bound {lb!r} ({bound}) is above the objective {f!r} of a feasible solution "
             f"({solution.info['method']}): a bug in the bound or the method"
         )
+    lb = min(lb, f, solution.objective)  # lowering a bound keeps it valid
     solution.lower_bound = lb
     solution.gap = max((f - lb) / f, 0.0) if f > 0 else 0.0
     solution.info["bound"] = bound

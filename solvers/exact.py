@@ -43,7 +43,7 @@ from .diagonal import eig_diagonal
 from .magnitude import magnitude
 from .perspective import PerspectiveProgram
 
-__all__ = ["exact"]
+__all__ = ["TooLarge", "exact", "program_binaries"]
 
 SOLVERS = ("ECOS_BB", "SCIP")
 PROVEN_GAP = 1e-6
@@ -51,6 +51,28 @@ _OPTIONS = {
     "ECOS_BB": {"mi_rel_eps": 1e-7, "mi_abs_eps": 1e-9, "mi_max_iters": 10**6},
     "SCIP": {},
 }
+
+
+class TooLarge(ValueError):
+    """A layer whose exact program has more gates than ``max_binaries``."""
+
+    def __init__(self, binaries: int, max_binaries: int):
+        self.binaries, self.max_binaries = binaries, max_binaries
+        super().__init__(
+            f"instance too large for the exact solve: one program has {binaries} binary "
+            f"variables, over max_binaries={max_binaries} (branch and bound grows "
+            f"exponentially). Use a heuristic with a certified gap instead, e.g. "
+            f"solve(problem, method='admm', certify=True), or lower_bound(problem)."
+        )
+
+
+def program_binaries(problem) -> int:
+    """The gates (binary variables) of one program of ``problem``'s exact solve: a row's
+    weights for per-row and N:M budgets, the layer's for unstructured, its column groups for
+    structured."""
+    card = Cardinality.of(problem.budget, problem.shape)
+    rows = 1 if card.rows_independent else problem.shape[0]
+    return Cardinality.of(problem.budget, (rows, problem.shape[1])).atoms
 
 
 def exact(
@@ -98,12 +120,7 @@ def exact(
     rows = [[r] for r in range(out)] if card.rows_independent else [list(range(out))]
     program_card = Cardinality.of(problem.budget, (len(rows[0]), inp))
     if program_card.atoms > max_binaries:
-        raise ValueError(
-            f"instance too large for the exact solve: one program has {program_card.atoms} "
-            f"binary variables, over max_binaries={max_binaries} (branch and bound grows "
-            f"exponentially). Use a heuristic with a certified gap instead, e.g. "
-            f"solve(problem, method='admm', certify=True), or lower_bound(problem)."
-        )
+        raise TooLarge(program_card.atoms, max_binaries)
     A = problem.damped.double()
     e = torch.linalg.eigvalsh(A)
     if not float(e[0]) > 1e-10 * float(e[-1]):

@@ -89,8 +89,10 @@ def iht(
     warmup = min(warmup, max_iter)  # the continuation ends on the budget, however short the run
     sc = scale(problem)
     A = sc.H
-    lipschitz = 2.0 * float(torch.linalg.eigvalsh(A.double())[-1]) if A.numel() else 1.0
-    eta = 1.0 / max(lipschitz, 1e-30)
+    lipschitz = 2.0 * float(torch.linalg.eigvalsh(A.double())[-1]) if A.numel() else 0.0
+    # A = 0 (H = 0, lam = 0: f is constant) has no step scale: any step keeps the iterate.
+    eta = 1.0 / lipschitz if lipschitz > 0 else 1.0
+    eta_max = 1e6 * eta  # the line search's growth stops here (an inf step would give NaN)
 
     def budget_at(it: int):
         if it >= warmup:
@@ -114,7 +116,7 @@ def iht(
         DY = Y - sc.W0
         fY = float((RY * DY).sum())
         if line_search:
-            eta *= grow
+            eta = min(eta * grow, eta_max)
         while True:
             Z = Y - eta * 2.0 * RY
             new_mask = current.select(Z * Z)

@@ -18,11 +18,17 @@ import torch
 
 from .budgets import Budget, Unstructured
 
-__all__ = ["LayerProblem", "as_tensor"]
+__all__ = ["PSD_TOLERANCE", "LayerProblem", "as_tensor"]
+
+
+#: ``H`` counts as positive semidefinite when ``H + PSD_TOLERANCE * max|H| I`` has a Cholesky
+#: factor, i.e. ``lambda_min(H) > -PSD_TOLERANCE * max|H|``: room for the round-off of a second
+#: moment summed in float32, far below what a wrong sign or a non-covariance gives.
+PSD_TOLERANCE = 1e-4
 
 
 def as_tensor(value, name: str, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-    """``value`` (a numpy array or torch tensor) as a floating torch tensor, detached."""
+    """``value`` (a real numpy array or torch tensor) as a floating torch tensor, detached."""
     if isinstance(value, np.ndarray):
         tensor = torch.from_numpy(np.ascontiguousarray(value))
     elif isinstance(value, torch.Tensor):
@@ -31,9 +37,54 @@ def as_tensor(value, name: str, dtype: torch.dtype | None = None, device=None) -
         raise ValueError(
             f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}"
         )
+    if tensor.is_complex():
+        raise ValueError(f"{name} must be real, got a {tensor.dtype} tensor")
     if dtype is None:
         dtype = tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
     return tensor.to(dtype=dtype, device=device)
+
+
+def _half_precision(value) -> torch.dtype | None:
+    """``value``'s dtype when it is a half-precision float (fp16 / bf16), else ``None``."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float16:
+        return torch.float16
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.dtype
+    return None
+
+
+def _check_psd(H: torch.Tensor, scale: float) -> None:
+    """Raise unless ``H`` (symmetric, ``scale = max|H|``) is PSD within :data:`PSD_TOLERANCE`.
+
+    One Cholesky of ``H + tol * scale * I`` in float64 (a third of a matrix product); the
+    smallest eigenvalue is computed only for the message.
+    """
+    if scale == 0:  # H = 0: PSD
+        return
+    H64 = H.double()
+    shift = PSD_TOLERANCE * scale
+    eye = torch.eye(H.shape[0], dtype=torch.float64, device=H.device)
+    if int(torch.linalg.cholesky_ex(H64 + shift * eye).info) == 0:
+        return
+    smallest = float(torch.linalg.eigvalsh(H64)[0])
+    raise ValueError(
+        f"H must be positive semidefinite (a second moment X^T X / N), got smallest "
+        f"eigenvalue {smallest:.4g} with max |H| = {scale:.4g} (tolerance "
+        f"-{PSD_TOLERANCE:g} x max |H|)"
+    )
+
+
+def _ridge(lam, H: torch.Tensor | None) -> float:
+    """``lam`` as a float (a Python, numpy or 0-d torch number); ``None``: the default."""
+    if lam is None:
+        return 0.01 * float(H.diagonal().mean()) if H is not None and H.shape[0] else 0.0
+    if isinstance(lam, (np.generic, np.ndarray, torch.Tensor)) and lam.ndim == 0:
+        lam = lam.item()
+    if isinstance(lam, bool) or not (
+        isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0
+    ):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    return float(lam)
 
 
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
@@ -47,14 +98,17 @@ class LayerProblem:
 
     Args:
         W: dense weight, out x in (numpy or torch; a Conv weight flattened to out x in*kh*kw).
-        H: input second moment, in x in, symmetric; ``None`` for the identity.
-        lam: ridge weight; ``None`` means ``0.01 * mean(diag H)`` (0 when ``H`` is ``None``).
+        H: input second moment, in x in, symmetric positive semidefinite (within
+            :data:`PSD_TOLERANCE` of its scale); ``None`` for the identity.
+        lam: ridge weight, a number (Python, numpy or 0-d tensor); ``None`` means
+            ``0.01 * mean(diag H)`` (0 when ``H`` is ``None``).
         budget: a :class:`~solvers.budgets.Budget`; or give ``sparsity`` / ``k`` for an
             unstructured one.
         sparsity: fraction of weights removed, in [0, 1) (unstructured).
         k: number of weights kept (unstructured).
         dtype: computation dtype (``torch.float64`` for small exact work); default: ``W``'s
-            floating dtype, float32 for anything else.
+            dtype if float32 / float64, else float32. Solutions of an fp16 / bf16 ``W`` come
+            back in that dtype (:attr:`output_dtype`).
 
     Computation runs in torch on ``W``'s device.
 
@@ -78,7 +132,11 @@ class LayerProblem:
         k: int | None = None,
         dtype: torch.dtype | None = None,
     ):
+        half = _half_precision(W)
         W = as_tensor(W, "W", dtype)
+        #: The dtype solutions come back in: ``W``'s own when it is fp16 / bf16 (computed in
+        #: float32), else the computation dtype.
+        self.output_dtype = half if half is not None and dtype is None else W.dtype
         if W.ndim != 2:
             raise ValueError(f"W must be a 2-D matrix (out x in), got shape {tuple(W.shape)}")
         _check_finite(W, "W")
@@ -101,13 +159,9 @@ class LayerProblem:
             if asym > 1e-5 * scale + 1e-12:
                 raise ValueError(f"H must be symmetric, got max |H - H^T| = {asym:.3g}")
             H = (H + H.T) / 2
+            _check_psd(H, scale)
         self.H = H
-
-        if lam is None:
-            lam = 0.01 * float(H.diagonal().mean()) if H is not None and n_in else 0.0
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        self.lam = float(lam)
+        self.lam = _ridge(lam, H)
 
         if budget is not None and (sparsity is not None or k is not None):
             raise ValueError(
@@ -135,7 +189,7 @@ class LayerProblem:
         X = X.reshape(-1, X.shape[-1])
         if X.shape[0] == 0:
             raise ValueError("X must hold at least one row, got 0")
-        return cls(W_t, X.T @ X / X.shape[0], lam, budget, **kw)
+        return cls(W, X.T @ X / X.shape[0], lam, budget, **kw)
 
     def with_budget(self, budget: Budget) -> LayerProblem:
         """The same ``(W, H, lam)`` under another budget (shares the cached factorisations)."""
@@ -173,11 +227,12 @@ class LayerProblem:
         return e.clamp_min(0).to(self.W.dtype), Q.to(self.W.dtype)
 
     def objective(self, weight: torch.Tensor) -> float:
-        """``f(W') = tr((W'-W)(H + lam I)(W'-W)^T)``."""
+        """``f(W') = tr((W'-W)(H + lam I)(W'-W)^T)``, ``>= 0`` (a singular ``H`` can give a
+        round-off value just below 0, reported as 0)."""
         D = weight - self.W
         if self.H is None:
             return float((1.0 + self.lam) * (D * D).sum())
-        return float(((D @ self.damped) * D).sum())
+        return max(float(((D @ self.damped) * D).sum()), 0.0)
 
     def gradient(self, weight: torch.Tensor) -> torch.Tensor:
         """``grad f(W') = 2 (W' - W)(H + lam I)``."""
@@ -192,12 +247,14 @@ class LayerProblem:
         """``tr(W H W^T)``: the dense layer's output energy, the relative error's denominator."""
         if self.H is None:
             return float((self.W * self.W).sum())
-        return float(((self.W @ self.H) * self.W).sum())
+        return max(float(((self.W @ self.H) * self.W).sum()), 0.0)
 
     def relative_error(self, weight: torch.Tensor) -> float:
-        """``tr((W'-W) H (W'-W)^T) / tr(W H W^T)``: the layer's relative output change."""
+        """``tr((W'-W) H (W'-W)^T) / tr(W H W^T)``: the layer's relative output change,
+        ``>= 0`` (round-off below 0 on a singular ``H`` is reported as 0)."""
         D = weight - self.W
         num = float((D * D).sum()) if self.H is None else float(((D @ self.H) * D).sum())
+        num = max(num, 0.0)
         den = self.output_energy
         return num / den if den > 0 else (0.0 if num <= 0 else math.inf)
 

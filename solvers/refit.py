@@ -10,7 +10,7 @@ equations ``(H + lam I)_SS w_S = ((H + lam I) w)_S`` for the dense row ``w``. Tw
   it is the choice for wide layers and for polishing a nearly optimal start (ADMM's last iterate).
 
 A singular ``(H + lam I)_SS`` (``lam = 0`` with few calibration rows) is damped by a growing jitter
-instead of failing.
+instead of failing; weights of dead inputs (``H_jj + lam = 0``) keep their values.
 """
 
 from __future__ import annotations
@@ -53,10 +53,26 @@ def refit(
         width = int(mask.sum(dim=1).max()) if mask.numel() else 0
         method = "exact" if mask.shape[0] * width**3 / 3 <= _EXACT_FLOP_LIMIT else "cg"
     if method == "exact":
-        return _refit_exact(problem, mask)
-    if method == "cg":
-        return _refit_cg(problem, mask, init, tol, max_iter)
-    raise ValueError(f"method must be 'auto', 'exact' or 'cg', got {method!r}")
+        weight = _refit_exact(problem, mask)
+    elif method == "cg":
+        weight = _refit_cg(problem, mask, init, tol, max_iter)
+    else:
+        raise ValueError(f"method must be 'auto', 'exact' or 'cg', got {method!r}")
+    return _keep_dead_inputs(problem, mask, weight)
+
+
+def _keep_dead_inputs(problem, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``W`` on the support's columns where ``H_jj + lam = 0``.
+
+    Such an input is always zero in the calibration data (``H`` is PSD, so its row and column
+    of ``H + lam I`` vanish): ``f`` does not depend on its weights, and of all the optima the
+    one closest to ``W`` keeps them as they were (with ``H = 0`` the layer stays as trained
+    instead of becoming zero).
+    """
+    dead = problem.damped_diagonal == 0
+    if not bool(dead.any()):
+        return weight
+    return torch.where(dead & mask, problem.W, weight)
 
 
 def damped_cholesky(A: torch.Tensor) -> torch.Tensor:

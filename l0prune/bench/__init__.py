@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m l0prune.bench solvers|models|certify`` (see each module)."""
+"""Benchmarks: ``python -m l0prune.bench solvers|models|certify|memory`` (see each module)."""
 
 from __future__ import annotations
 

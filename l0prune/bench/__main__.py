@@ -1,5 +1,5 @@
 """``python -m l0prune.bench NAME [options]``: run one benchmark (``solvers``, ``models``,
-``certify``, ``checkpoints``, ``lm``, ``llmcompressor``).
+``certify``, ``checkpoints``, ``memory``, ``lm``, ``llmcompressor``).
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
+    "memory": "l0prune.bench.memory",
     "lm": "l0prune.bench.lm",
     "llmcompressor": "l0prune.bench.llmcompressor_side",
 }

@@ -2,15 +2,20 @@
 
 Bad input (a flag's value, a missing file, a ``MODULE:NAME`` that does not import) ends with one
 line ``l0prune: error: ...`` and exit status 2; any other failure with one line and status 1
-(``--traceback`` shows the traceback instead); Ctrl-C with status 130. A run that fails writes
-no output.
+(``--traceback`` shows the traceback instead); Ctrl-C (SIGINT) with status 130 and SIGTERM with
+143, each after the same clean-up as a failure. A run that fails writes no output.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import bench_cmd, prune_cmd, solve_cmd
 from .errors import UsageError
@@ -52,8 +57,46 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (as SIGINT raises ``KeyboardInterrupt``), so that
+    every ``finally`` and ``except BaseException`` clean-up runs: the model is put back and a
+    half-written output folder removed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (main thread only: Python
+    delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"l0prune: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    with _sigterm_raises(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line, as the errors
+        try:
+            return _main(argv)
+        except Terminated:
+            print("l0prune: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = None

@@ -1,26 +1,27 @@
-"""``l0prune bench [solvers|models|lm|llmcompressor] [OPTIONS]``: the benchmark tables, printed
-and written as markdown, by the benchmarks of :mod:`l0prune.bench` (each module's ``main(argv)``).
+"""``l0prune bench [solvers|models|certify|checkpoints|memory|lm|llmcompressor] [OPTIONS]``:
+the benchmark tables, printed and written as markdown, by the benchmarks of
+:mod:`l0prune.bench` (each module's ``main(argv)``).
 
-With no name ``solvers`` and ``models`` run in turn, each with its default output file; OPTIONS
-go to the benchmark as given (``l0prune bench solvers --help`` lists them).
+With no name, solvers and models run in turn, each with its default output file (certify, the
+exact solves, checkpoints, memory, lm and llmcompressor run only when named); OPTIONS go to the
+benchmark as given (``l0prune bench solvers --help`` lists them). A bad name or option is one
+line and exit status 2, as everywhere on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from l0prune.bench.__main__ import BENCHMARKS
 
 from .errors import UsageError
 
-__all__ = ["BENCHMARKS", "DEFAULT", "add_parser", "run"]
+__all__ = ["BENCHMARKS", "add_parser", "run"]
 
-BENCHMARKS = {
-    "solvers": "l0prune.bench.solvers",
-    "models": "l0prune.bench.models",
-    "lm": "l0prune.bench.lm",
-    "llmcompressor": "l0prune.bench.llmcompressor_side",
-}
-#: The benchmarks run when none is named.
+#: What ``l0prune bench`` runs when no benchmark is named.
 DEFAULT = ("solvers", "models")
 
 
@@ -28,19 +29,42 @@ def add_parser(subparsers) -> None:
     """Register ``bench`` on the command line's ``subparsers``; its options are not parsed
     here but passed on (the caller sets ``options`` to everything after ``bench``)."""
     parser = subparsers.add_parser(
-        "bench", add_help=False, usage="l0prune bench [solvers|models|lm|llmcompressor] [OPTIONS]",
-        help="run the solver and model benchmarks (markdown tables)",
+        "bench", add_help=False,
+        usage="l0prune bench [solvers|models|certify|checkpoints|memory|lm|llmcompressor] "
+              "[OPTIONS]",
+        help="run the solver, model, certificate, checkpoint and memory benchmarks (markdown "
+             "tables)",
         description="Run the benchmarks: solvers (every layer solver against OBS on the same "
-                    "layers) and models (the sparsest digits models within a loss tolerance, "
-                    "against magnitude), both when no name is given; lm (held-out perplexity "
-                    "of the built-in language model per solver) and llmcompressor (side by "
-                    "side with llm-compressor's SparseGPT on a BERT encoder, given "
-                    "--llmcompressor-python PATH). Tables are printed and "
-                    "written as markdown (bench-results/NAME.md unless --out FILE is given). "
+                    "layers), models (the sparsest digits models within a loss tolerance, "
+                    "against magnitude), certify (exact optima and certified gaps), "
+                    "checkpoints (dense and compressed checkpoint sizes) and memory (peak memory "
+                    "of block-by-block pruning against the whole-model path on a random-init "
+                    "LLaMA-style model), lm (held-out perplexity of the built-in language model "
+                    "per solver) and llmcompressor (side by side with llm-compressor's "
+                    "SparseGPT on a BERT encoder, given --llmcompressor-python PATH); solvers "
+                    "and models when no name is given. Tables are "
+                    "printed and written as "
+                    "markdown (bench-results/NAME.md unless --out FILE is given). "
                     "`l0prune bench NAME --help` lists a benchmark's options, such as --quick "
                     "and --threads N.",
     )
     parser.set_defaults(run=run, bench_help=parser.format_help)
+
+
+@contextmanager
+def _one_line_errors(name: str) -> Iterator[None]:
+    """A benchmark's own argparse errors as one :class:`UsageError` line (argparse would print
+    its usage and exit), for the length of the call."""
+    original = argparse.ArgumentParser.error
+
+    def error(parser, message):
+        raise UsageError(f"bench {name}: {message} (see l0prune bench {name} --help)")
+
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,12 +75,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if options[:1] and options[0] in BENCHMARKS:
         names, options = options[:1], options[1:]
+    elif options[:1] and not options[0].startswith("-"):
+        raise UsageError(
+            f"bench: unknown benchmark {options[0]!r}; choose {', '.join(BENCHMARKS)} (see "
+            "l0prune bench --help)"
+        )
     else:
         names = list(DEFAULT)
         if "--out" in options:
-            raise UsageError(
-                "--out names one file: give a benchmark name (" + ", ".join(BENCHMARKS) + ")"
-            )
+            raise UsageError("--out names one file: give a benchmark name (solvers, models, "
+                             "certify, checkpoints, memory, lm or llmcompressor)")
     for name in names:
-        importlib.import_module(BENCHMARKS[name]).main(options)
+        with _one_line_errors(name):
+            try:
+                importlib.import_module(BENCHMARKS[name]).main(options)
+            except SystemExit as done:  # its --help prints and exits 0
+                return done.code if isinstance(done.code, int) else 0
     return 0

@@ -99,8 +99,18 @@ OPTIONS: tuple[Option, ...] = (
            "Conv that runs except the last)", kind="list", metavar="REGEX"),
     Option("ignore", patterns, "regexes of layer names left dense", kind="list",
            metavar="REGEX"),
+    Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
+           "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
+           kind="flag"),
     Option("sequential", flag, "take each layer's statistics with the layers before it "
            "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
+    Option("blockwise", flag, "prune a model built as a stack of repeated blocks (a "
+           "transformer) block by block: one calibration pass, one block at a time on the "
+           "device (default when such a stack is found); --no-blockwise: the whole-model path",
+           kind="flag"),
+    Option("resume", flag, "continue a block-by-block run with a fixed budget that stopped: "
+           "the finished blocks are kept in OUT.partial/ until the output folder is written; "
+           "refused with one line when the settings or data differ", kind="flag"),
     Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
            "every search trial, on the training split (built-in model) or the calibration "
            f"batches (--model); 0: none (default: {FINETUNE_EPOCHS}, {QUICK_FINETUNE_EPOCHS} "
@@ -141,7 +151,10 @@ class Settings:
     budget: str = "unstructured"
     targets: list[str] | None = None
     ignore: list[str] | None = None
+    skip_incompatible: bool = False
     sequential: bool = True
+    blockwise: bool | None = None
+    resume: bool = False
     finetune_epochs: int | None = None
     finetune_lr: float = 1e-3
     finetune_optimizer: str = "adam"
@@ -257,6 +270,12 @@ def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
     _check(settings)
     if settings.sparsity is None and settings.alpha is None and ":" not in settings.budget:
         settings.alpha = DEFAULT_ALPHA
+    if settings.resume and (settings.alpha is not None or settings.blockwise is False):
+        given = "--no-blockwise" if settings.blockwise is False else f"alpha {settings.alpha:g}"
+        raise UsageError(
+            "--resume continues a block-by-block run with a fixed budget (--sparsity or an N:M "
+            f"--budget); got {given}"
+        )
     if settings.finetune_epochs is None:
         settings.finetune_epochs = 0 if is_hf(settings.model) else (
             QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
@@ -275,14 +294,16 @@ def _toml_value(value) -> str:
 
 
 def as_recipe(settings: Settings) -> dict[str, object]:
-    """``settings`` keyed by the long flag names, unset options left out.
+    """``settings`` keyed by the long flag names, unset options left out (and ``resume``: a
+    recipe repeats a run, whatever folder state it finds).
 
     Example:
         >>> as_recipe(Settings(alpha=1.05))["alpha"]
         1.05
     """
     values = {option.name: getattr(settings, option.field) for option in OPTIONS}
-    return {name: value for name, value in values.items() if value is not None}
+    return {name: value for name, value in values.items()
+            if value is not None and name != "resume"}
 
 
 def to_toml(settings: Settings) -> str:

@@ -1,12 +1,17 @@
-"""An output folder that appears whole or not at all.
+"""An output folder that appears whole or not at all, and replaces only what l0prune wrote.
 
 Files are written into a temporary folder next to the destination and renamed into place at the
-end; a failed or interrupted run removes it, so no half-written folder is left. A previous run's
-folder (it holds ``report.json``) is replaced; any other non-empty folder is refused.
+end; a failed or interrupted run removes it, so no half-written folder is left. The folder's
+``report.json`` is its manifest: its ``files`` lists every file the run wrote there. A later run
+replaces a folder only when every entry in it is listed there (so a user's own file is never
+deleted); it refuses any other non-empty folder, naming the first file that is not its own, and
+refuses the current folder and the folders above it. The folder is created with the permissions
+the umask gives, as ``mkdir`` would.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,9 +21,9 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["MARKER", "check_destination", "staged"]
+__all__ = ["MARKER", "check_destination", "staged", "umask"]
 
-#: The file that marks a folder as an l0prune output (which a new run may replace).
+#: The manifest of an l0prune output folder: its ``files`` names everything a run wrote there.
 MARKER = "report.json"
 
 
@@ -29,18 +34,54 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def _manifest(out: Path) -> set[str] | None:
+    """The names ``out/report.json`` lists as written by l0prune (itself included), or ``None``
+    when there is no such readable manifest."""
+    try:
+        files = json.loads((out / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(files, dict):
+        return None
+    return set(files) | {MARKER}
+
+
 def check_destination(out: Path) -> None:
     """Raise :class:`UsageError` unless ``out`` can become (or replace) an output folder."""
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise UsageError(
+            f"--out {out}: is the current folder or one above it, which a run would replace; "
+            "give a new folder such as l0prune-run"
+        )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UsageError(
-            f"--out {out}: exists, is not empty and holds no {MARKER} (not an l0prune output "
-            "folder); choose another folder"
-        )
+    # Named as the manifest names them: a folder (a Hugging Face model/) ends in "/".
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                     ) if out.is_dir() else []
+    if entries:
+        manifest = _manifest(out)
+        if manifest is None:
+            raise UsageError(
+                f"--out {out}: exists, is not empty and holds no {MARKER} listing its files "
+                "(not an l0prune output folder); choose another folder"
+            )
+        unexpected = [name for name in entries if name not in manifest]
+        if unexpected:
+            raise UsageError(
+                f"--out {out}: holds {unexpected[0]}, which no l0prune run wrote there (the "
+                f"files of {MARKER}); move it or choose another folder"
+            )
     ancestor = _existing_ancestor(out.parent)
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: cannot write in {ancestor}")
+
+
+def umask() -> int:
+    """The process's file mode creation mask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -58,6 +99,7 @@ def staged(out: Path) -> Iterator[Path]:
     check_destination(out)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_existing_ancestor(out.parent)))
     try:
+        temporary.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; a folder follows the umask
         yield temporary
         check_destination(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,13 @@
 """The two figures of a prune run, drawn from its reports (matplotlib, no display needed).
+Only what was measured is drawn.
 
 - ``sparsity_vs_loss.png``: validation loss over the dense loss against sparsity, per method:
-  every trial of the alpha search in order (the path; hollow markers failed the tolerance), the
-  frontier (at each sparsity, the lowest loss seen there or sparser, the dense model included)
-  and the model returned (a star);
-- ``layers.png``: per layer, the sparsity and the relative output error, methods side by side.
+  the dense model (at 0 %, ratio 1), every trial of the alpha search in order (the path; hollow
+  markers failed the tolerance), the frontier through the measured points no other beats, and
+  the model returned (a star). A fixed-sparsity run has no search: only the dense model and the
+  result are drawn;
+- ``layers.png``: per layer, the sparsity and the relative output error, methods side by side;
+  a layer left dense has no error bar but the word "dense".
 """
 
 from __future__ import annotations
@@ -49,21 +52,27 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]
     return kept[::-1]
 
 
-def sparsity_loss_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> None:
-    """Write ``sparsity_vs_loss.png`` for ``runs`` (label, report with a dense loss)."""
+def sparsity_loss_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> Figure:
+    """Write ``sparsity_vs_loss.png`` for ``runs`` (label, report with a dense loss).
+
+    Returns:
+        The figure written.
+    """
     figure = _figure(4.8)
     axes = figure.add_subplot()
     alpha = next((r.alpha for _, r in runs if r.alpha is not None), None)
+    axes.scatter([0.0], [1.0], marker="s", s=40, color="black", zorder=3, label="dense")
     for (label, report), color in zip(runs, _COLORS, strict=False):
-        points = _points(report)
-        xs = [100 * s for s, _, _ in points]
-        ys = [y for _, y, _ in points]
-        axes.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
-        axes.scatter(xs, ys, s=22, color=color,
-                     facecolors=[color if met else "none" for _, _, met in points])
-        edge = frontier([(0.0, 1.0)] + [(s, y) for s, y, _ in points])
-        axes.step([0.0] + [100 * s for s, _ in edge], [edge[0][1]] + [y for _, y in edge],
-                  where="pre", color=color, linewidth=1.8, label=f"{label}: frontier")
+        if report.trials:
+            points = _points(report)
+            xs = [100 * s for s, _, _ in points]
+            ys = [y for _, y, _ in points]
+            axes.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
+            axes.scatter(xs, ys, s=22, color=color,
+                         facecolors=[color if met else "none" for _, _, met in points])
+            edge = frontier([(0.0, 1.0)] + [(s, y) for s, y, _ in points])
+            axes.plot([100 * s for s, _ in edge], [y for _, y in edge], color=color,
+                      linewidth=1.8, label=f"{label}: frontier")
         axes.scatter([100 * report.sparsity], [report.pruned_loss / report.dense_loss],
                      marker="*", s=180, color=color, edgecolors="black", zorder=3,
                      label=f"{label}: returned, {100 * report.sparsity:.1f} % sparse")
@@ -71,28 +80,46 @@ def sparsity_loss_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> N
         axes.axhline(alpha, color="gray", linestyle="--", linewidth=1, label=f"alpha = {alpha:g}")
     axes.set_xlabel("sparsity of the pruned layers (%)")
     axes.set_ylabel("validation loss / dense loss")
-    ratios = [y for line in axes.lines for y in line.get_ydata()]
+    ratios = [float(y) for c in axes.collections for _, y in c.get_offsets()]
     if max(ratios) > 3 * min(ratios):  # far-off failed trials: a log scale keeps the rest apart
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(ScalarFormatter())
-    axes.set_title("Sparsity against loss: search path (hollow: over the tolerance) and frontier")
+    title = ("Sparsity against loss: search path (hollow: over the tolerance) and frontier"
+             if any(r.trials for _, r in runs) else "Sparsity against loss: dense and pruned")
+    axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=120)
+    return figure
 
 
-def layers_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> None:
-    """Write ``layers.png``: per-layer sparsity and relative error of each run."""
+def layers_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> Figure:
+    """Write ``layers.png``: per-layer sparsity and relative error of each run; a layer that
+    kept every weight gets the word "dense" instead of an error bar (its error is round-off).
+
+    Returns:
+        The figure written.
+    """
     layers = runs[0][1].layers
     names = [layer.name for layer in layers]
     figure = _figure(5.6, width=max(7.5, 0.3 * len(names)))
     top, bottom = figure.subplots(2, 1, sharex=True)
     width = 0.8 / len(runs)
+    errors = [layer.relative_error for _, report in runs for layer in report.layers
+              if layer.kept < layer.total and layer.relative_error > 0]
+    floor = min(errors) / 3 if errors else 1e-6
     for i, ((label, report), color) in enumerate(zip(runs, _COLORS, strict=False)):
         by_name = {layer.name: layer for layer in report.layers}
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
         top.bar(xs, [100 * by_name[n].sparsity for n in names], width, color=color, label=label)
-        bottom.bar(xs, [by_name[n].relative_error for n in names], width, color=color)
+        pruned = [(x, by_name[n]) for x, n in zip(xs, names, strict=True)
+                  if by_name[n].kept < by_name[n].total]
+        bottom.bar([x for x, _ in pruned], [layer.relative_error for _, layer in pruned], width,
+                   color=color)
+        for x, n in zip(xs, names, strict=True):
+            if by_name[n].kept == by_name[n].total:
+                bottom.text(x, floor, "dense", rotation=90, ha="center", va="bottom",
+                            fontsize=7, color=color)
     top.set_ylabel("sparsity (%)")
     top.set_ylim(0, 118)
     top.set_yticks(range(0, 101, 20))
@@ -100,6 +127,8 @@ def layers_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> None:
     top.set_title("Per layer: weights removed and relative output error")
     bottom.set_ylabel("relative error")
     bottom.set_yscale("log")
+    if not errors:
+        bottom.set_ylim(floor / 3, 1)
     crowded = len(names) > 6
     bottom.set_xticks(range(len(names)))
     bottom.set_xticklabels(
@@ -110,3 +139,4 @@ def layers_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> None:
     for axes in (top, bottom):
         axes.grid(True, axis="y", alpha=0.3)
     figure.savefig(path, dpi=120)
+    return figure

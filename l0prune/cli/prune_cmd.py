@@ -6,6 +6,11 @@ The folder holds ``report.json``, ``report.md``, ``recipe.toml``, ``sparsity_vs_
 ``model.sparse.pt`` (the same, compact), and for a Hugging Face model ``model/`` (its folder,
 dense or with ``--save-format compressed`` compressed); see
 :data:`~l0prune.cli.report_files.FILES`.
+
+A block-by-block run with a fixed budget also keeps each finished block in ``OUT.partial/``
+(one subfolder per method, :mod:`l0prune.resume`), next to the output folder and outside
+its atomic replacement, so that it survives a failed run; ``--resume`` continues from there.
+It is removed once the output folder is written.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import argparse
 import copy
 import importlib.metadata
 import json
+import re
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,11 +30,15 @@ import torch
 from torch import nn
 
 import l0prune
+from l0prune.blocks import find_stack
+from l0prune.pruning import IncompatibleBudget
+from solvers.exact import TooLarge
 
 from .config import OPTIONS, Settings, add_arguments, as_recipe, resolve, to_toml
 from .default_model import builtin_task
+from .errors import UsageError
 from .output_dir import check_destination, staged
-from .report_files import headline, markdown, run_reports
+from .report_files import headline, run_reports, write_reports
 from .task import Task, user_task
 from .values import make_budget
 
@@ -61,6 +72,23 @@ def _finetune(task: Task, settings: Settings) -> l0prune.Finetune | None:
     )
 
 
+def _partial(settings: Settings) -> Path:
+    """Where the finished blocks are kept until the output folder is written."""
+    return Path(f"{settings.out}.partial")
+
+
+def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | None:
+    """``OUT.partial/METHOD`` for a block-by-block run with a fixed budget, else ``None``."""
+    if settings.alpha is None and settings.blockwise is not False and find_stack(model):
+        return _partial(settings) / method
+    if settings.resume:
+        raise UsageError(
+            "--resume continues a block-by-block run: the model is not built as a stack of "
+            "repeated blocks (an nn.ModuleList of two or more modules of one type)"
+        )
+    return None
+
+
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
            progress: bool) -> l0prune.PruneReport:
     return l0prune.prune(
@@ -69,6 +97,8 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         budget=make_budget(settings.budget), targets=settings.targets, ignore=settings.ignore,
         sequential=settings.sequential, finetune=_finetune(task, settings), seed=settings.seed,
         device=settings.device, progress=progress,
+        skip_incompatible=settings.skip_incompatible, blockwise=settings.blockwise,
+        checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
     )
 
 
@@ -101,13 +131,6 @@ def _comparison(runs: list[dict]) -> dict | None:
             "loss_vs_baseline": loss}
 
 
-def _size(path: Path) -> int:
-    """Bytes of a file, or of every file in a folder."""
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
 def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     """Everything but the two reports, then the reports with the sizes of the rest."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
@@ -119,11 +142,7 @@ def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
     layers_plot(runs, folder / "layers.png")
     (folder / "recipe.toml").write_text(to_toml(settings))
-    data["files"] = {
-        p.name + ("/" if p.is_dir() else ""): _size(p) for p in sorted(folder.iterdir())
-    }
-    (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(data))
+    write_reports(folder, data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +161,20 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.threads or 1)
     task = builtin_task(settings.seed, settings.quick, log) if settings.model is None \
         else user_task(settings)
-    dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    try:
+        dense, runs = _runs(task, settings, log, progress=not args.quiet)
+    except IncompatibleBudget as err:
+        raise UsageError(
+            f"--budget {settings.budget} does not fit layer {err.layer} (weight "
+            f"{'x'.join(map(str, err.shape))}): {err.reason}; leave it dense with --ignore "
+            f"{shlex.quote(re.escape(err.layer))}, or every such layer with --skip-incompatible"
+        ) from None
+    except TooLarge as err:
+        raise UsageError(
+            f"--method exact: a layer's program has {err.binaries} binary variables, over the "
+            f"limit of {err.max_binaries} (branch and bound grows exponentially); prune with "
+            "--method admm, or solve one small layer with l0prune solve --method exact"
+        ) from None
     data = {
         "command": shlex.join(["l0prune", *args.argv]),
         "model": task.description,
@@ -157,10 +189,11 @@ def run(args: argparse.Namespace) -> int:
     with staged(out) as folder:
         data["seconds"] = time.perf_counter() - start
         _write(folder, task, settings, data)
+    shutil.rmtree(_partial(settings), ignore_errors=True)
     if args.json:
         print(json.dumps(data, indent=2))
     elif not args.quiet:
         print("\n".join(headline(data)))
         sizes = ", ".join(f"{name} ({size:,} bytes)" for name, size in data["files"].items())
-        print(f"wrote {out}/: report.md, report.json, {sizes}")
+        print(f"wrote {out}/: {sizes}")
     return 0

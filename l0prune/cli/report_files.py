@@ -3,14 +3,19 @@ so every figure it shows is in the JSON too."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from l0prune.report import PruneReport
 
-__all__ = ["FILES", "HF_FILES", "headline", "markdown", "run_reports"]
+__all__ = ["FILES", "HF_FILES", "entry_name", "headline", "markdown", "run_reports",
+           "write_reports"]
 
 #: The files of an output folder and what each holds.
 FILES = {
     "report.md": "this report",
-    "report.json": "every figure of this report, machine-readable",
+    "report.json": "every figure of this report, machine-readable; its `files` lists what a "
+                   "later run with the same `--out` may replace",
     "recipe.toml": "the settings of this run: `l0prune prune --config recipe.toml` repeats it",
     "sparsity_vs_loss.png": "validation loss against sparsity: search path and frontier",
     "layers.png": "per-layer sparsity and relative error",
@@ -47,20 +52,39 @@ def headline(data: dict) -> list[str]:
             f"{report.total:,} weights kept), loss / dense {_ratio(report)}{scores}, "
             f"{report.seconds:.1f} s"
         )
-    comparison = data["comparison"]
-    if comparison is not None:
-        (method, report), (baseline, _) = run_reports(data)
-        if report.alpha is not None:
-            lines.append(
-                f"{method} keeps {comparison['kept_vs_baseline']:.2f}x the weights {baseline} "
-                f"keeps within the same loss tolerance (alpha {report.alpha:g})"
-            )
-        elif comparison["loss_vs_baseline"] is not None:
-            lines.append(
-                f"at the same sparsity, {method}'s validation loss is "
-                f"{comparison['loss_vs_baseline']:.4f}x {baseline}'s"
-            )
+    if data["comparison"] is not None:
+        lines.append(_verdict(data["comparison"], *run_reports(data)))
     return lines
+
+
+def _verdict(comparison: dict, mine: tuple[str, PruneReport],
+             base: tuple[str, PruneReport]) -> str:
+    """Which run won, in words: fewer weights kept within the tolerance, or the lower loss at
+    the same sparsity; the figures and the ratio follow."""
+    (method, report), (baseline, other) = mine, base
+    if report.alpha is not None:
+        tolerance = f"within the same loss tolerance (alpha {report.alpha:g})"
+        if report.kept == other.kept:
+            return (f"{method} and {baseline} kept the same number of weights "
+                    f"({report.kept:,}) {tolerance}")
+        winner, loser = (mine, base) if report.kept < other.kept else (base, mine)
+        return (
+            f"{winner[0]} kept fewer weights than {loser[0]} {tolerance}: {winner[1].kept:,} "
+            f"against {loser[1].kept:,} ({method} keeps {comparison['kept_vs_baseline']:.2f}x "
+            f"the weights {baseline} keeps)"
+        )
+    ratio = comparison["loss_vs_baseline"]
+    if ratio is None or report.pruned_loss is None:
+        return f"{method} and {baseline} pruned to the same sparsity (no validation loss)"
+    if report.pruned_loss == other.pruned_loss:
+        return (f"at the same sparsity, {method} and {baseline} reached the same validation "
+                f"loss ({report.pruned_loss:.4g})")
+    winner, loser = (mine, base) if report.pruned_loss < other.pruned_loss else (base, mine)
+    return (
+        f"at the same sparsity, {winner[0]} reached a lower validation loss than {loser[0]}: "
+        f"{winner[1].pruned_loss:.4g} against {loser[1].pruned_loss:.4g} ({method}'s is "
+        f"{ratio:.4f}x {baseline}'s)"
+    )
 
 
 def _result_table(data: dict) -> list[str]:
@@ -169,3 +193,37 @@ def markdown(data: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def entry_name(path: Path) -> str:
+    """How ``files`` names an entry of the folder: a folder's name ends in ``/``."""
+    return path.name + ("/" if path.is_dir() else "")
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def write_reports(folder: Path, data: dict) -> None:
+    """Write ``report.json`` and ``report.md`` into ``folder``, ``data["files"]`` listing every
+    entry there with its size (a folder's files summed), the two reports included.
+
+    A report's size depends on the sizes it shows, so both are rendered until their sizes stop
+    changing (two or three rounds: only the number of digits can move them).
+    """
+    files = {entry_name(p): _size(p) for p in folder.iterdir()}
+    files.update({"report.json": 0, "report.md": 0})
+    data["files"] = dict(sorted(files.items()))
+    for _ in range(8):
+        texts = {"report.json": json.dumps(data, indent=2) + "\n", "report.md": markdown(data)}
+        sizes = {name: len(text.encode()) for name, text in texts.items()}
+        if all(data["files"][name] == size for name, size in sizes.items()):
+            break
+        data["files"].update(sizes)
+    else:
+        raise RuntimeError(f"the report sizes did not settle: {sizes}")
+    for name, text in texts.items():
+        (folder / name).write_text(text)

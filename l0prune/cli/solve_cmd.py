@@ -8,6 +8,7 @@ inputs ``X`` (``H = X^T X / N``); with neither, ``H = I`` (the plain Frobenius p
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
@@ -15,16 +16,19 @@ import torch
 
 from l0prune.layerwise import method_options
 from solvers import METHODS, LayerProblem, solve
-from solvers.bounds import BOUNDS
+from solvers.bounds import BOUNDS, PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS, SDP_MAX_WEIGHTS
+from solvers.exact import exact, program_binaries
 
 from .errors import UsageError
 from .tensor_files import SUFFIXES, check_output, load_tensor, save_tensor
 from .values import (
     choice,
     fraction,
+    integer,
     make_budget,
     non_negative,
     parse_budget,
+    positive,
     solver,
     torch_device,
 )
@@ -57,6 +61,11 @@ def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--bound", metavar="TIER", default="lagrangian",
                         help=f"the lower bound --certify computes: {', '.join(BOUNDS)} (default: "
                              "lagrangian)")
+    parser.add_argument("--time-limit", metavar="S",
+                        help="--method exact: seconds for the branch and bound (default: 300)")
+    parser.add_argument("--max-binaries", metavar="N",
+                        help="--method exact: the most binary variables one program may have "
+                             "(default: 40; the time grows exponentially with it)")
     parser.add_argument("--seed", metavar="N", type=int, default=0,
                         help="seed of solvers that draw random numbers (default: 0)")
     parser.add_argument("--device", metavar="DEVICE", help="where to compute (default: cpu)")
@@ -80,6 +89,52 @@ def _problem(args: argparse.Namespace, W: torch.Tensor) -> LayerProblem:
         X = load_tensor(args.inputs, "--inputs")
         return LayerProblem.from_inputs(W, X, lam, make_budget(budget, sparsity))
     return LayerProblem(W, H, lam, make_budget(budget, sparsity))
+
+
+def _exact_options(args: argparse.Namespace, method: str) -> dict:
+    """``time_limit`` and ``max_binaries`` from their flags, which only ``--method exact`` takes."""
+    given = {"--time-limit": args.time_limit, "--max-binaries": args.max_binaries}
+    if method != "exact":
+        for flag_name, value in given.items():
+            if value is not None:
+                raise UsageError(f"{flag_name} applies to --method exact only, got --method "
+                                 f"{method}")
+        return {}
+    options = {}
+    if args.time_limit is not None:
+        options["time_limit"] = positive(args.time_limit, "--time-limit")
+    if args.max_binaries is not None:
+        options["max_binaries"] = integer(1)(args.max_binaries, "--max-binaries")
+    return options
+
+
+def _check_size(problem: LayerProblem, method: str, options: dict, certify: bool,
+                bound: str) -> None:
+    """The size limits of the exact solve and of the cone-program bounds, by their flags."""
+    out, inp = problem.shape
+    if method == "exact":
+        binaries = program_binaries(problem)
+        limit = options.get("max_binaries", inspect.signature(exact).parameters[
+            "max_binaries"].default)
+        if binaries > limit:
+            raise UsageError(
+                f"--method exact: one program of this {out} x {inp} layer has {binaries} binary "
+                f"variables, over --max-binaries {limit} (branch and bound grows "
+                "exponentially); raise --max-binaries, or use --method admm --certify for a "
+                "certified gap"
+            )
+    if not certify:
+        return
+    if bound == "perspective" and out * inp > PERSPECTIVE_MAX_WEIGHTS:
+        raise UsageError(
+            f"--bound perspective takes layers of at most {PERSPECTIVE_MAX_WEIGHTS} weights, "
+            f"got {out} x {inp}; use --bound lagrangian (the same relaxation, first-order)"
+        )
+    if bound == "sdp" and (inp > SDP_MAX_INPUTS or out * inp > SDP_MAX_WEIGHTS):
+        raise UsageError(
+            f"--bound sdp takes layers of at most {SDP_MAX_INPUTS} inputs and "
+            f"{SDP_MAX_WEIGHTS} weights, got {out} x {inp}; use --bound lagrangian"
+        )
 
 
 def _figures(problem: LayerProblem, solution, args: argparse.Namespace, shape) -> dict:
@@ -113,9 +168,11 @@ def run(args: argparse.Namespace) -> int:
     if W.ndim < 2:
         raise UsageError(f"W {args.weight}: must be a matrix (out x in), got shape "
                          f"{tuple(W.shape)}")
+    options = _exact_options(args, method)
     problem = _problem(args, W.reshape(W.shape[0], -1))
+    _check_size(problem, method, options, args.certify, bound)
     solution = solve(problem, method, certify=args.certify, bound=bound,
-                     **method_options(method, None, args.seed))
+                     **method_options(method, options, args.seed))
     if args.out is not None:
         save_tensor(solution.weight.reshape(W.shape), Path(args.out), "--out")
     figures = _figures(problem, solution, args, W.shape)

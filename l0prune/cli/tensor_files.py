@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .output_dir import umask
 
 __all__ = ["SUFFIXES", "check_output", "load_tensor", "save_tensor"]
 
@@ -137,4 +138,5 @@ def save_tensor(tensor: torch.Tensor, path: Path, label: str, key: str = "weight
             f.close()
             os.unlink(f.name)
             raise
+    os.chmod(f.name, 0o666 & ~umask())  # a temporary file is 0600; the output follows the umask
     os.replace(f.name, path)

@@ -201,11 +201,10 @@ def torch_device(value, label: str) -> str:
         raise UsageError(
             f"{label} must be a torch device such as cpu or cuda:0, got {text}"
         ) from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }.get(device.type, True)
-    if not available:
-        raise UsageError(f"{label} {text}: no {device.type} device is available here")
+    if device.type == "meta":
+        raise UsageError(f"{label} must be a device that holds data, such as cpu; got meta")
+    try:
+        torch.empty(0, device=device)
+    except Exception:  # torch raises AssertionError or RuntimeError by backend
+        raise UsageError(f"{label} {text}: no such device is available here") from None
     return text

@@ -33,6 +33,22 @@ def test_table_header_and_rows(quick_report):
     assert [(r[0], r[1]) for r in rows[2:]] == expected
 
 
+def test_table_from_rows():
+    """Every cell from the rows' figures: seconds summed over layers, ratios against obs."""
+    obs = bench.Row("obs", "70%", {"a": 0.1, "b": 0.4}, {"a": 1.0, "b": 0.5})
+    admm = bench.Row("admm", "70%", {"a": 0.05, "b": 0.1}, {"a": 3.0, "b": 1.5})
+    iht = bench.Row("iht", "70%", {"a": 0.2, "b": 0.2}, {"a": 0.25, "b": 0.125})
+    rows = table_rows(bench.table([obs, admm, iht]))
+    assert rows[2] == ["obs", "70%", "2", "2.500e-01", "4.000e-01", "1.500", "1.000", "1.000",
+                       "1.00", "0"]
+    # mean 0.075 / 0.25 = 0.3; per layer sqrt(0.5 * 0.25) = 0.354; 4.5 s / 1.5 s = 3
+    assert rows[3] == ["admm", "70%", "2", "7.500e-02", "1.000e-01", "4.500", "0.300", "0.354",
+                       "3.00", "0"]
+    # layer a is worse than obs: 0.2 > 0.1; per layer sqrt(2 * 0.5) = 1
+    assert rows[4] == ["iht", "70%", "2", "2.000e-01", "2.000e-01", "0.375", "0.800", "1.000",
+                       "0.25", "1"]
+
+
 def test_table_numbers(quick_report):
     rows = {(r[0], r[1]): r for r in table_rows(quick_report)[2:]}
     for (label, sparsity), r in rows.items():
@@ -41,9 +57,13 @@ def test_table_numbers(quick_report):
             float(r[8]), int(r[9]),
         )
         assert layers == 4  # 2 MLP layers (no head) + 2 synthetic, inputs divisible by 4
-        assert 0 <= mean <= top and seconds >= 0 and time_ratio >= 0 and 0 <= worse <= layers
+        assert 0 <= mean <= top and 0 <= worse <= layers
         ref = rows[("obs", sparsity)]
         assert ratio == pytest.approx(mean / float(ref[3]), rel=2e-3)
+        if float(ref[5]) >= 0.05:  # the printed seconds (3 decimals) give the printed ratio
+            expected = seconds / float(ref[5])  # each seconds cell is off by up to 0.0005
+            slack = 0.005 + 0.0006 * (1 + expected) / float(ref[5])
+            assert time_ratio == pytest.approx(expected, abs=slack)
         if label == "obs":
             assert (r[6], r[7], r[8], worse) == ("1.000", "1.000", "1.00", 0)
         if label == "magnitude":  # no weight update: far worse than OBS

@@ -92,7 +92,8 @@ def test_bench_hands_options_to_the_benchmark(tmp_path, capsys, monkeypatch):
 def test_bench_help_and_bad_use(tmp_path, capsys, monkeypatch):
     done = run_main("bench", "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert done.returncode == 0
-    assert "l0prune bench [solvers|models|lm|llmcompressor]" in done.stdout
+    assert "l0prune bench [solvers|models|certify|checkpoints|memory|lm|llmcompressor]" in (
+        done.stdout)
     done = run_main("bench", "--out", "x.md", cwd=tmp_path, capsys=capsys,
                     monkeypatch=monkeypatch)
     assert done.returncode == 2 and "give a benchmark name" in done.stderr

@@ -67,6 +67,55 @@ def test_bad_paths_and_files(tmp_path):
         load_sparse(tmp_path / "plain.pt")
 
 
+def _crafted(tmp_path, **entry):
+    path = tmp_path / "crafted.sparse.pt"
+    torch.save({"format": "l0prune-sparse", "version": 1, "tensors": {"w": entry}}, path)
+    return path
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"encoding": "dense", "values": "not a tensor"}, "values must be a tensor, got str"),
+    ({"encoding": "dense", "values": [1.0, 2.0]}, "values must be a tensor, got list"),
+    ({"encoding": "zip", "values": torch.ones(2)}, "no known encoding"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(1),
+      "indices": torch.tensor([-1], dtype=torch.int32)}, r"indices must increase within \[0, 4\)"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(1),
+      "indices": torch.tensor([4], dtype=torch.int32)}, r"indices must increase within \[0, 4\)"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(2),
+      "indices": torch.tensor([1, 1], dtype=torch.int32)}, "indices must increase"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(2),
+      "indices": torch.tensor([1.0, 2.0])}, "indices must be an int32 / int64 tensor"),
+    ({"encoding": "bitmask", "shape": [64, 64], "values": torch.ones(1),
+      "bits": torch.tensor([128], dtype=torch.uint8)}, "shape .64, 64. needs 512 mask bytes"),
+    ({"encoding": "bitmask", "shape": [8], "values": torch.ones(2),
+      "bits": torch.tensor([128], dtype=torch.uint8)}, "marks 1 entries of 8 for 2 values"),
+    ({"encoding": "bitmask", "shape": [4], "values": torch.ones(1),
+      "bits": torch.tensor([129], dtype=torch.uint8)}, "marks 1 entries of 4 for 1 values"),
+    ({"encoding": "bitmask", "shape": [2, -4], "values": torch.ones(1),
+      "bits": torch.tensor([128], dtype=torch.uint8)}, "shape must be a list of non-negative"),
+    ({"encoding": "indices", "shape": [4], "values": torch.ones(1, dtype=torch.int64),
+      "indices": torch.tensor([0])}, "values must be a 1-D floating tensor"),
+])
+def test_load_sparse_refuses_an_inconsistent_file(tmp_path, entry, message):
+    """Each entry once came back as it was, wrapped a negative index, or failed inside torch."""
+    with pytest.raises(ValueError, match=f"crafted.sparse.pt'?: tensor 'w'.*{message}"):
+        load_sparse(_crafted(tmp_path, **entry))
+
+
+def test_load_sparse_refuses_a_huge_shape_from_a_tiny_file(tmp_path):
+    """A few hundred bytes declaring 5000 x 5000 zeros (100 MB) is refused before allocating
+    (a real export of such a tensor is a bitmask of 3 MB: within the limit)."""
+    path = _crafted(tmp_path, encoding="indices", shape=[5000, 5000], values=torch.ones(0),
+                    indices=torch.zeros(0, dtype=torch.int32))
+    assert path.stat().st_size < 2000
+    with pytest.raises(ValueError, match="declares 100,000,000 bytes of tensors"):
+        load_sparse(path)
+    layer = nn.Linear(5000, 5000, bias=False)
+    attach(layer, layer.weight.detach(), torch.zeros(5000, 5000, dtype=torch.bool))
+    report = export(layer, tmp_path / "zero.pt")
+    assert torch.equal(load_sparse(report.sparse_path)["weight"], torch.zeros(5000, 5000))
+
+
 def test_safetensors_suffix_writes_safetensors(tmp_path):
     from safetensors.torch import load_file
 

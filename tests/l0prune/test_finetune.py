@@ -74,14 +74,18 @@ def test_keep_best_never_raises_the_validation_loss(mlp):
     model, data, _ = _pruned(mlp)
     validation = data.loader("val")
 
+    seen = []
+
     def validate():
-        return mean_loss(model, validation, cross_entropy, CPU)
+        seen.append(mean_loss(model, validation, cross_entropy, CPU))
+        return seen[-1]
 
     config = Finetune(data=data.loader("train", batch_size=16), epochs=3, lr=0.5)  # too high
     done = masked_finetune(model, config, cross_entropy, CPU, validate=validate)
-    assert done.loss <= done.loss_before
-    assert done.loss == pytest.approx(validate(), rel=1e-6)
-    assert done.epoch in range(4)
+    assert len(seen) == 4  # before, and after each of the 3 epochs
+    best = min(range(4), key=seen.__getitem__)
+    assert (done.loss_before, done.loss, done.epoch) == (seen[0], seen[best], best)
+    assert done.loss == pytest.approx(validate(), rel=1e-6)  # the best checkpoint is the model
 
 
 @pytest.mark.parametrize(

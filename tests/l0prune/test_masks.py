@@ -46,7 +46,8 @@ def test_masked_weight_and_refresh_follow_weight_orig():
     assert not torch.equal(layer.weight, expected)  # stale until a forward or a refresh
     refresh(layer)
     assert torch.equal(layer.weight, expected)
-    assert masked_weight(nn.Linear(2, 2)) is not None
+    plain = nn.Linear(2, 2)  # not pruned: its own weight, values and all
+    assert torch.equal(masked_weight(plain), plain.weight)
 
 
 def test_permanent_state_dict_has_the_dense_keys():

@@ -391,7 +391,7 @@ def test_progress_bars_are_silent_when_asked(mlp, capsys):
 
 def test_bert_with_padding_and_shared_inputs(bert, tokens):
     dense = copy.deepcopy(bert)
-    report = l0prune.prune(bert, tokens, sparsity=0.5, progress=False)
+    report = l0prune.prune(bert, tokens, sparsity=0.5, progress=False, blockwise=False)
     names = [layer.name for layer in report.layers]
     assert len(names) == 12 and "pooler.dense" not in names  # the last layer to run is kept
     assert report.calibration_passes == 8 < len(names)  # query, key, value share a pass
@@ -406,7 +406,8 @@ def test_bert_with_padding_and_shared_inputs(bert, tokens):
     solution = solve(LayerProblem(_layers(dense)[name].weight.detach(), H[name], sparsity=0.5),
                      "admm")
     assert torch.equal(layers[name].weight_mask.bool(), solution.mask)
-    parallel = l0prune.prune(dense, tokens, sparsity=0.5, sequential=False, progress=False)
+    parallel = l0prune.prune(dense, tokens, sparsity=0.5, sequential=False, progress=False,
+                             blockwise=False)
     assert parallel.calibration_passes == 1
 
 

@@ -47,4 +47,15 @@ def test_json_round_trip(tmp_path):
     data = json.loads(text)
     assert data["sparsity"] == report.sparsity and data["alpha_reached"] == report.alpha_reached
     assert data["layers"][1]["sparsity"] == report.layers[1].sparsity
-    assert PruneReport.from_json(text) == report
+    assert PruneReport.from_json_string(text) == report
+
+
+def test_from_json_reads_the_file_to_json_writes(tmp_path):
+    """``to_json(path)`` writes a file, so ``from_json(path)`` reads one (it once parsed its
+    argument as JSON text)."""
+    report = _report()
+    report.to_json(tmp_path / "report.json")
+    assert PruneReport.from_json(tmp_path / "report.json") == report
+    assert PruneReport.from_json(str(tmp_path / "report.json")) == report
+    with pytest.raises(ValueError, match="path must be a JSON file .*use .*from_json_string"):
+        PruneReport.from_json(report.to_json())

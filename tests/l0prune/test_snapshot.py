@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from l0prune.masks import attach
-from l0prune.snapshot import Snapshot
+from l0prune.snapshot import Snapshot, move
 
 
 def _model():
@@ -76,3 +76,16 @@ def test_restore_modes_only_touches_modes():
         model[4].weight.zero_()
     snapshot.restore_modes()
     assert model.training and not model[4].weight.any()
+
+
+
+def test_move_keeps_every_tensor_object():
+    """``model.to`` replaces buffers by new tensors; ``move`` keeps them, so a snapshot taken
+    before the move still names every tensor of the model."""
+    model = _model()
+    model(torch.randn(2, 2, 6, 6)).sum().backward()
+    before = _frozen(model)
+    grads = [id(p.grad) for p in model.parameters()]
+    move(model, torch.device("cpu"))
+    _same(before, _frozen(model))
+    assert [id(p.grad) for p in model.parameters()] == grads

@@ -19,8 +19,15 @@ def test_the_calls_other_code_relies_on():
     ):
         solution = solve(problem, method="admm")
         assert solution.weight.shape == W.shape
-        assert isinstance(solution.objective, float)
-        assert 0 <= solution.relative_error
+        # The figures are those of the weight returned, from their definitions.
+        D = (solution.weight - W).double()
+        A = torch.eye(16, dtype=torch.float64) if problem.H is None else H.double()
+        damped = A + problem.lam * torch.eye(16, dtype=torch.float64)
+        assert solution.objective == pytest.approx(float(((D @ damped) * D).sum()), rel=1e-5)
+        assert solution.relative_error == pytest.approx(
+            float(((D @ A) * D).sum() / ((W.double() @ A) * W.double()).sum()), rel=1e-5
+        )
+        assert 0 < solution.relative_error <= solve(problem, "magnitude").relative_error
         assert set(solution.info) >= {
             "method", "options", "seconds", "iterations", "converged", "history"
         }

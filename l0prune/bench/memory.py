@@ -1,0 +1,383 @@
+"""The memory benchmark: peak memory of block-by-block pruning against the whole-model path.
+
+``python -m l0prune.bench memory [--blocks 8] [--hidden 1024] [--device cpu] [--threads 1] ...``
+
+A random-init LLaMA-style causal LM (``transformers.LlamaConfig``: ``--blocks`` blocks of hidden
+size ``--hidden``, MLP ``--intermediate``, vocabulary ``--vocab``, float32) is pruned to
+``--sparsity`` with ``--method`` and sequential statistics, on ``--samples`` random token
+windows of ``--seqlen`` tokens, once block by block and once on the whole-model path. Each run
+is a fresh Python process that first prunes a tiny model the same way (so that modules and
+kernels loaded on first use are not counted), then measures its peak resident set above that
+point (Linux ``VmHWM``, restarted once the model is built so that building it does not count;
+``ru_maxrss`` elsewhere); on a CUDA ``--device`` the peak CUDA memory
+(``torch.cuda.max_memory_allocated``) too.
+
+The budget of the block-by-block design, in the same units:
+
+    budget = 1.2 x (pruned model + one block + cached activations + layer solve)
+
+- *pruned model*: the model as ``prune`` returns it: every pruned weight is stored the
+  ``torch.nn.utils.prune`` way, as ``weight_orig``, ``weight_mask`` and the masked ``weight``
+  (three tensors of the weight's size);
+- *one block*: one block's parameters (the block on the device; its rollback copy);
+- *cached activations*: the activation streams, ``streams x samples x seqlen x hidden`` values
+  (two streams with sequential statistics, one without);
+- *layer solve*: what solving the widest layer (LLaMA's ``down_proj``) takes: its float64
+  second moments (``in x in``; three of them, ``H``, ``C`` and ``X_0^T X_0``, with sequential
+  statistics) and the solver's working memory, measured in the same process by
+  :meth:`LayerPruner.solve <l0prune.layerwise.LayerPruner.solve>` on a random problem of that
+  shape. At LLaMA's MLP width it outweighs a block's parameters several times over, on either
+  path.
+
+Block mode writes the rollback copies of finished blocks to a temporary folder (``prune``'s
+``rollback_dir``); ``--no-offload`` keeps them in memory, adding the stack's parameters to the
+peak. Freed memory that glibc keeps in its heap counts in the resident set:
+``--mmap-threshold 1048576`` runs both with ``MALLOC_MMAP_THRESHOLD_`` fixed, so that
+allocations above 1 MiB go back to the system when freed. The table is printed and written as
+markdown (default ``bench-results/memory.md``). ``--quick`` runs a 4-block, hidden-512 model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import add_threads_option, use_threads
+
+__all__ = ["Figures", "main", "measure", "table"]
+
+MiB = 2**20
+
+
+@dataclass
+class Figures:
+    """One run's memory, in bytes, and its time.
+
+    Attributes:
+        mode: ``"block"`` or ``"whole"``.
+        peak: peak resident set above the resident set before the model was built.
+        model: the dense model's parameters and buffers.
+        pruned_model: the model as returned (pruned weights as three tensors).
+        block: one block's parameters.
+        activations: the cached activations of block mode.
+        solve: the widest layer's statistics and solver working memory.
+        cuda_peak: peak CUDA memory allocated, or ``None`` on the CPU.
+        seconds: the run's wall time.
+        passes: passes over the calibration data.
+    """
+
+    mode: str
+    peak: int
+    model: int
+    pruned_model: int
+    block: int
+    activations: int
+    solve: int
+    cuda_peak: int | None
+    seconds: float
+    passes: int
+
+    @property
+    def budget(self) -> int:
+        """``1.2 x (pruned model + one block + cached activations + layer solve)``."""
+        return int(1.2 * (self.pruned_model + self.block + self.activations + self.solve))
+
+    @property
+    def device_budget(self) -> int:
+        """``1.2 x (one block + cached activations + layer solve)``: block mode's budget on
+        the device."""
+        return int(1.2 * (self.block + self.activations + self.solve))
+
+
+def _status(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes (Linux), else ``None``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _resident() -> int:
+    """The resident set now (Linux), else the peak so far."""
+    now = _status("VmRSS")
+    return now if now is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak() -> int:
+    """The peak resident set since :func:`_reset_peak` (Linux), else since the start."""
+    peak = _status("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak() -> None:
+    """Give freed memory back to the system and restart the peak from here (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _llama(blocks: int, hidden: int, intermediate: int, vocab: int, seqlen: int):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=blocks, num_attention_heads=max(hidden // 64, 1),
+        num_key_value_heads=max(hidden // 64, 1), max_position_embeddings=seqlen,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _tokens(samples: int, seqlen: int, vocab: int):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, vocab, (1, seqlen), generator=g)}
+            for _ in range(samples)]
+
+
+def _layer_solve(args: argparse.Namespace, device) -> int:
+    """Bytes to solve the widest layer (``down_proj``: hidden x intermediate) alone: its float64
+    statistics (three with sequential statistics) and the solver's peak working memory."""
+    import torch
+    from torch import nn
+
+    from l0prune.allocation import sized
+    from l0prune.layerwise import LayerPruner, method_options
+    from l0prune.snapshot import Snapshot
+    from l0prune.statistics import Discovery, Moments
+    from l0prune.targets import Target
+    from solvers import Unstructured
+
+    cols = args.intermediate
+    layer = nn.Linear(cols, args.hidden, bias=False).to(device)
+    target = Target("down_proj", layer)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        A = torch.randn(cols, cols, generator=g, dtype=torch.float64)
+        H = (A @ A.T / cols + torch.eye(cols, dtype=torch.float64)).unsqueeze(0).to(device)
+        del A
+    moments = Moments(H, H.clone(), H.clone()) if args.sequential else Moments(H)
+    pruner = LayerPruner(
+        layer, [], [target], Discovery(["down_proj"], {"down_proj": 1}, {"down_proj": 0}),
+        Snapshot(layer), method=args.method, options=method_options(args.method, None, 0),
+        sequential=args.sequential, device=device, progress=False,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    _reset_peak()
+    start = _resident()
+    pruner.solve(target, sized(target, Unstructured(), args.sparsity), moments)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) - before
+    statistics = (3 if args.sequential else 1) * cols * cols * 8
+    return statistics + _peak() - start
+
+
+def measure(args: argparse.Namespace) -> Figures:
+    """Build the model and data, prune in ``args.child`` mode, and measure (in this process).
+
+    A tiny model is pruned first the same way, so that what loads on first use (modules,
+    kernels) is not counted; the baseline is the resident set after it.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        The :class:`Figures`.
+    """
+    use_threads(args.threads)
+    import torch
+
+    import l0prune
+
+    block_mode = args.child == "block"
+    device = torch.device(args.device)
+
+    def run(model, data, folder):
+        return l0prune.prune(
+            model, data, sparsity=args.sparsity, method=args.method,
+            sequential=args.sequential, device=device, progress=False, blockwise=block_mode,
+            rollback_dir=folder if args.offload and block_mode else None,
+        )
+
+    with tempfile.TemporaryDirectory() as folder:
+        run(_llama(2, 64, 128, 256, 16), _tokens(2, 16, 256), folder)
+        solve = _layer_solve(args, device)
+        _reset_peak()
+        baseline = _resident()
+        model = _llama(args.blocks, args.hidden, args.intermediate, args.vocab, args.seqlen)
+        data = _tokens(args.samples, args.seqlen, args.vocab)
+        model_bytes = _bytes([*model.parameters(), *model.buffers()])
+        block = _bytes(model.model.layers[0].parameters())
+        _reset_peak()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        report = run(model, data, folder)
+        seconds = time.perf_counter() - start
+        peak = _peak() - baseline
+    cuda = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    targets = sum(layer.total for layer in report.layers) * 4
+    return Figures(
+        mode=args.child, peak=peak, model=model_bytes, pruned_model=model_bytes + 2 * targets,
+        block=block, activations=(2 if args.sequential else 1) * args.samples * args.seqlen
+        * args.hidden * 4, solve=solve, cuda_peak=cuda, seconds=seconds,
+        passes=report.calibration_passes,
+    )
+
+
+def _run_child(mode: str, argv: list[str], mmap_threshold: int | None) -> Figures:
+    env = dict(os.environ)
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    done = subprocess.run(
+        [sys.executable, "-m", "l0prune.bench.memory", *argv, "--child", mode],
+        capture_output=True, text=True, check=False, env=env,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the {mode} run failed:\n{done.stderr[-2000:]}")
+    return Figures(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def table(rows: list[Figures], args: argparse.Namespace, command: str) -> str:
+    """The markdown table of ``rows`` (block mode first).
+
+    Args:
+        rows: the runs.
+        args: the options they ran with.
+        command: the command line, for the record.
+
+    Returns:
+        The table with its context lines.
+
+    Example:
+        >>> row = Figures("block", 600 * MiB, 400 * MiB, 500 * MiB, 50 * MiB, 8 * MiB,
+        ...               40 * MiB, None, 10.0, 1)
+        >>> args = argparse.Namespace(blocks=8, hidden=1024, intermediate=2816, vocab=8192,
+        ...                           samples=8, seqlen=128, method="obs", sparsity=0.5,
+        ...                           sequential=True, device="cpu", threads=1, offload=True,
+        ...                           mmap_threshold=None)
+        >>> print(table([row], args, "cmd").splitlines()[8])
+        | block | 600 | 400 | 500 | 50 | 8 | 40 | 718 | 0.84 | - | 1 | 10.0 |
+    """
+    lines = [
+        "# Memory benchmark",
+        "",
+        f"command: `{command}`; {args.threads or 'default'} CPU thread(s)",
+        "",
+        f"Random-init LLaMA-style model: {args.blocks} blocks, hidden {args.hidden}, MLP "
+        f"{args.intermediate}, vocabulary {args.vocab}, float32; {args.samples} windows of "
+        f"{args.seqlen} tokens; {args.method} at {args.sparsity:g}, "
+        f"{'sequential' if args.sequential else 'parallel'} statistics, device {args.device}; "
+        f"block mode's rollback copies {'on disk' if args.offload else 'in memory'}; "
+        + ("glibc's adaptive mmap threshold. " if args.mmap_threshold is None else
+           f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}. ") +
+        "MiB; peak: resident memory above the process before the model was built; budget = "
+        "1.2 x (pruned model + one block + activations + layer solve).",
+        "",
+        "| mode | peak RSS | model | pruned model | one block | activations | layer solve | "
+        "budget | peak / budget | peak CUDA | passes | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cuda = "-" if row.cuda_peak is None else f"{row.cuda_peak / MiB:.0f}"
+        lines.append(
+            f"| {row.mode} | {row.peak / MiB:.0f} | {row.model / MiB:.0f} | "
+            f"{row.pruned_model / MiB:.0f} | {row.block / MiB:.0f} | "
+            f"{row.activations / MiB:.0f} | {row.solve / MiB:.0f} | "
+            f"{row.budget / MiB:.0f} | {row.peak / row.budget:.2f} | {cuda} | {row.passes} | "
+            f"{row.seconds:.1f} |"
+        )
+    first = rows[0]
+    if first.cuda_peak is None:
+        lines += ["", "Peak CUDA memory: not run (no GPU). On a CUDA --device, block mode's "
+                  "budget there is 1.2 x (one block + activations + layer solve) = "
+                  f"{first.device_budget / MiB:.0f} MiB."]
+    else:
+        lines += ["", f"Block mode's CUDA budget: 1.2 x (one block + activations + layer solve) "
+                  f"= {first.device_budget / MiB:.0f} MiB; peak / budget "
+                  f"{first.cuda_peak / first.device_budget:.2f}."]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m l0prune.bench memory")
+    parser.add_argument("--blocks", type=int, default=8, help="transformer blocks (default 8)")
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden size (default 1024)")
+    parser.add_argument("--intermediate", type=int, default=2816,
+                        help="MLP size (default 2816, LLaMA's ratio)")
+    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary (default 8192)")
+    parser.add_argument("--samples", type=int, default=8, help="calibration windows")
+    parser.add_argument("--seqlen", type=int, default=128, help="tokens per window")
+    parser.add_argument("--method", default="obs", help="solver (default obs)")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="sparsity (default 0.5)")
+    parser.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True,
+                        help="sequential statistics (default) or --no-sequential")
+    parser.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
+                        help="block mode's rollback copies on disk (default) or in memory")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="run both with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (allocations "
+                             "above it are given back to the system when freed); default: "
+                             "the allocator's own, adaptive threshold")
+    parser.add_argument("--quick", action="store_true", help="4 blocks of hidden 512")
+    parser.add_argument("--out", default="bench-results/memory.md", help="markdown output file")
+    parser.add_argument("--child", choices=("block", "whole"), help=argparse.SUPPRESS)
+    add_threads_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both modes in fresh processes, print the table and write it to ``--out``.
+
+    Args:
+        argv: command-line options (default: ``sys.argv[2:]`` via ``python -m l0prune.bench``).
+
+    Returns:
+        None.
+
+    Example:
+        >>> main(["--quick", "--out", "/tmp/memory.md"])  # doctest: +SKIP
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.blocks, args.hidden, args.intermediate = 4, 512, 1408
+        argv = [a for a in argv if a != "--quick"] + [
+            "--blocks", "4", "--hidden", "512", "--intermediate", "1408"]
+    if args.child is not None:
+        print(json.dumps(measure(args).__dict__))
+        return
+    rows = [_run_child(mode, argv, args.mmap_threshold) for mode in ("block", "whole")]
+    text = table(rows, args, "python -m l0prune.bench memory " + " ".join(argv))
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
