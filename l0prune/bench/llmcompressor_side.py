@@ -125,10 +125,13 @@ def _draw(docs: tuple[str, ...], n: int, seed: int) -> list[str]:
 
 
 def _batches(encoded: dict, batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
-    """Padded dict batches of tokenised texts (``attention_mask`` marks the real tokens)."""
+    """Padded dict batches of tokenised texts (``attention_mask`` marks the real tokens), the
+    texts grouped by length (shortest first) so that little is padding: padded positions are
+    computed by every forward pass and then dropped from the statistics."""
+    texts = sorted(encoded["input_ids"], key=len)
     batches = []
-    for start in range(0, len(encoded["input_ids"]), batch_size):
-        ids = encoded["input_ids"][start:start + batch_size]
+    for start in range(0, len(texts), batch_size):
+        ids = texts[start:start + batch_size]
         width = max(len(x) for x in ids)
         input_ids = torch.zeros(len(ids), width, dtype=torch.int64)
         mask = torch.zeros(len(ids), width, dtype=torch.int64)

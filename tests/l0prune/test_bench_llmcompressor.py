@@ -34,10 +34,12 @@ def encoder(hf_folder):
     return folder, calibration, heldout, dense
 
 
-def test_batches_pad_and_mask():
-    batches = side._batches({"input_ids": [[5, 6, 7], [8]]}, batch_size=2)
-    assert batches[0]["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batches[0]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+def test_batches_group_by_length_pad_and_mask():
+    batches = side._batches({"input_ids": [[5, 6, 7], [8], [1, 2, 3, 4], [9, 9]]},
+                            batch_size=2)
+    assert [b["input_ids"].tolist() for b in batches] == [[[8, 0], [9, 9]],
+                                                         [[5, 6, 7, 0], [1, 2, 3, 4]]]
+    assert batches[1]["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
 
 
 def test_dense_model_against_itself(encoder):
