@@ -13,8 +13,9 @@ text, whose files the model and the tokenizer never saw) and the seconds of the 
 (statistics and solves; the evaluation is not counted), wall-clock and CPU. ``magnitude`` does
 not read the data, so it runs once (sequential: ``-``).
 
-The table is printed and written as markdown (default ``bench-results/lm.md``) with the plot of
-perplexity against sparsity per method (default ``bench-results/lm.png``). ``--quick``: 32
+The table is printed and written as markdown (default ``bench-results/lm.md``, the rows also as
+``lm.json`` next to it) with the plot of the perplexity increase per method and pattern (default
+``bench-results/lm.png``). ``--quick``: 32
 calibration windows and 64 held-out windows.
 """
 
@@ -36,7 +37,8 @@ from l0prune.lm import SIZES, BuiltinLM, builtin_lm, perplexity
 
 from . import add_threads_option, use_threads
 
-__all__ = ["METHODS", "PATTERNS", "Row", "main", "plot", "run", "table"]
+__all__ = ["METHODS", "PATTERNS", "Row", "comparisons", "main", "plot", "prune_once", "run",
+           "table", "write_json"]
 
 METHODS = ("magnitude", "wanda", "obs", "iht", "admm")
 #: Pattern name -> the keyword arguments of :func:`l0prune.prune` and its sparsity.
@@ -150,7 +152,7 @@ def _sequential_text(row: Row) -> str:
 def _row_line(row: Row, dense: float) -> str:
     return (f"{row.pattern} {row.method} sequential {_sequential_text(row)}: perplexity "
             f"{row.perplexity:.2f} ({row.perplexity / dense:.3f} x dense), "
-            f"{row.seconds:.1f} s")
+            f"{row.seconds:.1f} s, {row.cpu_seconds:.1f} CPU s")
 
 
 def _find(rows: Sequence[Row], method: str, pattern: str, sequential: bool | None):
@@ -188,17 +190,18 @@ def table(rows: Sequence[Row], dense_perplexity: float, description: str) -> str
         ... # doctest: +ELLIPSIS
         LM
         ...
-        | obs | yes | 30.00 | 2.0 |
-        ...
+        | obs | yes | 30.00 | 1.9 |
     """
     patterns = list(dict.fromkeys(r.pattern for r in rows))
     lines = [
         description,
         "",
         f"Dense held-out perplexity: {dense_perplexity:.2f}. Per pattern: perplexity after "
-        "pruning, and seconds of the prune call (wall-clock; statistics and solves).",
+        "pruning, and CPU seconds of the prune call (statistics and solves; on a shared machine "
+        "CPU seconds vary less than wall-clock ones).",
         "",
-        "| method | sequential | " + " | ".join(f"{p} ppl | {p} s" for p in patterns) + " |",
+        "| method | sequential | " + " | ".join(f"{p} ppl | {p} CPU s" for p in patterns)
+        + " |",
         "|---|---|" + "---:|---:|" * len(patterns),
     ]
     for key in dict.fromkeys((r.method, r.sequential) for r in rows):
@@ -206,7 +209,7 @@ def table(rows: Sequence[Row], dense_perplexity: float, description: str) -> str
         for pattern in patterns:
             row = _find(rows, key[0], pattern, key[1])
             cells += ["-", "-"] if row is None else [f"{row.perplexity:.2f}",
-                                                    f"{row.seconds:.1f}"]
+                                                    f"{row.cpu_seconds:.1f}"]
         sequential = "-" if key[1] is None else ("yes" if key[1] else "no")
         lines.append(f"| {key[0]} | {sequential} | " + " | ".join(cells) + " |")
     found = comparisons(rows)
@@ -216,38 +219,55 @@ def table(rows: Sequence[Row], dense_perplexity: float, description: str) -> str
 
 
 def plot(rows: Sequence[Row], dense_perplexity: float, path: str | Path, title: str) -> None:
-    """Perplexity against sparsity per method (solid: sequential statistics, dashed: not;
-    2:4 as a separate marker at 50 %), log scale, the dense model as a line."""
+    """The perplexity increase over the dense model (%, log scale) per method and pattern:
+    50 %, 70 %, 90 % joined by a line, 2:4 apart on the right; solid: sequential statistics,
+    dashed: not."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7.5, 4.8), layout="constrained")
     axes = figure.add_subplot()
     colors = dict(zip(METHODS, ("tab:gray", "tab:green", "tab:blue", "tab:orange", "tab:red"),
                       strict=True))
+    position = {"50 %": 0, "70 %": 1, "90 %": 2, "2:4": 3.2}
+    floor = 1e-3  # a run no worse than dense would have no place on a log scale
+
+    def increase(row: Row) -> float:
+        return max(100 * (row.perplexity / dense_perplexity - 1), floor)
+
     for key in dict.fromkeys((r.method, r.sequential) for r in rows):
         method, sequential = key
-        color = colors.get(method, "black")
         label = method if sequential is None else \
             f"{method}, {'sequential' if sequential else 'not sequential'}"
-        points = sorted((PATTERNS[r.pattern][1], r.perplexity) for r in rows
-                        if (r.method, r.sequential) == key and r.pattern != "2:4")
-        style = "--" if sequential is False else "-"
-        if points:
-            axes.plot([100 * x for x, _ in points], [y for _, y in points], style, color=color,
-                      marker="o", label=label)
-        nm = _find(rows, method, "2:4", sequential)
-        if nm is not None:
-            axes.plot([50], [nm.perplexity], marker="s" if sequential is not False else "D",
-                      color=color, fillstyle="none", markersize=9, linestyle="none")
-    axes.axhline(dense_perplexity, color="black", linewidth=0.8, label="dense")
+        style = {"color": colors.get(method, "black"), "marker": "o" if sequential is not False
+                 else "s", "fillstyle": "full" if sequential is not False else "none"}
+        mine = [r for r in rows if (r.method, r.sequential) == key]
+        line = sorted((position[r.pattern], increase(r)) for r in mine if r.pattern != "2:4")
+        if line:
+            axes.plot(*zip(*line, strict=True), "--" if sequential is False else "-",
+                      label=label, **style)
+        for r in mine:
+            if r.pattern == "2:4":
+                axes.plot([position["2:4"]], [increase(r)], linestyle="none",
+                          label=None if line else label, **style)
     axes.set_yscale("log")
-    axes.set_xlabel("sparsity of the blocks' linear layers (%); hollow squares / diamonds: 2:4")
-    axes.set_ylabel("held-out perplexity")
+    axes.set_xticks(list(position.values()), list(position))
+    axes.set_xlabel("sparsity of the blocks' linear layers")
+    axes.set_ylabel(f"held-out perplexity over dense ({dense_perplexity:.2f}), % increase")
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7, ncol=2)
+    axes.grid(True, which="major", axis="y", alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
+
+
+def write_json(rows: Sequence[Row], dense_perplexity: float, path: str | Path) -> None:
+    """The rows and the dense perplexity as JSON (to redraw the plot or compare runs)."""
+    import json
+    from dataclasses import asdict
+
+    Path(path).write_text(json.dumps({"dense_perplexity": dense_perplexity,
+                                      "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
 
 
 def _description(lm: BuiltinLM, nsamples: int, heldout_windows: int) -> str:
@@ -304,4 +324,6 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
-    plot(rows, dense, args.plot, f"built-in LM, {nsamples} calibration windows, one thread")
+    write_json(rows, dense, out.with_suffix(".json"))
+    plot(rows, dense, args.plot, f"built-in LM, {nsamples} calibration windows of "
+                                 f"{lm.info['seqlen']} tokens, block by block, one thread")
