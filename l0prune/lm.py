@@ -510,11 +510,13 @@ def builtin_lm(size: str | LMConfig = "default",
 
 
 def _main() -> None:
-    """``python -m l0prune.lm [SIZE]``: train or find the built-in LM, print its folder."""
+    """``python -m l0prune.lm [SIZE]``: train or find the built-in LM; its model folder on
+    stdout, its figures on stderr."""
     lm = builtin_lm(sys.argv[1] if len(sys.argv) > 1 else "default")
-    print(lm.model_dir)
     print(json.dumps({k: lm.info[k] for k in ("heldout_perplexity", "unigram_perplexity",
-                                               "parameters", "train_seconds")}))
+                                               "parameters", "train_seconds")}),
+          file=sys.stderr)
+    print(lm.model_dir)
 
 
 if __name__ == "__main__":
