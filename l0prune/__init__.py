@@ -12,7 +12,13 @@
 - :func:`second_moments` gives the layer statistics ``H`` the solvers work on.
 """
 
-from solvers import NM, PerRow, Structured, Unstructured
+import os
+
+# OpenMP threads that sleep rather than spin while they wait: read when torch loads its OpenMP
+# runtime, so only if torch is not loaded yet (see l0prune.threads for the figures).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from solvers import NM, PerRow, Structured, Unstructured  # noqa: E402
 
 from .checkpoints import load_pretrained, save_pretrained
 from .exporting import ExportReport, export, load_sparse

@@ -16,7 +16,7 @@ member of it, sized per problem (per convolution group). Two ways to size them:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from solvers import Budget, Structured
 
@@ -43,12 +43,11 @@ def layer_family(target: Target, family: Budget) -> Budget:
 
     Example:
         >>> from torch import nn
+        >>> from solvers import Structured
         >>> layer_family(Target("c", nn.Conv2d(4, 8, 3)), Structured(group=1)).group
         9
     """
-    if isinstance(family, Structured):
-        return replace(family, group=family.group * target.kernel)
-    return family
+    return family.with_feature_width(target.kernel)
 
 
 def least_count(family: Budget) -> int:

@@ -133,7 +133,7 @@ class BlockPruner:
         rollback: the run's :class:`~l0prune.rollback.Rollback`; each block is captured in it
             just before it changes.
         stack: the model's stack.
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the method's options.
         sequential: see the module docstring.
         device: where blocks, cached activations, statistics and solves go.

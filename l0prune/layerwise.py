@@ -14,8 +14,9 @@ those it sees:
   ``min ||X W'^T - X_0 W^T||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
   ``C = X^T X_0 / N`` and ``A = H + lam I`` this is the layer problem
   ``tr((W' - W~) A (W' - W~)^T)`` (plus a constant) for the target ``W~ = (W C^T + lam W) A^-1``,
-  so a layer corrects the error of the layers before it (``W~ = W`` when ``X = X_0``). The first
-  group only ever sees the dense model, so its statistics are taken once.
+  so a layer corrects the error of the layers before it (``W~ = W`` when ``X = X_0``;
+  :meth:`solvers.LayerProblem.from_moments` builds it). The first group only ever sees the dense
+  model, so its statistics are taken once.
 
 The relative error reported per layer is ``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2``: how far the
 layer's output is from the dense model's (in parallel mode, the layer problem's relative error).
@@ -23,9 +24,9 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from solvers import METHODS, Budget, LayerProblem, solve
+from solvers import Budget, LayerProblem, method_function, solve
 
 from .allocation import Curve, layer_family, least_count
 from .masks import attach
@@ -49,7 +50,7 @@ def method_options(method: str, options: Mapping | None, seed: int) -> dict:
     """``options`` for ``method``, with ``seed`` added when the method takes one.
 
     Args:
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the user's options, or ``None``.
         seed: the run's seed.
 
@@ -61,9 +62,7 @@ def method_options(method: str, options: Mapping | None, seed: int) -> dict:
         {'refit': True}
     """
     options = dict(options or {})
-    module, name = METHODS[method].split(":")
-    fn = getattr(importlib.import_module(module), name)
-    if "seed" in inspect.signature(fn).parameters:
+    if "seed" in inspect.signature(method_function(method)).parameters:
         options.setdefault("seed", seed)
     return options
 
@@ -104,7 +103,7 @@ class LayerPruner:
         targets: the layers to prune.
         discovery: the model's :class:`~l0prune.statistics.Discovery`.
         snapshot: holds the dense weights.
-        method: a :data:`solvers.METHODS` name.
+        method: a :func:`solvers.methods` name.
         options: the method's options.
         sequential: see the module docstring.
         device: where statistics and solves run.
@@ -155,6 +154,7 @@ class LayerPruner:
         self.passes = 0
         self.moments: dict[str, Moments] = {}
         self._first: dict[str, Moments] = {}
+        self._cache: dict[str, tuple[weakref.ref, list[LayerProblem]]] = {}
 
     def _collect(self, groups, reference=None) -> dict[str, Moments]:
         self.passes += 1
@@ -176,6 +176,30 @@ class LayerPruner:
                 for name, result in results.items():
                     modules[name].weight.copy_(result.weight)
 
+    def _problems(self, target: Target, moments: Moments) -> list[LayerProblem]:
+        """``target``'s problems (one per convolution group) for ``moments``, built once.
+
+        A problem caches its scaled form and eigendecomposition (and, from paired statistics,
+        its sequential target solve), so every budget tried on the same statistics (an
+        allocation's error curve, a search's trials) reuses them. One entry per target: new
+        statistics replace it.
+        """
+        cached = self._cache.get(target.name)
+        if cached is not None and cached[0]() is moments:
+            return cached[1]
+        W = target.matrix(self.snapshot.value(self.weights[target.name])).to(self.device)
+        problems = [
+            LayerProblem.from_moments(
+                W[i], moments.H[i],
+                None if moments.cross is None else moments.cross[i],
+                None if moments.dense is None else moments.dense[i],
+            )
+            for i in range(target.groups)
+        ]
+        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
+        self._cache[target.name] = (weakref.ref(moments), problems)
+        return problems
+
     def solve(self, target: Target, budget: Budget, moments: Moments) -> LayerResult:
         """Solve ``target``'s problem (each convolution group apart) under ``budget``.
 
@@ -187,15 +211,14 @@ class LayerPruner:
         Returns:
             The :class:`LayerResult`; the model is not changed.
         """
-        W = target.matrix(self.snapshot.value(self.weights[target.name])).to(self.device)
         weights, masks, errors, seconds = [], [], [], 0.0
-        for i in range(target.groups):
-            solution = solve(_problem(W[i], moments, i, budget), self.method, **self.options)
+        for base in self._problems(target, moments):
+            solution = solve(base.with_budget(budget), self.method, **self.options)
             weights.append(solution.weight)
             masks.append(solution.mask)
             errors.append(
                 (solution.relative_error, 1.0) if moments.cross is None
-                else _output_error(W[i], solution.weight, moments, i)
+                else base.output_error(solution.weight)
             )
             seconds += solution.info["seconds"]
         if len(errors) == 1 and moments.cross is None:
@@ -291,28 +314,3 @@ class LayerPruner:
         ]
         return Curve(target, fam, counts, errors)
 
-
-def _problem(W: torch.Tensor, moments: Moments, i: int, budget: Budget) -> LayerProblem:
-    """The layer problem of group ``i``: ``(W, H)``, or ``(W~, H)`` from paired statistics."""
-    H = moments.H[i]
-    if moments.cross is None:
-        return LayerProblem(W, H, budget=budget)
-    lam = 0.01 * float(H.diagonal().mean())
-    target = W.double()
-    if lam > 0:
-        A = H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-        target = torch.linalg.solve(A, moments.cross[i] @ target.T + lam * target.T).T
-    return LayerProblem(target.to(W.dtype), H, lam=lam, budget=budget)
-
-
-def _output_error(
-    W: torch.Tensor, pruned: torch.Tensor, moments: Moments, i: int
-) -> tuple[float, float]:
-    """``(||X W'^T - X_0 W^T||^2, ||X_0 W^T||^2) / N`` from paired statistics."""
-    W, P = W.double(), pruned.double()
-    dense = float(((W @ moments.dense[i]) * W).sum())
-    change = (
-        float(((P @ moments.H[i]) * P).sum()) - 2 * float(((P @ moments.cross[i]) * W).sum())
-        + dense
-    )
-    return max(change, 0.0), dense

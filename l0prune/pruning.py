@@ -41,7 +41,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from solvers import METHODS, NM, Budget, Unstructured
+from solvers import NM, Budget, Unstructured, methods
 
 from . import allocation, blocks
 from .batches import LossFn, check_data, cross_entropy, mean_loss
@@ -58,6 +58,7 @@ from .search import GRID, two_stage
 from .snapshot import Snapshot, move
 from .statistics import Moments, discover
 from .targets import Target, select_targets
+from .threads import using_threads
 
 __all__ = ["IncompatibleBudget", "prune"]
 
@@ -85,6 +86,7 @@ def prune(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     rollback_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place, layer by layer, by solving each layer's pruning problem.
 
@@ -106,7 +108,7 @@ def prune(
             output or cross-entropy against the batch's last item / ``labels``. For a causal
             LM on :func:`~l0prune.text.text_batches`, :func:`~l0prune.perplexity.next_token_nll`
             (a loss with ``perplexity = True`` makes the report give perplexities).
-        method: a solver of :data:`solvers.METHODS` (``"admm"``, ``"iht"``, ``"obs"``,
+        method: a solver of :func:`solvers.methods` (``"admm"``, ``"iht"``, ``"obs"``,
             ``"wanda"``, ``"magnitude"``, ...).
         budget: the sparsity pattern: ``Unstructured()`` (default), ``PerRow()``,
             ``Structured(group=g)`` (``g`` input features; whole channels on a convolution),
@@ -152,6 +154,9 @@ def prune(
             each finished block (safetensors files, removed when the run ends), so that memory
             holds the copy of one block at a time instead of a second copy of the stack; the
             whole-model path ignores it (its snapshot is taken up front).
+        threads: torch CPU threads for the run (torch's setting is put back after it);
+            default: torch's count capped by the CPUs this process may use (affinity and
+            cgroup quota, :func:`l0prune.threads.default_threads`). The report records it.
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -169,6 +174,22 @@ def prune(
     start = time.perf_counter()
     _check_arguments(model, calibration, sparsity, alpha, validation, method, budget)
     _check_settings(loss_fn, sequential, seed, options, progress, skip_incompatible)
+    with using_threads(threads) as count:
+        report = _prune(
+            model, calibration, start, sparsity=sparsity, alpha=alpha, validation=validation,
+            loss_fn=loss_fn, method=method, budget=budget, targets=targets, ignore=ignore,
+            sequential=sequential, finetune=finetune, seed=seed, device=device, options=options,
+            progress=progress, skip_incompatible=skip_incompatible, blockwise=blockwise,
+            checkpoint=checkpoint, resume=resume, rollback_dir=rollback_dir,
+        )
+    report.threads = count
+    return report
+
+
+def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, method, budget,
+           targets, ignore, sequential, finetune, seed, device, options, progress,
+           skip_incompatible, blockwise, checkpoint, resume, rollback_dir) -> PruneReport:
+    """:func:`prune` after its arguments are checked, on the run's threads."""
     config = _finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
     _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
@@ -420,8 +441,8 @@ def _fraction(value, name: str) -> None:
 def _check_arguments(model, calibration, sparsity, alpha, validation, method, budget) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if method not in methods():
+        raise ValueError(f"method must be one of {methods()}, got {method!r}")
     if budget is not None and not isinstance(budget, Budget):
         raise ValueError(
             f"budget must be a solvers Budget (Unstructured(), PerRow(), NM(2, 4), "

@@ -88,6 +88,7 @@ class PruneReport:
             ``exp`` of each loss is a perplexity and the report gives them.
         blocks: the stack pruned block by block (its name and block count), or ``None`` for
             the whole-model path.
+        threads: torch CPU threads the run used.
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -113,6 +114,7 @@ class PruneReport:
     skipped: dict[str, str] = field(default_factory=dict)
     perplexity: bool = False
     blocks: str | None = None
+    threads: int | None = None
 
     @property
     def kept(self) -> int:
@@ -228,7 +230,7 @@ class PruneReport:
             f"passes: {self.calibration_passes} over the calibration data, "
             f"{self.validation_passes} over the validation data; "
             f"{self.finetune_steps} finetuning steps; {len(self.trials)} search trials; "
-            f"{self.seconds:.1f} s"
+            f"{self.seconds:.1f} s" + (f" on {self.threads} thread(s)" if self.threads else "")
         )
         return "\n".join(lines)
 

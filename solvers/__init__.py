@@ -5,7 +5,7 @@ input second moment ``H`` and a sparsity budget; :func:`solve` runs one method o
 It never imports ``l0prune``.
 """
 
-from .api import METHODS, solve, solve_to_tolerance
+from .api import method_function, methods, register_method, solve, solve_to_tolerance
 from .bounds import BOUNDS, lower_bound
 from .budgets import NM, Budget, PerRow, Structured, Unstructured
 from .problem import LayerProblem
@@ -13,7 +13,6 @@ from .solution import Solution
 
 __all__ = [
     "BOUNDS",
-    "METHODS",
     "NM",
     "Budget",
     "LayerProblem",
@@ -22,6 +21,9 @@ __all__ = [
     "Structured",
     "Unstructured",
     "lower_bound",
+    "method_function",
+    "methods",
+    "register_method",
     "solve",
     "solve_to_tolerance",
 ]

@@ -17,7 +17,8 @@ Structured(g)  ``g`` input columns          all column groups            ``k``
 With the gates relaxed to ``[0, 1]`` these inequalities describe the convex hull of the supports
 (the sets are disjoint cardinality constraints), which is what makes the relaxations exact
 descriptions of the budget. Solvers still select supports through ``budget.select``; this module
-is the one place that knows each budget's constraint structure.
+turns each budget's own :meth:`~solvers.budgets.Budget.layout` into the constraint structure
+those programs use.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .budgets import NM, Budget, PerRow, Structured, Unstructured
+from .budgets import Budget
 
 __all__ = ["Cardinality"]
 
@@ -51,19 +52,10 @@ class Cardinality:
     @classmethod
     def of(cls, budget: Budget, shape: tuple[int, int]) -> Cardinality:
         """The gates of ``budget`` on a weight of ``shape``."""
-        if not isinstance(budget, (Unstructured, PerRow, NM, Structured)):
-            raise ValueError(
-                f"budget must be Unstructured, PerRow, NM or Structured, got {budget!r}"
-            )
-        out, inp = shape
-        count = budget.count(shape)
-        if isinstance(budget, Unstructured):
-            return cls(shape, None, out * inp, count)
-        if isinstance(budget, PerRow):
-            return cls(shape, None, inp, count)
-        if isinstance(budget, NM):
-            return cls(shape, None, budget.m, count)
-        return cls(shape, budget.group, inp // budget.group, count)  # Structured
+        if not isinstance(budget, Budget):
+            raise ValueError(f"budget must be a solvers Budget, got {budget!r}")
+        layout = budget.layout(shape)
+        return cls(shape, layout.group, layout.set_size, layout.count)
 
     @property
     def atoms(self) -> int:

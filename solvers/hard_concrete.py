@@ -50,9 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from . import gates
-from .budgets import NM, PerRow, Structured
 from .safeguard import finish
-from .scaling import scale
 
 __all__ = ["hard_concrete"]
 
@@ -85,21 +83,23 @@ class _Layout:
 
 
 def _layout(budget, shape: tuple[int, int], dtype, device) -> _Layout:
-    """The gates and counting units of ``budget``: the constraint the dual ascent enforces."""
+    """The gates and counting units of ``budget``: the constraint the dual ascent enforces.
+
+    The units are the budget's counting sets (:meth:`~solvers.budgets.Budget.layout`): one for
+    the whole layer (unstructured, structured), a row (per-row), ``m`` inputs of a row (N:M).
+    """
     out, n_in = shape
-    count = budget.count(shape)
-
-    def full(size):
-        return torch.full(size, float(count), dtype=dtype, device=device)
-
-    if isinstance(budget, Structured):
-        return _Layout((n_in // budget.group,), budget.group, full(()))
-    if isinstance(budget, PerRow):
-        return _Layout((out, n_in), 0, full((out,)))
-    if isinstance(budget, NM):
-        return _Layout((out, n_in), 0, full((out, n_in // budget.m)))
-    return _Layout((out, n_in), 0, torch.tensor(float(budget.kept(shape)), dtype=dtype,
-                                               device=device))
+    layout = budget.layout(shape)
+    group = layout.group or 0
+    gate_shape = (n_in // group,) if group else (out, n_in)
+    sets = math.prod(gate_shape) // layout.set_size
+    if sets == 1:
+        return _Layout(gate_shape, group, torch.tensor(float(layout.count), dtype=dtype,
+                                                       device=device))
+    rows = gate_shape[-1] // layout.set_size
+    units = (out,) if rows == 1 else (out, rows)
+    return _Layout(gate_shape, group, torch.full(units, float(layout.count), dtype=dtype,
+                                                 device=device))
 
 
 def _check(name: str, value, ok: bool, expected: str) -> None:
@@ -200,7 +200,7 @@ def hard_concrete(
            and dual_lr >= 0, "a finite number >= 0")
 
     budget = problem.budget
-    sc = scale(problem)
+    sc = problem.scaled
     V0, A = sc.W0, sc.H
     dtype, device = V0.dtype, V0.device
     layout = _layout(budget, problem.shape, dtype, device)

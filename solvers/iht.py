@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 
 from .safeguard import finish
-from .scaling import scale
 
 __all__ = ["iht"]
 
@@ -87,9 +86,9 @@ def iht(
     if init is not None:
         warmup = 0
     warmup = min(warmup, max_iter)  # the continuation ends on the budget, however short the run
-    sc = scale(problem)
+    sc = problem.scaled
     A = sc.H
-    lipschitz = 2.0 * float(torch.linalg.eigvalsh(A.double())[-1]) if A.numel() else 0.0
+    lipschitz = sc.lipschitz if A.numel() else 0.0
     # A = 0 (H = 0, lam = 0: f is constant) has no step scale: any step keeps the iterate.
     eta = 1.0 / lipschitz if lipschitz > 0 else 1.0
     eta_max = 1e6 * eta  # the line search's growth stops here (an inf step would give NaN)

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import torch
 
-from .budgets import NM, Structured
 from .refit import damped_cholesky
 
 __all__ = ["obs"]
@@ -72,10 +71,11 @@ def obs(problem, *, blocksize: int = 128, refit: bool = False):
     """
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
         raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
-    if isinstance(problem.budget, Structured):
-        weight, mask, history = _group_obs(problem)
+    layout = problem.budget.layout(problem.shape)
+    if layout.group is not None:
+        weight, mask, history = _group_obs(problem, layout.group)
     else:
-        weight, mask, history = _sweep(problem, blocksize)
+        weight, mask, history = _sweep(problem, blocksize, layout.set_size)
     if refit:
         weight = problem.refit(mask)
     return weight, mask, {"iterations": len(history), "converged": True, "history": history}
@@ -97,15 +97,19 @@ def _select(budget, mask: torch.Tensor, start: int, score: torch.Tensor) -> torc
     return budget.select(torch.cat([fixed, score], dim=1))[:, start:]
 
 
-def _sweep(problem, blocksize: int):
-    """SparseGPT's column sweep; returns the weight, the mask and the objective per block."""
+def _sweep(problem, blocksize: int, set_size: int):
+    """SparseGPT's column sweep; returns the weight, the mask and the objective per block.
+
+    ``set_size`` is the budget's counting set; sets of a few columns within a row (N:M) are
+    independent of everything after them, so each is chosen when the sweep reaches it.
+    """
     budget = problem.budget
     W = problem.W.clone()
     n = W.shape[1]
     U = damped_cholesky(_inverse(problem.damped)).mT.to(W.dtype)  # Hinv = U^T U
     d2 = U.diagonal() ** 2
-    nm = isinstance(budget, NM)  # N:M groups are independent: each is chosen when reached
-    window = budget.m if nm else blocksize
+    nm = set_size < n and n % set_size == 0
+    window = set_size if nm else blocksize
     step = max(window, blocksize - blocksize % window)
     mask = torch.zeros_like(W, dtype=torch.bool)
     history, loss = [], 0.0
@@ -132,10 +136,10 @@ def _sweep(problem, blocksize: int):
     return W, mask, history
 
 
-def _group_obs(problem):
-    """Greedy group OBS; returns the weight, the mask and the objective per group dropped."""
+def _group_obs(problem, g: int):
+    """Greedy group OBS over groups of ``g`` columns; returns the weight, the mask and the
+    objective per group dropped."""
     budget = problem.budget
-    g = budget.group
     out, n = problem.shape
     n_groups = n // g
     W = problem.W.to(torch.float64, copy=True)

@@ -3,7 +3,12 @@
 ``W`` is a layer's dense weight (out x in), ``H = X^T X / N`` the second moment of its inputs
 (in x in, symmetric PSD; ``None`` means the identity, the plain Frobenius problem) and ``lam`` a
 ridge that keeps ``H + lam I`` well conditioned. This module is the "datafit" every solver shares:
-value, gradient, Lipschitz constant, the scale-free relative error, and the refit on a support.
+value, gradient, the scale-free relative error, the refit on a support, and the diagonally scaled
+form (:mod:`solvers.scaling`) with its eigendecomposition and Lipschitz constant.
+
+What depends only on ``(W, H, lam)`` is computed once per layer and shared by every problem that
+:meth:`LayerProblem.with_budget` makes from it, so every method and every budget of an allocation
+or a search reuses one ``H + lam I``, one scaled problem and one eigendecomposition.
 
 Inputs are checked here, once; solvers trust a ``LayerProblem``.
 """
@@ -11,14 +16,14 @@ Inputs are checked here, once; solvers trust a ``LayerProblem``.
 from __future__ import annotations
 
 import math
-from functools import cached_property
 
 import numpy as np
 import torch
 
 from .budgets import Budget, Unstructured
+from .scaling import Scaled, scale
 
-__all__ = ["PSD_TOLERANCE", "LayerProblem", "as_tensor"]
+__all__ = ["PSD_TOLERANCE", "LayerProblem", "as_tensor", "default_ridge"]
 
 
 #: ``H`` counts as positive semidefinite when ``H + PSD_TOLERANCE * max|H| I`` has a Cholesky
@@ -74,10 +79,33 @@ def _check_psd(H: torch.Tensor, scale: float) -> None:
     )
 
 
+def default_ridge(H: torch.Tensor | None) -> float:
+    """``0.01 * mean(diag H)`` (SparseGPT's damping; 0 for the identity or an empty ``H``)."""
+    if H is None or not H.shape[0]:
+        return 0.0
+    return 0.01 * float(H.diagonal().mean())
+
+
+class _shared:
+    """A cached property kept in the problem's shared cache: computed once, then seen by every
+    problem :meth:`LayerProblem.with_budget` makes (they hold the same ``_cache`` dict)."""
+
+    def __init__(self, fn):
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __get__(self, problem, owner=None):
+        if problem is None:
+            return self
+        cache = problem._cache
+        if self.name not in cache:
+            cache[self.name] = self.fn(problem)
+        return cache[self.name]
+
+
 def _ridge(lam, H: torch.Tensor | None) -> float:
     """``lam`` as a float (a Python, numpy or 0-d torch number); ``None``: the default."""
     if lam is None:
-        return 0.01 * float(H.diagonal().mean()) if H is not None and H.shape[0] else 0.0
+        return default_ridge(H)
     if isinstance(lam, (np.generic, np.ndarray, torch.Tensor)) and lam.ndim == 0:
         lam = lam.item()
     if isinstance(lam, bool) or not (
@@ -175,6 +203,9 @@ class LayerProblem:
         if budget.sized:
             budget.check(self.shape)
         self.budget = budget
+        # (dense W, H, C, H0) in float64 for a problem from_moments with cross, else None
+        self.reference: tuple[torch.Tensor, ...] | None = None
+        self._cache: dict = {}
 
     @classmethod
     def from_inputs(cls, W, X, lam: float | None = None, budget: Budget | None = None, **kw):
@@ -191,11 +222,71 @@ class LayerProblem:
             raise ValueError("X must hold at least one row, got 0")
         return cls(W, X.T @ X / X.shape[0], lam, budget, **kw)
 
+    @classmethod
+    def from_moments(
+        cls, W, H, cross=None, dense=None, budget: Budget | None = None, **kw
+    ) -> LayerProblem:
+        """The problem of a layer whose inputs ``X`` differ from the dense model's ``X_0``.
+
+        Sequential pruning fits each layer to reproduce the dense model's output from the inputs
+        it sees with the layers before it already pruned:
+        ``min ||X W'^T - X_0 W^T||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
+        ``C = X^T X_0 / N`` and ``A = H + lam I`` that is the layer problem
+        ``tr((W' - W~) A (W' - W~)^T)`` plus a constant, for the target
+        ``W~ = (W C^T + lam W) A^-1`` (solved in float64; ``W~ = W`` when ``X = X_0``), so a
+        layer corrects the error of the layers before it.
+
+        Args:
+            W: the dense weight, out x in.
+            H: ``X^T X / N``, in x in.
+            cross: ``C = X^T X_0 / N``; ``None`` for ``X = X_0`` (the problem ``(W, H)``).
+            dense: ``X_0^T X_0 / N``, needed with ``cross`` for :meth:`output_error`.
+            budget: as for the constructor; ``**kw`` takes its other keywords (``lam``
+                defaults to :func:`default_ridge` of ``H``).
+
+        Returns:
+            The :class:`LayerProblem` with target ``W~``; :meth:`output_error` measures against
+            the dense output ``X_0 W^T``.
+
+        Example:
+            >>> import torch
+            >>> from solvers import LayerProblem, solve
+            >>> X0 = torch.randn(64, 8, dtype=torch.float64); X = X0 + 0.1 * torch.randn(64, 8)
+            >>> W = torch.randn(4, 8, dtype=torch.float64)
+            >>> p = LayerProblem.from_moments(W, X.T @ X / 64, X.T @ X0 / 64, X0.T @ X0 / 64,
+            ...                               sparsity=0.5)
+            >>> change, energy = p.output_error(solve(p, "obs").weight)
+            >>> 0 < change < energy
+            True
+        """
+        if cross is None:
+            return cls(W, H, budget=budget, **kw)
+        if dense is None:
+            raise ValueError("dense (X_0^T X_0 / N) must be given with cross")
+        W_t = as_tensor(W, "W", kw.get("dtype"))
+        H64, C64, D64 = (as_tensor(m, name, torch.float64, W_t.device)
+                         for m, name in ((H, "H"), (cross, "cross"), (dense, "dense")))
+        if C64.shape != H64.shape or D64.shape != H64.shape:
+            raise ValueError(
+                f"cross and dense must have H's shape {tuple(H64.shape)}, got "
+                f"{tuple(C64.shape)} and {tuple(D64.shape)}"
+            )
+        lam = kw.pop("lam", None)
+        lam = default_ridge(H64) if lam is None else lam
+        target = W_t.double()
+        if lam > 0:
+            A = H64 + lam * torch.eye(H64.shape[0], dtype=H64.dtype, device=H64.device)
+            target = torch.linalg.solve(A, C64 @ target.T + lam * target.T).T
+        problem = cls(target.to(W_t.dtype), H64, lam=lam, budget=budget, **kw)
+        problem.reference = (W_t, H64, C64, D64)
+        return problem
+
     def with_budget(self, budget: Budget) -> LayerProblem:
         """The same ``(W, H, lam)`` under another budget (shares the cached factorisations)."""
         clone = object.__new__(LayerProblem)
         clone.__dict__.update(self.__dict__)
-        budget.check(self.shape)
+        if budget.sized:
+            budget.check(self.shape)
         clone.budget = budget
         return clone
 
@@ -205,14 +296,14 @@ class LayerProblem:
         """Whether ``H`` is the identity (the plain Frobenius problem)."""
         return self.H is None
 
-    @cached_property
+    @_shared
     def damped(self) -> torch.Tensor:
         """``H + lam I``, the matrix the objective uses."""
         n = self.shape[1]
         eye = torch.eye(n, dtype=self.W.dtype, device=self.W.device)
         return eye * (1.0 + self.lam) if self.H is None else self.H + self.lam * eye
 
-    @cached_property
+    @_shared
     def damped_diagonal(self) -> torch.Tensor:
         """``diag(H) + lam``, without forming ``H + lam I`` when ``H`` is the identity."""
         if self.H is None:
@@ -220,11 +311,11 @@ class LayerProblem:
                               device=self.W.device)
         return self.H.diagonal() + self.lam
 
-    @cached_property
-    def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(e, Q)`` with ``H + lam I = Q diag(e) Q^T`` (computed in float64)."""
-        e, Q = torch.linalg.eigh(self.damped.double())
-        return e.clamp_min(0).to(self.W.dtype), Q.to(self.W.dtype)
+    @_shared
+    def scaled(self) -> Scaled:
+        """The diagonally scaled problem (:mod:`solvers.scaling`), with its eigendecomposition
+        and Lipschitz constant computed on first use."""
+        return scale(self)
 
     def objective(self, weight: torch.Tensor) -> float:
         """``f(W') = tr((W'-W)(H + lam I)(W'-W)^T)``, ``>= 0`` (a singular ``H`` can give a
@@ -238,11 +329,7 @@ class LayerProblem:
         """``grad f(W') = 2 (W' - W)(H + lam I)``."""
         return 2.0 * (weight - self.W) @ self.damped
 
-    def lipschitz(self) -> float:
-        """Lipschitz constant of the gradient, ``2 lambda_max(H + lam I)``."""
-        return 2.0 * float(self.eigh[0][-1]) if self.shape[1] else 0.0
-
-    @cached_property
+    @_shared
     def output_energy(self) -> float:
         """``tr(W H W^T)``: the dense layer's output energy, the relative error's denominator."""
         if self.H is None:
@@ -257,6 +344,26 @@ class LayerProblem:
         num = max(num, 0.0)
         den = self.output_energy
         return num / den if den > 0 else (0.0 if num <= 0 else math.inf)
+
+    def output_error(self, weight: torch.Tensor) -> tuple[float, float]:
+        """``(||X W'^T - X_0 W^T||^2, ||X_0 W^T||^2) / N``: the change of the layer's output
+        against the dense model's, and that output's energy (float64).
+
+        For a problem from :meth:`from_moments` with ``cross``; otherwise ``X = X_0`` and this is
+        the relative error's numerator and denominator, ``tr((W'-W) H (W'-W)^T)`` and
+        ``tr(W H W^T)``.
+        """
+        if self.reference is None:
+            n = self.shape[1]
+            H = torch.eye(n, dtype=torch.float64, device=self.W.device) if self.H is None \
+                else self.H.double()
+            W, C, H0 = self.W, H, H
+        else:
+            W, H, C, H0 = self.reference
+        W, P = W.double(), weight.double()
+        energy = float(((W @ H0) * W).sum())
+        change = float(((P @ H) * P).sum()) - 2 * float(((P @ C) * W).sum()) + energy
+        return max(change, 0.0), energy
 
     def refit(self, mask: torch.Tensor, **options) -> torch.Tensor:
         """Optimal weights on the support ``mask``; see :func:`solvers.refit.refit`."""

@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m l0prune.bench solvers|models|certify|memory`` (see each module)."""
+"""Benchmarks: ``python -m l0prune.bench NAME`` with NAME one of solvers, models, certify,
+checkpoints, memory, gpu, threads, bert (see each module)."""
 
 from __future__ import annotations
 

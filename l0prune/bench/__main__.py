@@ -1,5 +1,4 @@
-"""``python -m l0prune.bench NAME [options]``: run one benchmark (``solvers``, ``models``,
-``certify``, ``checkpoints``, ``memory``, ``lm``, ``llmcompressor``).
+"""``python -m l0prune.bench NAME [options]``: run one benchmark (``--help`` lists the names).
 
 Each benchmark lives in its own module with a ``main(argv)``, imported only when chosen.
 """
@@ -16,6 +15,9 @@ BENCHMARKS = {
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
     "memory": "l0prune.bench.memory",
+    "gpu": "l0prune.bench.gpu",
+    "bert": "l0prune.bench.bert",
+    "threads": "l0prune.bench.threads",
     "lm": "l0prune.bench.lm",
     "llmcompressor": "l0prune.bench.llmcompressor_side",
 }

@@ -1,6 +1,7 @@
 """The solver benchmark: every method on the same layers and budgets, measured against OBS.
 
-``python -m l0prune.bench solvers [--quick] [--out FILE] [--methods NAME ...] [--threads N]``
+``python -m l0prune.bench solvers [--quick] [--out FILE] [--plot FILE] [--methods NAME ...]
+[--threads N]``
 
 Each method variant solves every layer of :func:`~l0prune.bench.layers.benchmark_layers` at
 50 / 70 / 90 % unstructured sparsity and 2:4, each solve on a fresh :class:`~solvers.LayerProblem`
@@ -31,7 +32,7 @@ from solvers import NM, Budget, LayerProblem, Unstructured, solve
 from . import add_threads_option, use_threads
 from .layers import benchmark_layers
 
-__all__ = ["VARIANTS", "BUDGETS", "Row", "main", "run", "table"]
+__all__ = ["VARIANTS", "BUDGETS", "Row", "main", "plot", "run", "table"]
 
 #: ``(label, method, options)`` in the order of the table.
 VARIANTS: list[tuple[str, str, dict]] = [
@@ -42,6 +43,7 @@ VARIANTS: list[tuple[str, str, dict]] = [
     ("obs+refit", "obs", {"refit": True}),
     ("iht", "iht", {}),
     ("admm", "admm", {}),
+    ("admm (fast)", "admm", {"schedule": "fast"}),
     ("admm (published ALPS)", "admm", {"schedule": "alps", "swap_rounds": 0}),
     ("hard_concrete", "hard_concrete", {}),
 ]
@@ -55,11 +57,13 @@ BUDGETS: list[tuple[str, Budget]] = [
 ]
 
 REFERENCE = "obs"
+PUBLISHED = "admm (published ALPS)"
 _WORSE_TOL = 1e-6  # relative: errors within float noise of OBS's do not count as worse
 
 HEADER = [
     "method", "sparsity", "layers", "mean rel. error", "max rel. error", "seconds",
-    "error / OBS", "per layer / OBS", "time / OBS", "worse than OBS",
+    "error / OBS", "per layer / OBS", "time / OBS", "worse than OBS", "error / ALPS",
+    "time / ALPS",
 ]
 
 
@@ -137,6 +141,7 @@ def table(rows: list[Row]) -> str:
     """The markdown table of ``rows``; ratios against the ``obs`` row of the same sparsity
     (``rows`` must hold one for every sparsity)."""
     reference = {row.sparsity: row for row in rows if row.label == REFERENCE}
+    published = {row.sparsity: row for row in rows if row.label == PUBLISHED}
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in rows:
         ref = reference[row.sparsity]
@@ -155,6 +160,9 @@ def table(rows: list[Row]) -> str:
             f"{row.total_seconds / ref.total_seconds:.2f}",
             str(worse),
         ]
+        alps = published.get(row.sparsity)
+        cells += [f"{row.mean_error / alps.mean_error:.3f}",
+                  f"{row.total_seconds / alps.total_seconds:.2f}"] if alps else ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -177,7 +185,8 @@ def _report(layers, rows, argv) -> str:
             "seconds summed over the layers. The last four columns compare with `obs` "
             "(SparseGPT) in the same run: ratio of mean relative errors, geometric mean of the "
             "per-layer error ratios, ratio of times, number of layers where the method's error "
-            "is above OBS's.",
+            "is above OBS's; the last two compare with ADMM's published ALPS schedule: ratio "
+            "of mean relative errors and of times.",
             "",
             table(rows),
             "",
@@ -202,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=Path("bench-results/solvers.md"), help="markdown file"
     )
     parser.add_argument(
+        "--plot", type=Path, help="PNG of error against seconds on the largest layers"
+    )
+    parser.add_argument(
         "--methods", nargs="+", choices=names, metavar="NAME",
         help=f"methods or variant labels to run (obs always runs); one of {names}",
     )
@@ -220,4 +232,45 @@ def main(argv: list[str] | None = None) -> None:
     report = _report(layers, rows, argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
+    if args.plot is not None:
+        plot(layers, rows, args.plot)
     print(report)
+
+
+def plot(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: list[Row], path: Path,
+         count: int = 3) -> None:
+    """Error against seconds on the ``count`` largest layers, for OBS and every ADMM variant in
+    ``rows``, both as ratios to the published ALPS schedule's at the same sparsity (one marker
+    per sparsity): left of 1 is faster, below 1 more accurate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    largest = sorted(layers, key=lambda n: -layers[n][0].numel())[:count]
+    labels = [label for label, method, _ in VARIANTS if method == "admm" or label == REFERENCE]
+    published = {row.sparsity: row for row in rows if row.label == PUBLISHED}
+    markers = dict(zip(sorted(published), "osD^v", strict=False))
+    fig, axes = plt.subplots(1, len(largest), figsize=(5 * len(largest), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], largest, strict=True):
+        for color, label in zip(plt.cm.tab10.colors, labels, strict=False):
+            for row in rows:
+                alps = published.get(row.sparsity)
+                if row.label != label or alps is None or name not in row.errors:
+                    continue
+                ax.plot(row.seconds[name] / alps.seconds[name],
+                        row.errors[name] / alps.errors[name], markers[row.sparsity],
+                        color=color, label=label if row.sparsity == min(published) else None)
+        W = layers[name][0]
+        ax.axhline(1.0, color="gray", lw=0.5)
+        ax.axvline(1.0, color="gray", lw=0.5)
+        ax.set(xscale="log", yscale="log", title=f"{name} ({W.shape[0]}x{W.shape[1]})",
+               xlabel="seconds / published ALPS schedule's",
+               ylabel="relative error / published ALPS schedule's")
+        ax.legend(fontsize=7, title=", ".join(f"{m} {s}" for s, m in markers.items()),
+                  title_fontsize=7)
+    fig.suptitle(f"{torch.get_num_threads()} CPU thread(s)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

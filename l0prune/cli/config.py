@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from solvers import METHODS
+from solvers import methods
 
 from .errors import UsageError
 from .sources import data_source, is_hf, is_text, model_source
@@ -85,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("save-format", choice("dense", "compressed"), "the model/ folder of an hf: model: "
            "dense (its own save_pretrained; default) or compressed (bitmask / 2:4 layouts, read "
            "with l0prune.load_pretrained)", metavar="FORMAT"),
-    Option("method", solver(), f"layer solver: {', '.join(sorted(METHODS))} (default: admm)",
+    Option("method", solver(), f"layer solver: {', '.join(methods())} (default: admm)",
            metavar="NAME"),
     Option("baseline", solver("none"), "solver compared against under the same "
            "settings, or none (default: magnitude)", metavar="NAME"),
@@ -122,8 +122,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("device", torch_device, "where to compute, such as cpu or cuda (default: the model's)",
            metavar="DEVICE"),
-    Option("threads", integer(1), "torch CPU threads (default: torch's; 1 for the built-in "
-           "model, whose layers are too small to gain from more)", metavar="N"),
+    Option("threads", integer(1), "torch CPU threads (default: torch's, capped by the CPUs the "
+           "process may use and finds idle; 1 for the built-in model, whose layers are too small "
+           "to gain from more)", metavar="N"),
     Option("quick", flag, "a fast look: the built-in model trains 5 epochs instead of 30 and "
            f"finetuning runs {QUICK_FINETUNE_EPOCHS} epoch", kind="flag"),
     Option("out", nonempty, "output folder (default: l0prune-run); a previous run there is "

@@ -99,6 +99,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         device=settings.device, progress=progress,
         skip_incompatible=settings.skip_incompatible, blockwise=settings.blockwise,
         checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
+        threads=settings.threads,
     )
 
 

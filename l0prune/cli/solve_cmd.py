@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from l0prune.layerwise import method_options
-from solvers import METHODS, LayerProblem, solve
+from solvers import LayerProblem, methods, solve
 from solvers.bounds import BOUNDS, PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS, SDP_MAX_WEIGHTS
 from solvers.exact import exact, program_binaries
 
@@ -53,7 +53,7 @@ def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
                         help="unstructured, per-row, structured or N:M such as 2:4 (default: "
                              "unstructured)")
     parser.add_argument("--method", metavar="NAME", default="admm",
-                        help=f"solver: {', '.join(METHODS)} (default: admm)")
+                        help=f"solver: {', '.join(methods())} (default: admm)")
     parser.add_argument("--lam", metavar="L",
                         help="ridge weight (default: 0.01 x mean of diag H; 0 for H = I)")
     parser.add_argument("--certify", action="store_true",

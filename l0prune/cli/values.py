@@ -7,12 +7,11 @@ bad value raises :class:`~l0prune.cli.errors.UsageError` saying what was expecte
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from collections.abc import Callable
 
-from solvers import METHODS, NM, Budget, PerRow, Structured, Unstructured
+from solvers import NM, Budget, PerRow, Structured, Unstructured, method_function, methods
 
 from .errors import UsageError
 
@@ -127,16 +126,18 @@ def choice(*names: str) -> Callable[[object, str], str]:
 
 
 def solver(*extra: str) -> Callable[[object, str], str]:
-    """A solver of :data:`solvers.METHODS` whose module is installed (or one of ``extra``)."""
-    names = (*sorted(METHODS), *extra)
-    known = choice(*names)
+    """A solver of :func:`solvers.methods` that imports (or one of ``extra``)."""
 
     def convert(value, label: str) -> str:
-        name = known(value, label)
-        if name in METHODS:
-            module = METHODS[name].split(":")[0]
-            if importlib.util.find_spec(module) is None:
-                raise UsageError(f"{label} {name}: its solver module {module} is not installed")
+        name = choice(*methods(), *extra)(value, label)
+        if name not in extra:
+            try:
+                method_function(name)
+            except ImportError as err:
+                raise UsageError(
+                    f"{label} {name}: its solver needs {err.name or 'a module'}, which is not "
+                    f"installed"
+                ) from None
         return name
 
     return convert

@@ -40,13 +40,16 @@ def test_table_from_rows():
     iht = bench.Row("iht", "70%", {"a": 0.2, "b": 0.2}, {"a": 0.25, "b": 0.125})
     rows = table_rows(bench.table([obs, admm, iht]))
     assert rows[2] == ["obs", "70%", "2", "2.500e-01", "4.000e-01", "1.500", "1.000", "1.000",
-                       "1.00", "0"]
+                       "1.00", "0", "", ""]  # no published ALPS row: no ratios to it
     # mean 0.075 / 0.25 = 0.3; per layer sqrt(0.5 * 0.25) = 0.354; 4.5 s / 1.5 s = 3
     assert rows[3] == ["admm", "70%", "2", "7.500e-02", "1.000e-01", "4.500", "0.300", "0.354",
-                       "3.00", "0"]
+                       "3.00", "0", "", ""]
     # layer a is worse than obs: 0.2 > 0.1; per layer sqrt(2 * 0.5) = 1
     assert rows[4] == ["iht", "70%", "2", "2.000e-01", "2.000e-01", "0.375", "0.800", "1.000",
-                       "0.25", "1"]
+                       "0.25", "1", "", ""]
+    # against a published ALPS row: 0.075 / 0.25 = 0.3 in error, 4.5 s / 1.5 s = 3 in time
+    alps = bench.Row(bench.PUBLISHED, "70%", obs.errors, obs.seconds)
+    assert table_rows(bench.table([obs, admm, alps]))[3][-2:] == ["0.300", "3.00"]
 
 
 def test_table_numbers(quick_report):
@@ -130,3 +133,15 @@ def test_synthetic_layer():
     for kwargs, name in bad:
         with pytest.raises(ValueError, match=name):
             synthetic_layer(**kwargs)
+
+
+def test_plot_of_error_against_time(tmp_path):
+    W, H = synthetic_layer(16, 8)
+    layers = {"a": (W, H), "b": (W[:8], H)}
+    variants = [v for v in bench.VARIANTS if v[0] in ("obs", "admm (fast)", bench.PUBLISHED)]
+    rows = bench.run(layers, variants, [("50%", Unstructured(sparsity=0.5))])
+    assert [r.label for r in rows] == ["obs", "admm (fast)", bench.PUBLISHED]
+    table = bench.table(rows)
+    assert table.splitlines()[-1].split("|")[-3:-1] == [" 1.000 ", " 1.00 "]  # ALPS vs itself
+    bench.plot(layers, rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"

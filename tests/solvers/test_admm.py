@@ -1,5 +1,7 @@
 """ADMM: the schedules, warm starts, invariants and robustness."""
 
+import sys
+
 import pytest
 import torch
 
@@ -18,12 +20,48 @@ def test_default_schedule_runs_longer_and_lands_lower(layer):
 
 def test_rho_only_grows_and_history_is_recorded(layer):
     W, H = layer
-    info = solve(LayerProblem(W, H, sparsity=0.6), "admm").info
+    problem = LayerProblem(W, H, sparsity=0.6)
+    solution = solve(problem, "admm")
+    info = solution.info
     rho = info["rho"]
-    assert rho[0] == pytest.approx(0.01)  # the default rho0
+    e = problem.scaled.eigh[0]
+    assert rho[0] == pytest.approx(0.3 * float(e.median()))  # the default rho0
+    assert solve(problem, "admm", schedule="alps").info["rho"][0] == pytest.approx(0.01)
     assert all(b >= a for a, b in zip(rho, rho[1:], strict=False))
-    assert len(info["history"]) == info["iterations"] == len(rho)
+    assert info["iterations"] == len(rho)
+    assert len(info["history"]) == len(info["support_changes"]) == info["iterations"] // 3
     assert info["support_changes"][-1] == 0
+    # history is f(D) at each check: the last one is the iterate the refit starts from.
+    assert solution.objective <= info["history"][-1] * (1 + 1e-6)
+
+
+def test_fast_schedule_stops_sooner(layer):
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.7)
+    fast, default = solve(problem, "admm", schedule="fast"), solve(problem, "admm")
+    assert fast.info["converged"] and fast.info["iterations"] < default.info["iterations"]
+    assert fast.info["swaps"] == 0 and fast.info["options"]["schedule"] == "fast"
+    assert fast.objective <= solve(problem, "obs").objective
+
+
+def test_the_loop_reads_the_device_once_per_check(layer, monkeypatch):
+    """The iterations queue work without waiting on the device: the ADMM loop reads a tensor
+    back (``int`` / ``float`` / ``bool`` / ``item``) once per check, not once per iteration."""
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.6)
+    reads = []
+    for name in ("__int__", "__float__", "__bool__", "item"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(t, *args, original=original):
+            if sys._getframe(1).f_code.co_name == "admm":
+                reads.append(1)
+            return original(t, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    info = solve(problem, "admm", swap_rounds=0, max_iter=30, schedule="alps").info
+    assert info["iterations"] == 30 and not info["converged"]
+    assert len(reads) == len(info["support_changes"]) == 10
 
 
 def test_never_worse_than_its_start(layer):
@@ -56,9 +94,21 @@ def test_singular_H_without_ridge():
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"schedule": "fast"}, "schedule must be one of"), ({"rho0": 0.0}, "rho0 must be > 0")],
+    [({"schedule": "quick"}, "schedule must be one of"), ({"rho0": 0.0}, "rho0 must be > 0")],
 )
 def test_bad_options(layer, options, message):
     W, H = layer
     with pytest.raises(ValueError, match=message):
         solve(LayerProblem(W, H, sparsity=0.5), "admm", **options)
+
+
+def test_a_settled_support_stops_the_run(layer):
+    """With ``settled`` every check whose movement is at most that fraction of the kept weights
+    counts as stable: at 100 % the run stops at the first ``patience`` checks."""
+    from solvers.admm import Schedule
+
+    W, H = layer
+    problem = LayerProblem(W, H, sparsity=0.6)
+    info = solve(problem, "admm", schedule=Schedule(0.01, (1.3, 1.2, 1.1), 2, settled=1.0)).info
+    assert info["converged"] and info["iterations"] == 6 and info["support_changes"][0] > 0
+    assert solve(problem, "admm", schedule="alps").info["iterations"] > 6

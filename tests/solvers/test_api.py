@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from solvers import NM, LayerProblem, PerRow, Unstructured, solve, solve_to_tolerance
+from solvers import (
+    NM,
+    LayerProblem,
+    PerRow,
+    Unstructured,
+    method_function,
+    methods,
+    register_method,
+    solve,
+    solve_to_tolerance,
+)
 
 
 def test_the_calls_other_code_relies_on():
@@ -86,3 +96,28 @@ def test_tolerance_of_one_or_more_prunes_everything(layer):
     W, H = layer
     found = solve_to_tolerance(LayerProblem(W, H, sparsity=0.5), 1.0, method="magnitude")
     assert not found.mask.any()
+
+
+def _keep_last(problem, *, scale: float = 1.0):
+    """A test method: keeps the budget's support of the last flat indices, scaled."""
+    score = torch.arange(1.0, problem.W.numel() + 1).reshape(problem.shape)
+    mask = problem.budget.select(score)
+    return scale * problem.W * mask, mask, {"iterations": 0, "converged": True, "history": []}
+
+
+def test_a_registered_method_is_solved_like_a_builtin():
+    register_method("test_keep_last", _keep_last)
+    assert "test_keep_last" in methods() and method_function("test_keep_last") is _keep_last
+    W = torch.arange(1.0, 9.0).reshape(2, 4)
+    solution = solve(LayerProblem(W, None, k=3), "test_keep_last", scale=2.0)
+    assert solution.mask.reshape(-1).tolist() == [False] * 5 + [True] * 3
+    assert torch.equal(solution.weight, 2 * W * solution.mask)
+    assert solution.info["options"] == {"scale": 2.0}
+    assert solution.info["method"] == "test_keep_last"
+    register_method("test_keep_last", _keep_last)  # the same function again is harmless
+    with pytest.raises(ValueError, match="'test_keep_last' is already registered"):
+        register_method("test_keep_last", lambda problem: None)
+    with pytest.raises(ValueError, match="'admm' is already registered"):
+        register_method("admm", _keep_last)
+    with pytest.raises(ValueError, match="fn must be callable"):
+        register_method("test_other", "solvers.admm:admm")

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 
 from solvers import NM, PerRow, Structured, Unstructured
-from solvers.budgets import top_k_mask
+from solvers.budgets import Layout, top_k_mask
 
 
 @st.composite
@@ -116,3 +116,23 @@ def test_budget_that_does_not_fit_the_shape():
         Unstructured(k=100).check((3, 6))
     with pytest.raises(ValueError, match="divisible by the group"):
         Structured(k=1, group=4).check((3, 6))
+
+
+@pytest.mark.parametrize(
+    ("budget", "layout"),
+    [(Unstructured(k=5), Layout(None, 24, 5)), (PerRow(k=2), Layout(None, 8, 2)),
+     (NM(1, 4), Layout(None, 4, 1)), (Structured(k=1, group=2), Layout(2, 4, 1))],
+    ids=repr,
+)
+def test_a_budget_describes_its_counting_sets(budget, layout):
+    assert budget.layout((3, 8)) == layout
+    # The layout is the budget: a random selection fills every set to exactly its count.
+    mask = budget.select(torch.rand(3, 8, generator=torch.Generator().manual_seed(0)))
+    gates = mask if layout.group is None else mask[0].reshape(-1, layout.group)[:, 0]
+    assert (gates.reshape(-1, layout.set_size).sum(dim=1) == layout.count).all()
+
+
+def test_feature_width_widens_only_column_groups():
+    assert Structured(k=1, group=2).with_feature_width(9) == Structured(k=1, group=18)
+    for budget in (Unstructured(k=5), PerRow(k=2), NM(2, 4)):
+        assert budget.with_feature_width(9) is budget

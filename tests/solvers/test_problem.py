@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from solvers import NM, LayerProblem, PerRow, solve
+from solvers import NM, LayerProblem, PerRow, Unstructured, solve, solve_to_tolerance
 
 
 def test_defaults(layer):
@@ -31,8 +31,58 @@ def test_objective_gradient_and_relative_error(layer):
     h = 1e-6
     numeric = (problem.objective(Wp + h * E) - problem.objective(Wp - h * E)) / (2 * h)
     assert float((problem.gradient(Wp) * E).sum()) == pytest.approx(numeric, rel=1e-6)
-    eig_max = float(torch.linalg.eigvalsh(H + 0.3 * torch.eye(H.shape[0], dtype=H.dtype))[-1])
-    assert problem.lipschitz() == pytest.approx(2 * eig_max, rel=1e-8)
+    # The scaled problem: unit diagonal, and its Lipschitz constant and eigenbasis.
+    A = H + 0.3 * torch.eye(H.shape[0], dtype=H.dtype)
+    s = A.diagonal().sqrt()
+    scaled = problem.scaled
+    assert torch.allclose(scaled.H, A / s[:, None] / s[None, :], rtol=1e-12)
+    assert torch.allclose(scaled.W0, W * s, rtol=1e-12)
+    eig_max = float(torch.linalg.eigvalsh(scaled.H)[-1])
+    assert scaled.lipschitz == pytest.approx(2 * eig_max, rel=1e-10)
+    e, Q = scaled.eigh
+    assert torch.allclose(Q @ torch.diag(e) @ Q.T, scaled.H, atol=1e-10)
+
+
+def test_every_method_and_budget_shares_one_eigendecomposition(layer, monkeypatch):
+    W, H = layer
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda A: calls.append(1) or eigh(A))
+    problem = LayerProblem(W, H)
+    for budget in (Unstructured(sparsity=0.5), PerRow(sparsity=0.7), NM(2, 4)):
+        for method, options in (("admm", {"max_iter": 20}), ("iht", {"max_iter": 20}),
+                                ("hard_concrete", {"steps": 20})):
+            solve(problem.with_budget(budget), method, **options)
+    solve_to_tolerance(problem.with_budget(Unstructured()), 0.05, "admm", max_iter=20)
+    assert len(calls) == 1
+
+
+def test_from_moments_is_the_dense_output_problem():
+    g = torch.Generator().manual_seed(0)
+    X0 = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    X = X0 + 0.3 * torch.randn(200, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    H, C, H0 = X.T @ X / 200, X.T @ X0 / 200, X0.T @ X0 / 200
+    problem = LayerProblem.from_moments(W, H, C, H0, sparsity=0.5)
+    assert problem.lam == pytest.approx(0.01 * float(H.diagonal().mean()), rel=1e-14)
+    P = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    change, energy = problem.output_error(P)
+    assert change == pytest.approx(float(((X @ P.T - X0 @ W.T) ** 2).sum()) / 200, rel=1e-10)
+    assert energy == pytest.approx(float(((X0 @ W.T) ** 2).sum()) / 200, rel=1e-10)
+    # f(P) differs from the output change plus the ridge by a constant independent of P.
+    ridge = problem.lam * float(((P - W) ** 2).sum())
+    Q = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    ridge_q = problem.lam * float(((Q - W) ** 2).sum())
+    assert problem.objective(P) - change - ridge == pytest.approx(
+        problem.objective(Q) - problem.output_error(Q)[0] - ridge_q, rel=1e-8, abs=1e-10)
+    plain = LayerProblem.from_moments(W, H0, sparsity=0.5)
+    assert plain.reference is None and torch.equal(plain.W, W)
+    assert plain.output_error(P)[0] == pytest.approx(
+        float(torch.trace((P - W) @ H0 @ (P - W).T)), rel=1e-12)
+    with pytest.raises(ValueError, match="dense .* must be given with cross"):
+        LayerProblem.from_moments(W, H, C)
+    with pytest.raises(ValueError, match="cross and dense must have H's shape"):
+        LayerProblem.from_moments(W, H, C[:3], H0)
 
 
 def test_identity_problem_is_the_frobenius_distance():
