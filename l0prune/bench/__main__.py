@@ -19,6 +19,8 @@ BENCHMARKS = {
     "bert": "l0prune.bench.bert",
     "threads": "l0prune.bench.threads",
     "scale": "l0prune.bench.scale",
+    "lm": "l0prune.bench.lm",
+    "llmcompressor": "l0prune.bench.llmcompressor_side",
 }
 
 

@@ -1,11 +1,11 @@
-"""``l0prune bench [solvers|models|certify|checkpoints|memory|scale] [OPTIONS]``: the benchmark
-tables, printed and written as markdown, by the benchmarks of :mod:`l0prune.bench` (each
-module's ``main(argv)``).
+"""``l0prune bench [NAME] [OPTIONS]``: the benchmark tables, printed and written as markdown,
+by the benchmarks of :mod:`l0prune.bench` (each module's ``main(argv)``; ``NAME`` one of
+:data:`BENCHMARKS`).
 
-With no name, solvers and models run in turn, each with its default output file (certify, the
-exact solves, checkpoints, memory and scale run only when named); OPTIONS go to the benchmark
-as given (``l0prune bench solvers --help`` lists them). A bad name or option is one line and exit
-status 2, as everywhere on the command line.
+With no name, solvers and models run in turn, each with its default output file (the others
+run only when named); OPTIONS go to the benchmark as given (``l0prune bench solvers --help``
+lists them). A bad name or option is one line and exit status 2, as everywhere on the command
+line.
 """
 
 from __future__ import annotations
@@ -30,17 +30,20 @@ def add_parser(subparsers) -> None:
     here but passed on (the caller sets ``options`` to everything after ``bench``)."""
     parser = subparsers.add_parser(
         "bench", add_help=False,
-        usage="l0prune bench [solvers|models|certify|checkpoints|memory|scale] [OPTIONS]",
-        help="run the solver, model, certificate, checkpoint and memory benchmarks (markdown "
-             "tables)",
+        usage=f"l0prune bench [{'|'.join(BENCHMARKS)}] [OPTIONS]",
+        help="run the benchmarks (markdown tables)",
         description="Run the benchmarks: solvers (every layer solver against OBS on the same "
                     "layers), models (the sparsest digits models within a loss tolerance, "
                     "against magnitude), certify (exact optima and certified gaps), "
                     "checkpoints (dense and compressed checkpoint sizes), memory (peak memory "
                     "of block-by-block pruning against the whole-model path on a random-init "
-                    "LLaMA-style model) and scale (layer problems solved here, on a local dask "
-                    "cluster and on a process pool); solvers and models when no name is given. "
-                    "Tables are "
+                    "LLaMA-style model), gpu (solver time per device), bert (pruning a "
+                    "BERT-class encoder, solver seconds per method), threads (torch thread "
+                    "counts on this machine), scale (layer problems solved here, on a local dask "
+                    "cluster and on a process pool), lm (held-out perplexity of the built-in "
+                    "language model per solver) and llmcompressor (side by side with "
+                    "llm-compressor's SparseGPT on a BERT encoder, given --llmcompressor-python "
+                    "PATH); solvers and models when no name is given. Tables are "
                     "printed and written as "
                     "markdown (bench-results/NAME.md unless --out FILE is given). "
                     "`l0prune bench NAME --help` lists a benchmark's options, such as --quick "
@@ -81,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         names = list(DEFAULT)
         if "--out" in options:
-            raise UsageError("--out names one file: give a benchmark name (solvers, models, "
-                             "certify, checkpoints, memory or scale)")
+            raise UsageError("--out names one file: give a benchmark name (one of "
+                             f"{', '.join(BENCHMARKS)})")
     for name in names:
         with _one_line_errors(name):
             try:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from l0prune.batches import to_device
+from l0prune.cache import cache_dir
 from l0prune.digits import accuracy, digits_cnn, load_digits_data, trained_model
 
 from .task import Task
@@ -25,14 +26,6 @@ __all__ = ["EPOCHS", "QUICK_EPOCHS", "builtin_task", "cache_dir", "cached_cnn"]
 
 #: Training epochs of the built-in model, and with ``--quick``.
 EPOCHS, QUICK_EPOCHS = 30, 5
-
-
-def cache_dir() -> Path:
-    """Where trained built-in models are kept."""
-    if os.environ.get("L0PRUNE_CACHE"):
-        return Path(os.environ["L0PRUNE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "l0prune"
 
 
 def _cache_path(seed: int, epochs: int) -> Path:

@@ -1,6 +1,8 @@
-"""Shared fixtures: digits models trained for a few seconds, and a tiny random BERT."""
+"""Shared fixtures: digits models trained for a few seconds, a tiny random BERT, and the
+built-in LM's tiny size."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -76,3 +78,21 @@ def hf_folder(tmp_path_factory):
         tiny_hf.save(kind, root / kind, tok)
     return root
 
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """The built-in LM's ``"tiny"`` size, trained once into a cache folder of its own
+    (``tiny_lm.folder.parent``; set ``L0PRUNE_CACHE`` to it to find it again)."""
+    pytest.importorskip("transformers")
+    from l0prune.lm import builtin_lm
+
+    cache = tmp_path_factory.mktemp("l0prune-cache")
+    before = os.environ.get("L0PRUNE_CACHE")
+    os.environ["L0PRUNE_CACHE"] = str(cache)
+    try:
+        return builtin_lm("tiny", log=lambda message: None)
+    finally:
+        if before is None:
+            del os.environ["L0PRUNE_CACHE"]
+        else:
+            os.environ["L0PRUNE_CACHE"] = before

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from l0prune.cli.bench_cmd import BENCHMARKS
 from solvers import LayerProblem, solve
 
 from .test_cli_errors import run_main
@@ -92,7 +93,9 @@ def test_bench_hands_options_to_the_benchmark(tmp_path, capsys, monkeypatch):
 def test_bench_help_and_bad_use(tmp_path, capsys, monkeypatch):
     done = run_main("bench", "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert done.returncode == 0
-    assert "l0prune bench [solvers|models|certify|checkpoints|memory|scale]" in done.stdout
+    names = "|".join(BENCHMARKS)
+    assert f"l0prune bench [{names}]" in done.stdout
+    assert all(name in names for name in ("scale", "lm", "llmcompressor", "bert", "gpu"))
     done = run_main("bench", "--out", "x.md", cwd=tmp_path, capsys=capsys,
                     monkeypatch=monkeypatch)
     assert done.returncode == 2 and "give a benchmark name" in done.stderr
