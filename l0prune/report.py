@@ -48,8 +48,10 @@ class Trial:
 
     Attributes:
         stage: ``"uniform"`` (every layer at one sparsity) or ``"allocated"`` (a global budget
-            spread by the layers' error curves).
-        target: the sparsity tried.
+            spread by the layers' error curves), each bisected then followed by an upward scan
+            (``"uniform scan"``, ``"allocated scan"``); ``"layer"``: a layer the best trial
+            left dense, pruned on top of it (see :mod:`l0prune.search`).
+        target: the sparsity tried (of that one layer for a ``"layer"`` trial).
         sparsity: the sparsity reached over all targets.
         loss: validation loss (after finetuning when there is finetuning).
         loss_before_finetune: validation loss before finetuning, if any.

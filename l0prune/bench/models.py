@@ -10,7 +10,8 @@ loss, :class:`~l0prune.finetune.Finetune`'s default). Sparsity counts the weight
 but the classifier, which stays dense. Methods:
 
 - ``magnitude``: ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` over the
-  same layers, its amount found by the same bisection as l0prune's uniform stage;
+  same layers, its amount found by the same bisection and upward scan as l0prune's uniform
+  stage (:func:`l0prune.search.bisect_and_scan`);
 - ``obs`` and ``admm``: :func:`l0prune.prune` with that solver (sequential statistics on the
   training split, the two-stage search of :mod:`l0prune.search`).
 
@@ -37,7 +38,7 @@ from l0prune.batches import cross_entropy, mean_loss
 from l0prune.digits import DigitsData, accuracy, trained_model
 from l0prune.finetune import masked_finetune
 from l0prune.masks import masked_weight
-from l0prune.search import MAX_SPARSITY, RESOLUTION, bisect
+from l0prune.search import MAX_SPARSITY, RESOLUTION, bisect_and_scan
 
 from . import add_threads_option, use_threads
 
@@ -108,7 +109,7 @@ def magnitude_search(
             best.update(amount=amount, model=trial, loss=loss)
         return loss <= limit
 
-    bisect(passes, 0.0, MAX_SPARSITY, RESOLUTION)
+    bisect_and_scan(lambda amount, _: passes(amount), 0.0, MAX_SPARSITY, RESOLUTION)
     return best["model"], best["loss"]
 
 
