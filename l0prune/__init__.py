@@ -2,6 +2,8 @@
 
 - :func:`prune` prunes a trained model in place, to a sparsity or within a loss tolerance
   ``L(W') <= alpha * L(W)``, and returns a :class:`PruneReport`;
+- :func:`gradual` prunes it in steps of a sparsity schedule with finetuning between (Zhu &
+  Gupta);
 - :class:`Finetune` configures the masked finetuning it can run;
 - :func:`export` writes the result with pruning made permanent (a dense state dict and a compact
   sparse file, read back by :func:`load_sparse`; the suffix picks safetensors or torch);
@@ -18,6 +20,7 @@ from .checkpoints import load_pretrained, save_pretrained
 from .exporting import ExportReport, export, load_sparse
 from .finalize import finalize
 from .finetune import Finetune, masked_finetune
+from .gradual_pruning import gradual
 from .perplexity import next_token_nll
 from .pruning import prune
 from .report import LayerReport, PruneReport, Trial
@@ -36,6 +39,7 @@ __all__ = [
     "Unstructured",
     "export",
     "finalize",
+    "gradual",
     "load_pretrained",
     "load_sparse",
     "masked_finetune",
