@@ -3,7 +3,8 @@
 - :func:`prune` prunes a trained model in place, to a sparsity or within a loss tolerance
   ``L(W') <= alpha * L(W)``, and returns a :class:`PruneReport`;
 - :func:`gradual` prunes it in steps of a sparsity schedule with finetuning between (Zhu &
-  Gupta);
+  Gupta); :func:`train_l0` trains it with hard-concrete gates to a sparsity (Louizos et al.,
+  with the Lagrangian controller of Wang et al.) and prunes it to the exact budget;
 - :class:`Finetune` configures the masked finetuning it can run;
 - :func:`export` writes the result with pruning made permanent (a dense state dict and a compact
   sparse file, read back by :func:`load_sparse`; the suffix picks safetensors or torch);
@@ -21,6 +22,7 @@ from .exporting import ExportReport, export, load_sparse
 from .finalize import finalize
 from .finetune import Finetune, masked_finetune
 from .gradual_pruning import gradual
+from .l0_training import L0Report, train_l0
 from .perplexity import next_token_nll
 from .pruning import prune
 from .report import LayerReport, PruneReport, Trial
@@ -31,6 +33,7 @@ __all__ = [
     "NM",
     "ExportReport",
     "Finetune",
+    "L0Report",
     "LayerReport",
     "PerRow",
     "PruneReport",
@@ -48,4 +51,5 @@ __all__ = [
     "save_pretrained",
     "second_moments",
     "text_batches",
+    "train_l0",
 ]

@@ -13,9 +13,10 @@ layer is fitted to reproduce the output of the model as it was at the start of t
 With ``alpha`` every step is checked against ``L(W') <= alpha L(W)`` on the validation data
 (``L(W)`` the loss of the model given). Past the planned final sparsity the run continues, each
 step keeping ``SCAN_FACTOR`` of the weights of the one before, while the loss stays within
-``alpha``. At the first step over it, the run bisects (in the log of the weights kept, ``RETRIES`` tries)
-between the last passing model and that failure, each try a step from the best passing model;
-it returns the sparsest passing model (the model as given when none passes).
+``alpha``. At the first step over it, the run bisects (in the log of the weights kept,
+``RETRIES`` tries) between the last passing model and that failure, each try a step from the
+best passing model; it returns the sparsest passing model (the model as given when none
+passes).
 
 Any exception (``KeyboardInterrupt`` included) puts the model back exactly as it was
 (:class:`~l0prune.snapshot.Snapshot`).

@@ -1,6 +1,6 @@
-"""What the prune-retrain workflows (:mod:`l0prune.gradual_pruning`, :mod:`l0prune.l0_training`) share with
-each other: checking their common arguments, the run's device, the targets, and the model's state
-held off the run (a passing step kept while the run goes on).
+"""What the prune-retrain workflows (:mod:`l0prune.gradual_pruning`,
+:mod:`l0prune.l0_training`) share: checking their common arguments, the run's device, the
+targets, and the model's state held off the run (a passing step kept while the run goes on).
 
 The workflows train the model, so they validate on held-out data and report every step as a
 :class:`~l0prune.report.Trial`; the report is a :class:`~l0prune.report.PruneReport` like
