@@ -282,8 +282,8 @@ class _Gradual:
                               for t in self.targets})
         self.calibration_passes += pruner.passes
         for t in self.targets:
-            if allowed[t.name] is not None and bool((results[t.name].mask & ~allowed[t.name])
-                                                    .any()):
+            mask = t.matrix(results[t.name].mask)[0]
+            if allowed[t.name] is not None and bool((mask & ~allowed[t.name]).any()):
                 raise RuntimeError(f"method {self.method!r} revived pruned weights of layer "
                                    f"{t.name!r}: a bug in its support selection")
         before = None

@@ -102,6 +102,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
            "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
            kind="flag"),
+    Option("gradual", integer(1), "prune in STEPS steps of Zhu & Gupta's cubic schedule to "
+           "--sparsity (with --alpha: on towards 0.99 while within it), each a layerwise solve "
+           "from the current weights followed by --finetune-epochs of masked finetuning "
+           "(l0prune.gradual); default: one-shot", metavar="STEPS"),
     Option("sequential", flag, "take each layer's statistics with the layers before it "
            "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
     Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
@@ -145,6 +149,7 @@ class Settings:
     targets: list[str] | None = None
     ignore: list[str] | None = None
     skip_incompatible: bool = False
+    gradual: int | None = None
     sequential: bool = True
     finetune_epochs: int | None = None
     finetune_lr: float = 1e-3
@@ -213,6 +218,9 @@ def _check(settings: Settings) -> None:
         if missing:
             raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of batches)")
     _check_hf(settings)
+    if settings.gradual is not None and ":" in settings.budget:
+        raise UsageError(f"--gradual needs a budget the schedule can size (unstructured, "
+                         f"per-row or structured), got --budget {settings.budget}")
     if settings.baseline == settings.method:
         raise UsageError(
             f"--baseline must differ from --method (both {settings.method}); use --baseline none "

@@ -67,6 +67,15 @@ def _finetune(task: Task, settings: Settings) -> l0prune.Finetune | None:
 
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
            progress: bool) -> l0prune.PruneReport:
+    if settings.gradual is not None:
+        return l0prune.gradual(
+            model, task.calibration, sparsity=settings.sparsity, alpha=settings.alpha,
+            validation=task.validation, loss_fn=task.loss_fn, steps=settings.gradual,
+            method=method, budget=make_budget(settings.budget), targets=settings.targets,
+            ignore=settings.ignore, sequential=settings.sequential,
+            finetune=_finetune(task, settings), seed=settings.seed, device=settings.device,
+            progress=progress,
+        )
     return l0prune.prune(
         model, task.calibration, sparsity=settings.sparsity, alpha=settings.alpha,
         validation=task.validation, loss_fn=task.loss_fn, method=method,

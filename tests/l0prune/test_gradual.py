@@ -61,6 +61,18 @@ def test_pruned_weights_stay_pruned_and_each_step_meets_its_schedule(mlp, monkey
     assert report.trials[-1].sparsity == report.sparsity
 
 
+def test_convolutions_keep_their_pruned_weights_pruned(cnn, monkeypatch):
+    model, data = cnn
+    seen = _record_masks(monkeypatch, model)
+    l0prune.gradual(model, data.loader("train"), sparsity=0.8, validation=data.loader("val"),
+                    steps=2, method="admm", finetune=Finetune(steps=2), progress=False,
+                    options={"max_iter": 20})
+    assert sorted(seen[0]) == ["0", "2", "6"] and seen[0]["2"].dim() == 4
+    for name in seen[0]:
+        assert not (seen[1][name] & ~seen[0][name]).any()
+        assert int(seen[1][name].sum()) == round(0.2 * seen[1][name].numel())
+
+
 def test_structured_steps_drop_whole_columns_and_never_bring_one_back(mlp, monkeypatch):
     model, data = mlp
     seen = _record_masks(monkeypatch, model)
