@@ -118,7 +118,7 @@ def train_l0(
     validation: Iterable | None = None,
     epochs: int = 10,
     lr: float = 1e-3,
-    gate_lr: float = 0.05,
+    gate_lr: float = 0.1,
     warmup: float = 0.5,
     budget: Budget | None = None,
     finetune: Finetune | Mapping | None = None,

@@ -8,7 +8,9 @@ workflow gets the same number of passes over the training split, ``E = 10``:
 - *one-shot*: :func:`l0prune.prune` with ADMM, then ``E`` epochs of masked finetuning;
 - *gradual*: :func:`l0prune.gradual` with ADMM, ``5`` steps of the cubic schedule, ``E / 5``
   epochs of masked finetuning after each;
-- *L0*: :func:`l0prune.train_l0`, ``E / 2`` epochs of gated training, then ``E / 2`` of masked
+- *L0*: :func:`l0prune.train_l0`, ``E / 2`` epochs of gated training (the weights at the
+  models' training learning rate, 3e-3, the gates at 0.2: with the library's defaults, 1e-3
+  and 0.1, the gated network fell further behind in so few steps), then ``E / 2`` of masked
   finetuning.
 
 Finetuning is :class:`~l0prune.finetune.Finetune`'s default (Adam, lr 1e-3, the epoch with the
@@ -41,6 +43,8 @@ __all__ = ["WORKFLOWS", "WorkflowRow", "plot", "run", "table"]
 WORKFLOWS = ("one-shot", "gradual", "L0")
 SPARSITIES, ALPHAS = (0.9, 0.95, 0.98), (1.02, 1.05)
 GRADUAL_STEPS = 5
+#: Learning rates of the L0 workflow's gated training: weights, gates.
+L0_LR, L0_GATE_LR = 3e-3, 0.2
 _CPU = torch.device("cpu")
 
 
@@ -58,21 +62,21 @@ class WorkflowRow:
 
 
 def _run_one(workflow: str, dense: nn.Module, data: DigitsData, epochs: int, *,
-             sparsity: float | None, alpha: float | None, seed: int) -> nn.Module:
+             sparsity: float | None, alpha: float | None, seed: int, steps: int,
+             options: dict | None) -> nn.Module:
     """``workflow`` on a copy of ``dense``; returns the pruned copy."""
     model = copy.deepcopy(dense)
     train = data.loader("train", batch_size=64, shuffle=True, seed=seed)
     common = dict(sparsity=sparsity, alpha=alpha, validation=data.loader("val"), seed=seed,
                   progress=False)
     if workflow == "one-shot":
-        l0prune.prune(model, data.loader("train"), method="admm",
+        l0prune.prune(model, data.loader("train"), method="admm", options=options,
                       finetune=Finetune(data=train, epochs=epochs), **common)
     elif workflow == "gradual":
-        l0prune.gradual(model, data.loader("train"), steps=GRADUAL_STEPS, method="admm",
-                        finetune=Finetune(data=train, epochs=max(1, epochs // GRADUAL_STEPS)),
-                        **common)
+        l0prune.gradual(model, data.loader("train"), steps=steps, method="admm", options=options,
+                        finetune=Finetune(data=train, epochs=max(1, epochs // steps)), **common)
     else:
-        l0prune.train_l0(model, train, epochs=max(1, epochs // 2),
+        l0prune.train_l0(model, train, epochs=max(1, epochs // 2), lr=L0_LR, gate_lr=L0_GATE_LR,
                          finetune=Finetune(data=train, epochs=max(1, epochs - epochs // 2)),
                          **common)
     return model
@@ -84,7 +88,8 @@ def _sparsity(model: nn.Module) -> float:
 
 
 def run(kind: str, *, epochs: int, finetune_epochs: int, sparsities=SPARSITIES, alphas=ALPHAS,
-        seed: int = 0) -> tuple[list[WorkflowRow], float]:
+        seed: int = 0, steps: int = GRADUAL_STEPS,
+        options: dict | None = None) -> tuple[list[WorkflowRow], float]:
     """Every workflow on one digits model, at each sparsity and each tolerance.
 
     Args:
@@ -94,6 +99,8 @@ def run(kind: str, *, epochs: int, finetune_epochs: int, sparsities=SPARSITIES, 
         sparsities: the fixed sparsities.
         alphas: the tolerances.
         seed: seed of the split, training, finetuning and gates.
+        steps: the gradual workflow's steps (each finetuned ``finetune_epochs // steps``).
+        options: ADMM's options (default: its defaults).
 
     Returns:
         The rows and the dense model's test accuracy.
@@ -112,7 +119,7 @@ def run(kind: str, *, epochs: int, finetune_epochs: int, sparsities=SPARSITIES, 
         for workflow in WORKFLOWS:
             start = time.perf_counter()
             model = _run_one(workflow, dense, data, finetune_epochs, sparsity=sparsity,
-                             alpha=alpha, seed=seed)
+                             alpha=alpha, seed=seed, steps=steps, options=options)
             loss = mean_loss(model, data.loader("val"), cross_entropy, _CPU)
             rows.append(WorkflowRow(kind, workflow, label, _sparsity(model), loss / dense_loss,
                                     accuracy(model.eval(), test), time.perf_counter() - start))
@@ -147,9 +154,13 @@ def table(rows: list[WorkflowRow], dense_accuracy: dict[str, float], finetune_ep
     return "\n".join(header + [_line(row) for row in rows] + footer)
 
 
-def plot(rows: list[WorkflowRow], dense_accuracy: dict[str, float], path: Path) -> None:
+def plot(rows: list[WorkflowRow], dense_accuracy: dict[str, float], path: Path | None = None):
     """Test accuracy against sparsity, one panel per model: the fixed sparsities joined by a
-    line per workflow, the tolerance runs as open markers, the dense accuracy dashed."""
+    line per workflow, the tolerance runs as open markers, the dense accuracy dashed.
+
+    Returns:
+        The matplotlib ``Figure``, also written to ``path`` if given.
+    """
     from matplotlib.figure import Figure
 
     kinds = list(dense_accuracy)
@@ -172,7 +183,9 @@ def plot(rows: list[WorkflowRow], dense_accuracy: dict[str, float], path: Path) 
                ylabel="test accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    figure.savefig(path, dpi=120)
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
 
 
 def main(*, quick: bool, out: str) -> None:
