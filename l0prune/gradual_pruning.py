@@ -298,8 +298,8 @@ class _Gradual:
         met = loss <= self.limit
         self.trials.append(Trial(stage, target, sparsity, loss, before, met))
         layers = {name: (r.kept, r.relative_error, r.seconds) for name, r in results.items()}
-        self.last = Kept.of(self.model, sparsity=sparsity, loss=loss,
-                            loss_before_finetune=before, layers=layers)
+        self.last = Kept.of(self.model, copy=self.limit < math.inf, sparsity=sparsity,
+                            loss=loss, loss_before_finetune=before, layers=layers)
         if met and (self.best is None or sparsity >= self.best.sparsity):
             self.best = self.last
         self.bar.set_postfix(stage=stage, sparsity=f"{sparsity:.3f}",

@@ -164,23 +164,25 @@ class Kept:
     """A model state held on the CPU while a run goes on, and what it scored.
 
     Attributes:
-        state: the model's ``state_dict``, copied to the CPU.
+        state: the model's ``state_dict``, copied to the CPU (``None`` when not kept).
         sparsity: its sparsity over the targets.
         loss: its validation loss.
         loss_before_finetune: the loss before its last finetuning, if any.
         layers: per-layer figures of the step that made it (name -> (kept, error, seconds)).
     """
 
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] | None
     sparsity: float
     loss: float
     loss_before_finetune: float | None
     layers: dict[str, tuple[int, float, float]]
 
     @classmethod
-    def of(cls, model: nn.Module, **figures) -> Kept:
-        """Copy ``model``'s state now."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    def of(cls, model: nn.Module, *, copy: bool = True, **figures) -> Kept:
+        """``model``'s figures, and with ``copy`` its state now (a run that never goes back
+        to an earlier model keeps only the figures)."""
+        state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                 if copy else None)
         return cls(state=state, **figures)
 
     def put_back(self, model: nn.Module) -> None:
