@@ -264,6 +264,8 @@ class _L0Run:
         self.multiplier = 0.0
         self.epochs = 0
         self.count: int | None = None  # weights kept by the final projection
+        self.initial: dict[str, torch.Tensor] | None = None  # with alpha: the model as given
+        self.none_passed = False
         self.best: tuple[float, int, list, dict] | None = None
 
     def forward_with(self, z: list[torch.Tensor]):
@@ -295,6 +297,9 @@ class _L0Run:
             with explained(self.model, "validation"):
                 self.dense_loss = self._plain_loss()
         limit = alpha * self.dense_loss if alpha is not None else math.inf
+        if alpha is not None:
+            self.initial = {k: v.detach().to("cpu", copy=True)
+                            for k, v in self.model.state_dict().items()}
         final = sparsity if sparsity is not None else MAX_SPARSITY
         batches = sum(1 for _ in data)
         steps = epochs * batches
@@ -398,8 +403,9 @@ class _L0Run:
         """The count the final projection keeps: the best passing one with ``alpha``."""
         if alpha is None:
             self.count = int(round((1.0 - final) * self.total))
-        elif self.best is None:  # nothing passed: every weight kept
-            self.count = self.total
+        elif self.best is None:  # nothing passed: the model as given
+            self.count, self.none_passed = self.total, True
+            self.model.load_state_dict(self.initial)
         else:
             _, self.count, log_alphas, state = self.best
             with torch.no_grad():
@@ -444,13 +450,16 @@ class _L0Run:
         return [g.spread(c) for g, c in zip(self.gates, chosen, strict=True)]
 
     def finish(self, config, data, budget: str, alpha, start: float) -> L0Report:
-        """Project, write the masks, finetune and report."""
+        """Project, write the masks, finetune and report (with ``alpha`` and no passing
+        projection: the model as given, every weight kept, not finetuned)."""
         with torch.no_grad():
             expected = 1.0 - float(self.density())
-        with torch.no_grad():
             z = [hard_concrete.deterministic(g.log_alpha) for g in self.gates]
         closed = sum(int((zi == 0).sum()) * g.per_gate for g, zi in zip(self.gates, z,
                                                                          strict=True))
+        if self.none_passed:
+            z = [torch.ones_like(zi) for zi in z]
+            config = None
         masks = self.project(self.count)
         layers = []
         for g, zi, mask in zip(self.gates, z, masks, strict=True):
@@ -463,7 +472,9 @@ class _L0Run:
                                       math.nan, 0.0))  # no layer problem: no output error
         steps, before, loss = 0, None, None
         validate = self._plain_loss if self.validation is not None else None
-        if config is not None:
+        if self.none_passed:
+            loss = self.dense_loss
+        elif config is not None:
             done = masked_finetune(self.model, config, self.loss_fn, self.device, data=data,
                                    validate=validate, seed=self.seed)
             steps, before, loss = done.steps, done.loss_before, done.loss

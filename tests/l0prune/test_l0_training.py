@@ -2,6 +2,7 @@
 exactly, masks are stored the torch way, and a failed run leaves the model as it was."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -77,6 +78,23 @@ def test_alpha_returns_a_model_within_the_tolerance(mlp):
     assert report.pruned_loss <= 1.5 * report.dense_loss
     passing = [t for t in report.trials if t.met]
     assert report.sparsity == pytest.approx(max(t.sparsity for t in passing), abs=1e-9)
+
+
+def test_alpha_with_no_projection_within_it_returns_the_model_as_given(mlp, monkeypatch):
+    from l0prune.l0_training import _L0Run
+
+    model, data = mlp
+    state = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(_L0Run, "evaluate", lambda self, masks=None: math.inf)
+    report = l0prune.train_l0(model, data.loader("train", batch_size=128), alpha=1.05,
+                              validation=data.loader("val"), epochs=1,
+                              finetune=Finetune(steps=2), progress=False)
+    assert report.sparsity == 0 and report.pruned_loss == report.dense_loss
+    assert report.trials and not any(t.met for t in report.trials)
+    for key, value in state.items():
+        name = key.replace(".weight", ".weight_orig") if key in ("1.weight", "3.weight") else key
+        assert torch.equal(model.state_dict()[name], value)
+    assert all(bool(model.get_submodule(n).weight_mask.all()) for n in ("1", "3"))
 
 
 def _failing_loss(after: int, error: type[BaseException]):
