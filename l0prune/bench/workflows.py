@@ -156,7 +156,8 @@ def table(rows: list[WorkflowRow], dense_accuracy: dict[str, float], finetune_ep
 
 def plot(rows: list[WorkflowRow], dense_accuracy: dict[str, float], path: Path | None = None):
     """Test accuracy against sparsity, one panel per model: the fixed sparsities joined by a
-    line per workflow, the tolerance runs as open markers, the dense accuracy dashed.
+    line per workflow, the tolerance runs that pruned anything as open markers, the dense
+    accuracy dashed.
 
     Returns:
         The matplotlib ``Figure``, also written to ``path`` if given.
@@ -171,7 +172,7 @@ def plot(rows: list[WorkflowRow], dense_accuracy: dict[str, float], path: Path |
         for workflow in WORKFLOWS:
             mine = [r for r in rows if r.model == kind and r.workflow == workflow]
             fixed = [r for r in mine if not r.goal.startswith("alpha")]
-            tolerant = [r for r in mine if r.goal.startswith("alpha")]
+            tolerant = [r for r in mine if r.goal.startswith("alpha") and r.sparsity > 0]
             ax.plot([100 * r.sparsity for r in fixed], [100 * r.accuracy for r in fixed],
                     marker="o", color=colors[workflow], label=workflow)
             ax.scatter([100 * r.sparsity for r in tolerant], [100 * r.accuracy for r in tolerant],
