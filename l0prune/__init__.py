@@ -2,6 +2,9 @@
 
 - :func:`prune` prunes a trained model in place, to a sparsity or within a loss tolerance
   ``L(W') <= alpha * L(W)``, and returns a :class:`PruneReport`;
+- :func:`gradual` prunes it in steps of a sparsity schedule with finetuning between (Zhu &
+  Gupta); :func:`train_l0` trains it with hard-concrete gates to a sparsity (Louizos et al.,
+  with the Lagrangian controller of Wang et al.) and prunes it to the exact budget;
 - :class:`Finetune` configures the masked finetuning it can run;
 - :func:`export` writes the result with pruning made permanent (a dense state dict and a compact
   sparse file, read back by :func:`load_sparse`; the suffix picks safetensors or torch);
@@ -24,6 +27,8 @@ from .checkpoints import load_pretrained, save_pretrained
 from .exporting import ExportReport, export, load_sparse
 from .finalize import finalize
 from .finetune import Finetune, masked_finetune
+from .gradual_pruning import gradual
+from .l0_training import L0Report, train_l0
 from .perplexity import next_token_nll
 from .pruning import prune
 from .report import LayerReport, PruneReport, Trial
@@ -34,6 +39,7 @@ __all__ = [
     "NM",
     "ExportReport",
     "Finetune",
+    "L0Report",
     "LayerReport",
     "PerRow",
     "PruneReport",
@@ -42,6 +48,7 @@ __all__ = [
     "Unstructured",
     "export",
     "finalize",
+    "gradual",
     "load_pretrained",
     "load_sparse",
     "masked_finetune",
@@ -50,4 +57,5 @@ __all__ = [
     "save_pretrained",
     "second_moments",
     "text_batches",
+    "train_l0",
 ]

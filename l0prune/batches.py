@@ -37,12 +37,15 @@ LossFn = Callable[[object, object], torch.Tensor]
 
 
 @contextmanager
-def unchanged_generators(data: Iterable):
+def unchanged_generators(*data: Iterable):
     """Give the generators a ``DataLoader`` shuffles with (its own, its samplers') their state back
-    on exit: reading the data inside then leaves the caller's loader as it was, and two reads
-    that start from the same state see the same batches."""
+    on exit: reading the data inside then leaves the caller's loaders as they were, and two reads
+    that start from the same state see the same batches. Takes any number of data arguments
+    (``None`` and lists are passed over)."""
     found = {}
-    for owner in (data, getattr(data, "sampler", None), getattr(data, "batch_sampler", None)):
+    owners = [o for d in data for o in (d, getattr(d, "sampler", None),
+                                        getattr(d, "batch_sampler", None))]
+    for owner in owners:
         generator = getattr(owner, "generator", None)
         if isinstance(generator, torch.Generator):
             found[id(generator)] = generator

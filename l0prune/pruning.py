@@ -36,6 +36,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, fields
 
 import torch
@@ -44,7 +45,7 @@ from torch import nn
 from solvers import NM, Budget, Unstructured, methods
 
 from . import allocation, blocks
-from .batches import LossFn, check_data, cross_entropy, mean_loss
+from .batches import LossFn, check_data, cross_entropy, mean_loss, unchanged_generators
 from .blockwise import BlockPruner, outside_problem
 from .executors import layer_solves
 from .finetune import Finetune, masked_finetune
@@ -55,7 +56,7 @@ from .progress import progress
 from .report import LayerReport, PruneReport, Trial
 from .resume import Checkpoint
 from .rollback import Rollback
-from .search import GRID, two_stage
+from .search import GRID, MAX_SPARSITY, RESOLUTION, scan, two_stage
 from .snapshot import Snapshot, move
 from .statistics import Moments, discover
 from .targets import Target, select_targets
@@ -215,6 +216,8 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
         prefix="l0prune-rollback-", dir=rollback_dir)
     # before any move: a failure puts the model back where it was
     snapshot = Snapshot(model) if stack is None else Rollback(model, spill)
+    reading = ExitStack()  # reading shuffled loaders leaves their generators as they were
+    reading.enter_context(unchanged_generators(calibration, validation))
     try:
         if stack is None:
             move(model, device)
@@ -270,6 +273,7 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
         snapshot.restore()
         raise
     finally:
+        reading.close()
         if spill is not None:
             shutil.rmtree(spill, ignore_errors=True)
     snapshot.restore_modes()
@@ -286,6 +290,7 @@ class _Outcome:
     loss_before_finetune: float | None
     state: dict[str, torch.Tensor] | None = None
     moments: dict[str, Moments] | None = None
+    budgets: Mapping[str, Budget] | None = None
 
 
 class _Run:
@@ -324,7 +329,7 @@ class _Run:
             loss = self.evaluate() if self.validation is not None else None
         kept = sum(r.kept for r in results.values())
         total = sum(r.total for r in results.values())
-        return _Outcome(1.0 - kept / total, results, loss, before)
+        return _Outcome(1.0 - kept / total, results, loss, before, budgets=dict(budgets))
 
     def dense_evaluate(self) -> float:
         """The dense model's loss: the first pass over the validation data, so a batch that
@@ -338,7 +343,7 @@ class _Run:
         self.outcome = self.apply(budgets)
 
     def search(self, alpha: float, family: Budget) -> None:
-        """The two-stage search of :mod:`l0prune.search`; leaves the best trial in the model."""
+        """The search of :mod:`l0prune.search`; leaves the best trial in the model."""
         self.dense_loss = self.dense_evaluate()
         if self.dense_loss <= 0:
             raise ValueError(
@@ -348,8 +353,8 @@ class _Run:
         targets = self.pruner.targets
         total = sum(t.total for t in targets)
 
-        def uniform(s: float) -> bool:
-            return self._trial(allocation.uniform(targets, family, s), "uniform", s)
+        def uniform(s: float, phase: str) -> bool:
+            return self._trial(allocation.uniform(targets, family, s), _stage("uniform", phase), s)
 
         def allocated(best_uniform: float):
             if self.outcome is None:
@@ -358,17 +363,35 @@ class _Run:
             curves = self.pruner.curves(family, GRID)
             if isinstance(self.pruner, BlockPruner):  # its curves leave the model dense
                 self.current = None
-            return lambda s: self._trial(
-                allocation.spread(curves, int(round((1 - s) * total))), "allocated", s
+            return lambda s, phase: self._trial(
+                allocation.spread(curves, int(round((1 - s) * total))),
+                _stage("allocated", phase), s,
             )
 
         with progress("alpha search", "trial", enabled=self.progress) as self.bar:
             two_stage(uniform, allocated)
+            self._prune_dense_layers(family)
             if self.outcome is None:  # nothing passed: the dense model, as pruned at 0 %
                 self._trial(allocation.uniform(targets, family, 0.0), "uniform", 0.0)
                 self.outcome = self.current
             elif self.current is not self.outcome:
                 self._put_back(self.outcome)
+
+    def _prune_dense_layers(self, family: Budget) -> None:
+        """Stage 3 of the search: each target the best trial leaves dense is pruned a little on
+        top of it, then further while the model stays within the tolerance (an upward
+        :func:`~l0prune.search.scan` over that layer's sparsity alone)."""
+        if self.outcome is None:
+            return
+        dense = [t for t in self.pruner.targets
+                 if self.outcome.results[t.name].kept == self.outcome.results[t.name].total]
+        for target in dense:
+            def passes(s: float, target: Target = target) -> bool:
+                budgets = dict(self.outcome.budgets)
+                budgets[target.name] = allocation.sized(target, family, s)
+                return self._trial(budgets, "layer", s)
+
+            scan(passes, 0.0, MAX_SPARSITY, RESOLUTION)
 
     def _trial(self, budgets: Mapping[str, Budget], stage: str, target: float) -> bool:
         """Prune the dense model under ``budgets``; keep the state if it is the best so far."""
@@ -418,6 +441,11 @@ class _Run:
             calibration_passes=self.pruner.passes, validation_passes=self.validation_passes,
             finetune_steps=self.finetune_steps, trials=self.trials,
         )
+
+
+def _stage(stage: str, phase: str) -> str:
+    """A trial's stage as reported: ``"uniform"``, ``"uniform scan"``, ``"allocated"``, ..."""
+    return stage if phase == "bisection" else f"{stage} {phase}"
 
 
 def _budget_text(family: Budget) -> str:

@@ -18,6 +18,7 @@ EXPECTED = [
     "3_optimality_gaps.ipynb",
     "4_solver_dynamics.ipynb",
     "5_loss_tolerance.ipynb",
+    "6_prune_retrain.ipynb",
 ]
 
 

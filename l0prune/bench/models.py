@@ -1,8 +1,11 @@
 """The model benchmark: the sparsest digits models within a loss tolerance, against magnitude.
 
 ``python -m l0prune.bench models [--quick] [--out FILE] [--alpha A] [--threads N]``
+``python -m l0prune.bench models --workflows [--quick] [--out FILE] [--threads N]``: the
+prune-retrain workflows instead (:mod:`l0prune.bench.workflows`).
 
-For the digits MLP and CNN (:mod:`l0prune.digits`, trained 30 epochs), each method finds the
+For the digits MLP and CNN (:mod:`l0prune.digits`, trained 30 epochs with the regularized recipe
+of the command line's built-in model), each method finds the
 highest sparsity whose validation loss is at most ``alpha`` times the dense one (default
 ``alpha = 1.05``), once without finetuning and once with masked finetuning at every trial
 (10 epochs of Adam, lr 1e-3, on the training split, keeping the epoch with the best validation
@@ -10,7 +13,8 @@ loss, :class:`~l0prune.finetune.Finetune`'s default). Sparsity counts the weight
 but the classifier, which stays dense. Methods:
 
 - ``magnitude``: ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` over the
-  same layers, its amount found by the same bisection as l0prune's uniform stage;
+  same layers, its amount found by the same bisection and upward scan as l0prune's uniform
+  stage (:func:`l0prune.search.bisect_and_scan`);
 - ``obs`` and ``admm``: :func:`l0prune.prune` with that solver (sequential statistics on the
   training split, the two-stage search of :mod:`l0prune.search`).
 
@@ -37,9 +41,9 @@ from l0prune.batches import cross_entropy, mean_loss
 from l0prune.digits import DigitsData, accuracy, trained_model
 from l0prune.finetune import masked_finetune
 from l0prune.masks import masked_weight
-from l0prune.search import MAX_SPARSITY, RESOLUTION, bisect
+from l0prune.search import MAX_SPARSITY, RESOLUTION, bisect_and_scan
 
-from . import add_threads_option, use_threads
+from . import add_threads_option, use_threads, workflows
 
 __all__ = ["Row", "main", "magnitude_search", "run", "table"]
 
@@ -108,7 +112,7 @@ def magnitude_search(
             best.update(amount=amount, model=trial, loss=loss)
         return loss <= limit
 
-    bisect(passes, 0.0, MAX_SPARSITY, RESOLUTION)
+    bisect_and_scan(lambda amount, _: passes(amount), 0.0, MAX_SPARSITY, RESOLUTION)
     return best["model"], best["loss"]
 
 
@@ -137,7 +141,7 @@ def run(kind: str, *, epochs: int, finetune_epochs: int, alpha: float, seed: int
         >>> rows, dense_accuracy = run("mlp", epochs=10, finetune_epochs=2,
         ...                            alpha=1.05)  # doctest: +SKIP
     """
-    dense, data = trained_model(kind, seed=seed, epochs=epochs)
+    dense, data = trained_model(kind, seed=seed, epochs=epochs, regularized=True)
     test = data.loader("test")
     config = Finetune(
         data=data.loader("train", batch_size=64, shuffle=True, seed=seed),
@@ -232,11 +236,18 @@ def main(argv: list[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(prog="python -m l0prune.bench models")
     parser.add_argument("--quick", action="store_true", help="10 training epochs, 2 finetuning")
-    parser.add_argument("--out", default="bench-results/models.md", help="markdown output file")
+    parser.add_argument("--out", help="markdown output file (default: bench-results/models.md, "
+                                      "with --workflows bench-results/workflows.md)")
     parser.add_argument("--alpha", type=float, default=1.05, help="loss tolerance")
+    parser.add_argument("--workflows", action="store_true",
+                        help="compare one-shot + finetuning, gradual and whole-model L0 at "
+                             "90/95/98 %% and alpha 1.02 / 1.05 instead (also writes a plot)")
     add_threads_option(parser)
     args = parser.parse_args(argv)
     use_threads(args.threads)
+    if args.workflows:
+        workflows.main(quick=args.quick, out=args.out or "bench-results/workflows.md")
+        return
     epochs, finetune_epochs = (10, 2) if args.quick else (30, 10)
     rows, dense_accuracy = [], {}
     for kind in ("mlp", "cnn"):
@@ -246,6 +257,6 @@ def main(argv: list[str] | None = None) -> None:
         rows += kind_rows
     text = table(rows, dense_accuracy, args.alpha)
     print(text)
-    out = Path(args.out)
+    out = Path(args.out or "bench-results/models.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")

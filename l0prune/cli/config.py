@@ -102,6 +102,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
            "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
            kind="flag"),
+    Option("gradual", integer(1), "prune in STEPS steps of Zhu & Gupta's cubic schedule to "
+           "--sparsity (with --alpha: on towards 0.99 while within it), each a layerwise solve "
+           "from the current weights followed by --finetune-epochs of masked finetuning "
+           "(l0prune.gradual); default: one-shot", metavar="STEPS"),
     Option("sequential", flag, "take each layer's statistics with the layers before it "
            "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
     Option("blockwise", flag, "prune a model built as a stack of repeated blocks (a "
@@ -167,6 +171,7 @@ class Settings:
     targets: list[str] | None = None
     ignore: list[str] | None = None
     skip_incompatible: bool = False
+    gradual: int | None = None
     sequential: bool = True
     blockwise: bool | None = None
     resume: bool = False
@@ -242,6 +247,9 @@ def _check(settings: Settings) -> None:
         if missing:
             raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of batches)")
     _check_hf(settings)
+    if settings.gradual is not None and ":" in settings.budget:
+        raise UsageError(f"--gradual needs a budget the schedule can size (unstructured, "
+                         f"per-row or structured), got --budget {settings.budget}")
     if settings.baseline == settings.method:
         raise UsageError(
             f"--baseline must differ from --method (both {settings.method}); use --baseline none "
@@ -297,6 +305,7 @@ def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
             f"--budget); got {given}"
         )
     _check_scale_out(settings)
+    _check_gradual(settings)
     if settings.finetune_epochs is None:
         settings.finetune_epochs = 0 if is_hf(settings.model) else (
             QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
@@ -332,6 +341,20 @@ def _check_scale_out(settings: Settings) -> None:
     if settings.save_problems is not None and (settings.workers or settings.scheduler):
         raise UsageError("--save-problems solves nothing: give --workers / --scheduler to "
                          "l0prune solve DIR instead")
+
+
+def _check_gradual(settings: Settings) -> None:
+    """``--gradual`` prunes in this process, the whole model at every step."""
+    if settings.gradual is None:
+        return
+    given = [f"--{name.replace('_', '-')}" for name in
+             ("workers", "scheduler", "save_problems", "apply_solutions")
+             if getattr(settings, name) is not None]
+    given += ["--resume"] if settings.resume else []
+    given += ["--blockwise"] if settings.blockwise else []
+    if given:
+        raise UsageError(f"--gradual {settings.gradual} prunes the whole model in this process "
+                         f"at every step; it does not take {', '.join(given)}")
 
 
 def _toml_value(value) -> str:

@@ -1,8 +1,10 @@
 """The built-in default: the digits CNN of :mod:`l0prune.digits`, trained on first use and cached.
 
-Training is seeded, so the cached ``state_dict`` is keyed by the architecture (a hash of its
-text), the seed and the epochs. The cache folder is ``$L0PRUNE_CACHE`` if set, else
-``$XDG_CACHE_HOME/l0prune``, else ``~/.cache/l0prune``.
+Training is seeded, on one thread and with the regularized recipe
+(:func:`l0prune.digits.train`), so every machine trains the same weights; the cached
+``state_dict`` is keyed by the architecture (a hash of its text), the recipe, the seed and the
+epochs. The cache folder is ``$L0PRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/l0prune``, else
+``~/.cache/l0prune``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ EPOCHS, QUICK_EPOCHS = 30, 5
 
 def _cache_path(seed: int, epochs: int) -> Path:
     architecture = hashlib.sha256(repr(digits_cnn()).encode()).hexdigest()[:12]
-    return cache_dir() / f"digits-cnn-{architecture}-seed{seed}-epochs{epochs}.pt"
+    return cache_dir() / f"digits-cnn-{architecture}-regularized-seed{seed}-epochs{epochs}.pt"
 
 
 def _save(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -58,12 +60,12 @@ def cached_cnn(seed: int, epochs: int, log: Callable[[str], None]) -> nn.Module:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
     except FileNotFoundError:
-        log(f"training the built-in digits CNN ({epochs} epochs, seed {seed}); cached for next "
-            f"time in {path.parent}")
+        log(f"training the built-in digits CNN ({epochs} epochs, seed {seed}, one thread); cached "
+            f"for next time in {path.parent}")
     except Exception as err:  # a damaged or stale cache file: train again
         log(f"retraining the built-in digits CNN: cached {path} unreadable "
             f"({type(err).__name__})")
-    model, _ = trained_model("cnn", seed=seed, epochs=epochs)
+    model, _ = trained_model("cnn", seed=seed, epochs=epochs, regularized=True)
     try:
         _save(model.state_dict(), path)
     except OSError as err:
@@ -85,8 +87,9 @@ def builtin_task(seed: int, quick: bool, log: Callable[[str], None]) -> Task:
         return {"test accuracy": accuracy(model.eval(), to_device(test, device))}
 
     return Task(
-        description=f"built-in digits CNN (l0prune.digits.digits_cnn, {epochs} epochs, seed "
-                    f"{seed}; scikit-learn digits split 60/20/20)",
+        description=f"built-in digits CNN (l0prune.digits.digits_cnn, {epochs} epochs of AdamW "
+                    f"with weight decay and a cosine schedule, seed {seed}; scikit-learn digits "
+                    "split 60/20/20)",
         model=model,
         calibration=data.loader("train"),
         validation=data.loader("val"),

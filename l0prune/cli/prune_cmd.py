@@ -95,6 +95,15 @@ def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | Non
 
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
            progress: bool, executor=None) -> l0prune.PruneReport:
+    if settings.gradual is not None:
+        return l0prune.gradual(
+            model, task.calibration, sparsity=settings.sparsity, alpha=settings.alpha,
+            validation=task.validation, loss_fn=task.loss_fn, steps=settings.gradual,
+            method=method, budget=make_budget(settings.budget), targets=settings.targets,
+            ignore=settings.ignore, sequential=settings.sequential,
+            finetune=_finetune(task, settings), seed=settings.seed, device=settings.device,
+            progress=progress, threads=settings.threads,
+        )
     return l0prune.prune(
         model, task.calibration, sparsity=settings.sparsity, alpha=settings.alpha,
         validation=task.validation, loss_fn=task.loss_fn, method=method,

@@ -126,8 +126,9 @@ def _result_table(data: dict) -> list[str]:
 def _trials(method: str, report: PruneReport) -> list[str]:
     if not report.trials:
         return []
+    gradual = report.trials[0].stage.startswith("gradual")
     lines = [
-        f"### Search: {method}",
+        f"### {'Gradual steps' if gradual else 'Search'}: {method}",
         "",
         "| # | stage | target | sparsity | loss / dense | before finetuning | within alpha |",
         "|---:|---|---:|---:|---:|---:|---|",
@@ -148,6 +149,8 @@ def _settings(recipe: dict) -> str:
     finetune = (f"{recipe['finetune-epochs']} epoch(s) of {recipe['finetune-optimizer']}, "
                 f"lr {recipe['finetune-lr']:g}" if recipe["finetune-epochs"] else "none")
     statistics = "sequential" if recipe["sequential"] else "parallel (dense model)"
+    if "gradual" in recipe:
+        mode += f", gradual in {recipe['gradual']} steps"
     return (f"method `{recipe['method']}`, baseline `{recipe['baseline']}`, {mode}, budget "
             f"{recipe['budget']}, {statistics} statistics, finetuning: {finetune}, seed "
             f"{recipe['seed']}")
