@@ -37,7 +37,7 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -61,6 +61,7 @@ from .snapshot import Snapshot, move
 from .statistics import Moments, discover
 from .targets import Target, select_targets
 from .threads import using_threads
+from .workflow import budget_text, finetune_config, fraction, run_device
 
 __all__ = ["IncompatibleBudget", "prune"]
 
@@ -205,11 +206,11 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
            skip_incompatible, blockwise, checkpoint, resume, rollback_dir,
            executor) -> PruneReport:
     """:func:`prune` after its arguments are checked, on the run's threads."""
-    config = _finetune_config(finetune)
+    config = finetune_config(finetune)
     family = budget if budget is not None else Unstructured()
     _check_blockwise(model, blockwise, checkpoint, resume, alpha, rollback_dir)
     solves = layer_solves(executor)
-    device = _device(model, device)
+    device = run_device(model, device)
     home = next((p.device for p in model.parameters()), torch.device("cpu"))
     stack = blocks.find_stack(model) if blockwise is not False else None
     spill = None if stack is None or rollback_dir is None else tempfile.mkdtemp(
@@ -262,7 +263,7 @@ def _prune(model, calibration, start, *, sparsity, alpha, validation, loss_fn, m
             run.fixed(allocation.uniform(chosen, family, sparsity))
         else:
             run.fixed({t.name: allocation.given(t, family) for t in chosen})
-        report = run.report(method, _budget_text(family), sequential, alpha, start)
+        report = run.report(method, budget_text(family), sequential, alpha, start)
         report.skipped = skipped
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
         if stack is not None:
@@ -448,42 +449,6 @@ def _stage(stage: str, phase: str) -> str:
     return stage if phase == "bisection" else f"{stage} {phase}"
 
 
-def _budget_text(family: Budget) -> str:
-    """``NM(n=2, m=4)``, ``Unstructured()``: the budget without its unset fields."""
-    values = (f"{f.name}={getattr(family, f.name)!r}" for f in fields(family))
-    return f"{type(family).__name__}({', '.join(v for v in values if not v.endswith('=None'))})"
-
-
-def _device(model: nn.Module, device) -> torch.device:
-    """The run's device (default: the model's), checked to exist and to hold data."""
-    if device is None:
-        return next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch device or its name, got {device!r}") from None
-    if device.type == "meta":
-        raise ValueError(
-            "device must hold data to compute on, such as 'cpu' or 'cuda'; got 'meta'"
-        )
-    try:  # exists, and takes a CPU tensor's data in place (as model.to needs)
-        torch.empty(0).data = torch.empty(0, device=device)
-    except Exception as err:  # torch raises AssertionError or RuntimeError by backend
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"device {str(device)!r} is not available here ({first}); give one that is, such "
-            f"as 'cpu'"
-        ) from None
-    return device
-
-
-def _fraction(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and 0 <= value < 1
-    ):
-        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
-
-
 def _check_arguments(model, calibration, sparsity, alpha, validation, method, budget) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -516,9 +481,9 @@ def _check_arguments(model, calibration, sparsity, alpha, validation, method, bu
         if not sparsity:
             raise ValueError("sparsity must not be an empty dict")
         for name, value in sparsity.items():
-            _fraction(value, f"sparsity[{name!r}]")
+            fraction(value, f"sparsity[{name!r}]")
     elif sparsity is not None:
-        _fraction(sparsity, "sparsity")
+        fraction(sparsity, "sparsity")
     if alpha is not None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
             math.isfinite(alpha) and alpha >= 1
@@ -585,19 +550,6 @@ def _settle(stack, problem: str | None, blockwise: bool | None, resume: bool):
     return None
 
 
-def _finetune_config(finetune) -> Finetune | None:
-    if finetune is None or isinstance(finetune, Finetune):
-        return finetune
-    if isinstance(finetune, Mapping):
-        try:
-            return Finetune(**finetune)
-        except TypeError as err:
-            raise ValueError(f"finetune has an unknown field: {err}") from None
-    raise ValueError(
-        f"finetune must be a Finetune, a dict of its fields or None, got {type(finetune).__name__}"
-    )
-
-
 def _dict_targets(model, executed, sparsity, targets, ignore) -> list[Target]:
     unknown = [name for name in sparsity if name not in executed]
     if unknown:
@@ -647,7 +599,7 @@ def _fitting(targets: Sequence[Target], family: Budget,
             if family.sized:
                 allocation.layer_family(t, family).check(t.shape)
         except ValueError as err:
-            misfit = IncompatibleBudget(t.name, _budget_text(family), t.out_in_shape, str(err))
+            misfit = IncompatibleBudget(t.name, budget_text(family), t.out_in_shape, str(err))
             if not skip:
                 raise misfit from None
             warnings.warn(f"layer {t.name!r} left dense: {misfit.reason}", stacklevel=3)
@@ -656,7 +608,7 @@ def _fitting(targets: Sequence[Target], family: Budget,
             fitting.append(t)
     if not fitting:
         raise ValueError(
-            f"budget {_budget_text(family)} fits none of the target layers "
+            f"budget {budget_text(family)} fits none of the target layers "
             f"({', '.join(skipped)}): nothing to prune"
         )
     return fitting, skipped

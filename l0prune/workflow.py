@@ -97,7 +97,8 @@ def finetune_config(finetune) -> Finetune | None:
 
 
 def run_device(model: nn.Module, device) -> torch.device:
-    """The run's device: ``device`` if given (it must exist here), else the model's.
+    """The run's device: ``device`` if given (it must exist here and hold data), else the
+    model's.
 
     Example:
         >>> run_device(nn.Linear(2, 2), None)
@@ -107,12 +108,20 @@ def run_device(model: nn.Module, device) -> torch.device:
         return next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         device = torch.device(device)
-        torch.empty(0, device=device).data = torch.empty(0, device=device)
-    except (RuntimeError, TypeError, AssertionError) as err:
-        raise ValueError(f"device must be a torch device available here, such as 'cpu'; got "
-                         f"{device!r} ({type(err).__name__})") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device or its name, got {device!r}") from None
     if device.type == "meta":
-        raise ValueError("device must hold data to compute on, such as 'cpu' or 'cuda'; got 'meta'")
+        raise ValueError(
+            "device must hold data to compute on, such as 'cpu' or 'cuda'; got 'meta'"
+        )
+    try:  # exists, and takes a CPU tensor's data in place (as model.to needs)
+        torch.empty(0).data = torch.empty(0, device=device)
+    except Exception as err:  # torch raises AssertionError or RuntimeError by backend
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"device {str(device)!r} is not available here ({first}); give one that is, such "
+            f"as 'cpu'"
+        ) from None
     return device
 
 
