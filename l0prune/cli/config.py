@@ -20,6 +20,7 @@ from .errors import UsageError
 from .sources import data_source, is_hf, is_text, model_source
 from .values import (
     choice,
+    existing_folder,
     flag,
     fraction,
     integer,
@@ -115,6 +116,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("resume", flag, "continue a block-by-block run with a fixed budget that stopped: "
            "the finished blocks are kept in OUT.partial/ until the output folder is written; "
            "refused with one line when the settings or data differ", kind="flag"),
+    Option("rollback-dir", existing_folder, "block by block: keep the copy of each finished "
+           "block that undoes a failed run as files in the existing folder DIR (removed when "
+           "the run ends) instead of in memory", metavar="DIR"),
     Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
            "every search trial, on the training split (built-in model) or the calibration "
            f"batches (--model); 0: none (default: {FINETUNE_EPOCHS}, {QUICK_FINETUNE_EPOCHS} "
@@ -175,6 +179,7 @@ class Settings:
     sequential: bool = True
     blockwise: bool | None = None
     resume: bool = False
+    rollback_dir: str | None = None
     finetune_epochs: int | None = None
     finetune_lr: float = 1e-3
     finetune_optimizer: str = "adam"
@@ -351,6 +356,7 @@ def _check_gradual(settings: Settings) -> None:
              ("workers", "scheduler", "save_problems", "apply_solutions")
              if getattr(settings, name) is not None]
     given += ["--resume"] if settings.resume else []
+    given += ["--rollback-dir"] if settings.rollback_dir is not None else []
     given += ["--blockwise"] if settings.blockwise else []
     if given:
         raise UsageError(f"--gradual {settings.gradual} prunes the whole model in this process "

@@ -112,7 +112,7 @@ def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
         device=settings.device, progress=progress,
         skip_incompatible=settings.skip_incompatible, blockwise=settings.blockwise,
         checkpoint=_checkpoint(model, method, settings), resume=settings.resume,
-        executor=executor,
+        rollback_dir=settings.rollback_dir, executor=executor,
         threads=settings.threads,
     )
 

@@ -8,6 +8,7 @@ bad value raises :class:`~l0prune.cli.errors.UsageError` saying what was expecte
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from .errors import UsageError
 
 __all__ = [
     "choice",
+    "existing_folder",
     "flag",
     "fraction",
     "integer",
@@ -101,6 +103,14 @@ def nonempty(value, label: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{label} must be a non-empty string, got {_show(value)}")
     return value
+
+
+def existing_folder(value, label: str) -> str:
+    """The path of a folder that exists now."""
+    text = nonempty(value, label)
+    if not os.path.isdir(text):
+        raise UsageError(f"{label} must be an existing folder, got {_show(value)}")
+    return text
 
 
 def reference(value, label: str) -> str:

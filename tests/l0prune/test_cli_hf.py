@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import l0prune
 from l0prune.batches import mean_loss
@@ -93,6 +94,28 @@ def test_compressed_two_four_folder(hf_folder, tmp_path, capsys, monkeypatch):
     assert 'save-format = "compressed"' in (folder / "recipe.toml").read_text()
     _check_model_folder(l0prune.load_pretrained(folder / "model"), run, hf_folder,
                         folder / "model")
+
+
+def test_rollback_dir_holds_the_block_copies_only_during_the_run(hf_folder, tmp_path, capsys,
+                                                                 monkeypatch):
+    args = ("prune", "--model", f"hf:{hf_folder / 'llama'}", *_text(hf_folder), "--budget",
+            "2:4", "--method", "wanda", "--baseline", "none", *WINDOWS, "--quiet")
+    missing = run_main(*args, "--rollback-dir", "nowhere", "--out", "bad", cwd=tmp_path,
+                       capsys=capsys, monkeypatch=monkeypatch)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        "l0prune: error: --rollback-dir must be an existing folder, got nowhere"]
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "spill").mkdir()
+    spilled = run_main(*args, "--rollback-dir", "spill", "--out", "run", cwd=tmp_path,
+                       capsys=capsys, monkeypatch=monkeypatch)
+    plain = run_main(*args, "--out", "plain", cwd=tmp_path, capsys=capsys,
+                     monkeypatch=monkeypatch)
+    assert spilled.returncode == 0 and plain.returncode == 0, spilled.stderr + plain.stderr
+    assert list((tmp_path / "spill").iterdir()) == []
+    first, second = (load_file(tmp_path / name / "model" / "model.safetensors")
+                     for name in ("run", "plain"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
 
 
 def test_encoder_prunes_with_the_users_loss(hf_folder, tmp_path, capsys, monkeypatch):
