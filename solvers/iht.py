@@ -6,21 +6,37 @@ In the diagonally scaled coordinates (:mod:`solvers.scaling`), with ``A = H~``:
 
 from the extrapolated point ``Y = X + beta (X - X_prev)`` (Nesterov / FISTA momentum), restarted
 (``beta = 0``) whenever ``f`` rises. The step starts at ``1 / L`` (``L = 2 lambda_max(A)``) and a
-backtracking line search lets it grow: each step tries ``grow * eta`` and halves until the
-quadratic upper bound ``f(X+) <= f(Y) + <g, X+ - Y> + ||X+ - Y||^2 / (2 eta)`` holds, which is
-what guarantees descent for a projected step. ``f`` is quadratic, so the gradient at ``X+`` comes
-from the same matmul as ``f(X+)`` and the gradient at ``Y`` is a combination of two known ones:
-one ``out x in x in`` matmul per trial step.
+backtracking line search lets it grow: a step that fits the quadratic upper bound
+``f(X+) <= f(Y) + <g, X+ - Y> + ||X+ - Y||^2 / (2 eta)`` (what guarantees descent for a projected
+step; any ``eta <= 1 / L`` fits) is accepted and the next trial tries ``grow * eta``; one that does
+not is rejected and the next trial, from the same ``Y``, halves it. ``f`` is quadratic, so the
+gradient at ``X+`` comes from the same matmul as ``f(X+)`` and the gradient at ``Y`` is a
+combination of two known ones: one ``out x in x in`` matmul per trial step, and an iteration is
+one trial.
+
+The loop never waits for the device inside an iteration. ``f``, the step, the momentum ``t`` and
+the count of accepted steps with an unchanged support are 0-d tensors; the bound test, the restart
+test (``f(X+) > f(X)`` with ``beta > 0``) and the resulting accept / reject / restart are masks that
+``torch.where`` applies to the iterate, so every trial runs the same kernels whatever it decides.
+Every ``check_every`` trials (and at the last) one read brings back ``f``, the step and the
+decisions of the trials since the last check, with the support counter: the host builds
+``history`` from them and decides there on the refits and the stop, which therefore come up to
+``check_every - 1`` trials after the support settled. The start, each check and each refit are the
+only reads IHT itself makes (the refit's CG and the final safeguard read the device on their own,
+outside the iterations).
 
 Hard thresholding straight to a high sparsity locks in the first support it sees; a
 continuation on the budget fixes most of that: over the first ``warmup`` iterations the count
 falls from dense to the target along the cubic schedule of gradual pruning,
 ``c_t = c + (c_max - c) (1 - t / warmup)^3``, so weights leave one small batch at a time while the
-others adapt. Once the support has not changed for ``patience`` iterations at the target count,
-the iterate jumps to the optimum on that support (a CG refit, as CHITA's back-solve) and IHT goes
-on from there, where a step can only swap a kept weight for a pruned one whose gradient says it is
-worth more; the run stops when a refit is followed by no swap (or after ``max_refits``). As for
-ADMM, :func:`solvers.safeguard.finish` keeps the scaled or the plain magnitude support when better.
+others adapt. The warm-up takes the fixed step ``1 / L``, which always fits: the line search
+rejects about a third of its trials on the benchmark layers, and each rejection would skip a count
+of the schedule. Once the support has not changed for ``patience`` accepted steps at the target
+count, the iterate jumps to the optimum on that support (a CG refit, as CHITA's back-solve) and
+IHT goes on from there, where a step can only swap a kept weight for a pruned one whose gradient
+says it is worth more; the run stops when a refit is followed by no swap (or after
+``max_refits``). As for ADMM, :func:`solvers.safeguard.finish` keeps the scaled or the plain
+magnitude support when better.
 
 References:
     Blumensath & Davies. "Iterative hard thresholding for compressed sensing." 2009.
