@@ -100,8 +100,9 @@ def iht(
         >>> from solvers import LayerProblem, solve
         >>> W = torch.randn(16, 32); X = torch.randn(256, 32)
         >>> problem = LayerProblem.from_inputs(W, X, sparsity=0.75)
-        >>> solution = solve(problem, "iht")
-        >>> int(solution.mask.sum()), solution.info["history"][-1] <= solution.info["history"][0]
+        >>> solution = solve(problem, "iht", check_every=5)
+        >>> magnitude = solve(problem, "magnitude", refit=True)
+        >>> int(solution.mask.sum()), solution.relative_error <= magnitude.relative_error
         (128, True)
     """
     if patience < 1:
