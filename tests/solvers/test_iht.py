@@ -60,7 +60,8 @@ def test_singular_H_without_ridge():
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"patience": 0}, "patience"), ({"warmup": -1}, "warmup"), ({"grow": 0.5}, "grow")],
+    [({"patience": 0}, "patience"), ({"warmup": -1}, "warmup"), ({"grow": 0.5}, "grow"),
+     ({"check_every": 0}, "check_every"), ({"check_every": 2.5}, "check_every")],
 )
 def test_bad_options(layer, options, message):
     W, H = layer
