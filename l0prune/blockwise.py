@@ -64,10 +64,10 @@ from .progress import progress
 from .resume import Checkpoint, weights_digest
 from .rollback import Rollback
 from .snapshot import move
-from .statistics import Discovery, Moments, collect, input_groups
+from .statistics import Discovery, Moments, capture_rows, collect, input_groups
 from .targets import Target
 
-__all__ = ["BlockPruner", "outside_problem"]
+__all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
 
 
 def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discovery) -> str | None:
@@ -102,22 +102,62 @@ def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discover
     return None
 
 
-class _Runner:
-    """A block as ``collect`` calls a model: ``runner(index=i)`` runs batch ``i`` of a stream."""
+#: The dense rows of a block's input groups are captured in one dense pass when they take at
+#: most this many stream widths per position (see the module docstring).
+DENSE_ROW_WIDTHS = 8.0
 
-    def __init__(self, block: nn.Module, inputs: BlockInputs, stream: list[torch.Tensor]):
-        self.block, self.inputs, self.stream = block, inputs, stream
+
+class _Runner:
+    """A block as ``collect`` calls a model: ``runner(index=i)`` runs batch ``i`` of a stream
+    (and, with ``outputs``, writes the block's output there at ``i``)."""
+
+    def __init__(self, block: nn.Module, inputs: BlockInputs, stream: list[torch.Tensor],
+                 outputs: list[torch.Tensor] | None = None):
+        self.block, self.inputs, self.stream, self.outputs = block, inputs, stream, outputs
 
     def __call__(self, index: int, attention_mask=None):
-        return run_block(self.block, self.inputs, index, self.stream[index])
+        output = run_block(self.block, self.inputs, index, self.stream[index])
+        if self.outputs is not None:
+            self.outputs[index] = output
+        return output
 
-    @contextmanager
-    def reading(self, stream: list[torch.Tensor]) -> Iterator[None]:
-        saved, self.stream = self.stream, stream
-        try:
-            yield
-        finally:
-            self.stream = saved
+
+def dense_runs(groups: Sequence[list[Target]], width: int,
+               budget: float = DENSE_ROW_WIDTHS) -> list[list[list[Target]]]:
+    """``groups`` cut into runs of consecutive groups whose dense rows are captured together.
+
+    A group's rows take ``cols * groups`` values per position (a Linear's ``in_features``),
+    ``width`` is the stream's (the hidden size); a run holds at most ``budget`` stream widths,
+    a group wider than that is a run alone, and so is a convolution (patches: no fixed width
+    per position).
+
+    Args:
+        groups: a block's input groups, in the order they run.
+        width: the stream's width per position.
+        budget: stream widths per run.
+
+    Returns:
+        The runs (of the groups themselves, not copies).
+
+    Example:
+        >>> bert = [[Target(n, nn.Linear(4, 4))] for n in "qoi"] + [[Target("d", nn.Linear(16, 4))]]
+        >>> [[g[0].name for g in run] for run in dense_runs(bert, 4)]
+        [['q', 'o', 'i', 'd']]
+        >>> [[g[0].name for g in run] for run in dense_runs(bert, 4, budget=4)]
+        [['q', 'o', 'i'], ['d']]
+    """
+    runs: list[list[list[Target]]] = []
+    size = 0.0
+    for group in groups:
+        t = group[0]
+        wide = float("inf") if t.is_conv else t.shape[1] * t.groups / width
+        if runs and size + wide <= budget:
+            runs[-1].append(group)
+            size += wide
+        else:
+            runs.append([group])
+            size = wide
+    return runs
 
 
 class BlockPruner:
@@ -145,6 +185,9 @@ class BlockPruner:
             a resume.
         solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here);
             a block's layers go out together (``sequential=True``: those that read one input).
+        dense_row_widths: ``sequential=True``: the budget of the dense rows captured in one
+            pass, in stream widths per position (see :func:`dense_runs`; 0: a dense pass per
+            group).
 
     Attributes:
         passes: passes over the calibration data so far.
@@ -194,12 +237,14 @@ class BlockPruner:
         keep_inputs: bool = False,
         checkpoint: Checkpoint | None = None,
         solves: LayerSolves | None = None,
+        dense_row_widths: float = DENSE_ROW_WIDTHS,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.rollback, self.stack = discovery, rollback, stack
         self.method, self.options, self.sequential = method, dict(options), sequential
         self.device, self.progress = device, progress
         self.keep_inputs, self.checkpoint = keep_inputs, checkpoint
+        self.dense_row_widths = dense_row_widths
         self.home = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.layers = LayerPruner(
             model, calibration, targets, discovery, rollback, method=method, options=options,
@@ -326,26 +371,44 @@ class BlockPruner:
             self._advance(block, inputs, dense, pruned, {})
             self._solve(groups, budgets, moments, done, curves)
             return done
-        for position, group in enumerate(groups):
-            if first and position == 0:
-                moments = collect(runner, data, [group], self.device, self.discovery)
-            else:
-                def reference():
-                    return self._both(runner.reading(dense), self._dense(done))
-
-                moments = collect(runner, data, [group], self.device, self.discovery, reference)
+        paired = groups[1:] if first else groups
+        runs = dense_runs(paired, dense[0].shape[-1], self.dense_row_widths) if paired else []
+        rows: dict[int, list[torch.Tensor]] = {}
+        advanced = len(runs) == 1
+        if advanced:
+            rows = self._dense_rows(block, inputs, data, runs[0], dense, {}, advance=True)
+        starts = {id(run[0]): run for run in runs}
+        for group in groups:
+            if not advanced and id(group) in starts:
+                rows.update(self._dense_rows(block, inputs, data, starts[id(group)], dense,
+                                             done))
+            twins = rows.pop(id(group), None)
+            moments = collect(runner, data, [group], self.device, self.discovery,
+                              dense_rows=None if twins is None else [twins])
             self._solve([group], budgets, moments, done, curves)
-            del moments
-        self._advance(block, inputs, dense, pruned, done)
+            del moments, twins
+        self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
         return done
 
-    @torch.no_grad()
-    def _advance(self, block, inputs, dense, pruned, done) -> None:
-        """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
-        the dense block, then ``X`` through the block as it is."""
+    def _dense_rows(self, block, inputs, data, run, dense, done, *,
+                    advance: bool = False) -> dict[int, list[torch.Tensor]]:
+        """The dense block's input rows of the groups of ``run``, by ``id`` of the group, from
+        one pass over ``X_0`` (with ``advance``: the whole block, its outputs replacing
+        ``X_0``)."""
+        runner = _Runner(block, inputs, dense, dense if advance else None)
         with self._dense(done):
-            for i in range(len(dense)):
-                dense[i] = run_block(block, inputs, i, dense[i])
+            found = capture_rows(runner, data, run, self.device, self.discovery,
+                                 stop=not advance)
+        return {id(group): rows for group, rows in zip(run, found, strict=True)}
+
+    @torch.no_grad()
+    def _advance(self, block, inputs, dense, pruned, done, *, dense_done: bool = False) -> None:
+        """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
+        the dense block (unless ``dense_done``), then ``X`` through the block as it is."""
+        if not dense_done:
+            with self._dense(done):
+                for i in range(len(dense)):
+                    dense[i] = run_block(block, inputs, i, dense[i])
         if pruned is dense:
             return
         for i in range(len(pruned)):
@@ -420,9 +483,3 @@ class BlockPruner:
             with torch.no_grad():
                 for (m, _), weight in zip(modules, pruned, strict=True):
                     m.weight.copy_(weight)
-
-    @staticmethod
-    @contextmanager
-    def _both(first, second) -> Iterator[None]:
-        with first, second:
-            yield
