@@ -186,8 +186,8 @@ class BlockPruner:
         solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here);
             a block's layers go out together (``sequential=True``: those that read one input).
         dense_row_widths: ``sequential=True``: the budget of the dense rows captured in one
-            pass, in stream widths per position (see :func:`dense_runs`; 0: a dense pass per
-            group).
+            pass, in stream widths per position (see :func:`dense_runs`; default
+            :data:`DENSE_ROW_WIDTHS`; 0: a dense pass per group).
 
     Attributes:
         passes: passes over the calibration data so far.
@@ -237,14 +237,14 @@ class BlockPruner:
         keep_inputs: bool = False,
         checkpoint: Checkpoint | None = None,
         solves: LayerSolves | None = None,
-        dense_row_widths: float = DENSE_ROW_WIDTHS,
+        dense_row_widths: float | None = None,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.rollback, self.stack = discovery, rollback, stack
         self.method, self.options, self.sequential = method, dict(options), sequential
         self.device, self.progress = device, progress
         self.keep_inputs, self.checkpoint = keep_inputs, checkpoint
-        self.dense_row_widths = dense_row_widths
+        self.dense_row_widths = DENSE_ROW_WIDTHS if dense_row_widths is None else dense_row_widths
         self.home = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.layers = LayerPruner(
             model, calibration, targets, discovery, rollback, method=method, options=options,

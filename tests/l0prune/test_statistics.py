@@ -1,5 +1,6 @@
 """Statistics: H streamed through hooks equals X^T X / N of the layers' real inputs."""
 
+import contextlib
 import copy
 
 import pytest
@@ -179,3 +180,22 @@ def test_paired_statistics_pair_each_row_with_its_dense_twin():
     _assert_products(moments.cross[0], X, X0)
     _assert_products(moments.dense[0], X0)
     assert torch.equal(model[0].weight, pruned_weight)
+
+
+def test_captured_rows_are_each_groups_real_input_rows(bert, tokens):
+    """One pass keeps every group's rows (padding dropped), bit for bit the layers' inputs,
+    and pairing with them gives the statistics of a reference pass per batch."""
+    discovery = discover(bert, tokens[0], CPU)
+    groups = input_groups(select_targets(bert, discovery.order, r"encoder\.layer\.0\..*"),
+                          discovery)
+    rows = capture_rows(bert, tokens, groups, CPU, discovery)
+    names = [g[0].name for g in groups]
+    truth = _inputs(bert, tokens, names, "attention_mask")
+    for name, found in zip(names, rows, strict=True):
+        assert len(found) == len(tokens)
+        assert torch.equal(torch.cat(found).double(), truth[name]), name
+    paired = collect(bert, tokens, groups[2:], CPU, discovery, dense_rows=rows[2:])
+    direct = collect(bert, tokens, groups[2:], CPU, discovery, contextlib.nullcontext)
+    for name in (t.name for g in groups[2:] for t in g):
+        for a, b in zip(vars(paired[name]).values(), vars(direct[name]).values(), strict=True):
+            assert torch.equal(a, b), name
