@@ -17,15 +17,27 @@ The statistics are those of the whole-model path, so the results are too (the sa
 - ``sequential=False``: one activation stream ``X_0`` (the dense model's): each block's
   statistics come from the dense block on ``X_0``, which also gives the next ``X_0``.
 - ``sequential=True``: two streams, the pruned one ``X`` (inputs with every earlier layer
-  pruned) and the dense one ``X_0``. A block's input groups are handled in the order they run;
-  each takes paired statistics ``H = X^T X / N``, ``C = X^T X_0 / N`` from the block as pruned
-  so far on ``X`` and the dense block on ``X_0`` (the very first group: ``H`` alone, as in the
-  whole-model path). At the end the dense block maps ``X_0`` and the pruned block maps ``X``
-  to the next block's streams.
+  pruned) and the dense one ``X_0``. The dense block does not change while the block is pruned,
+  so one pass of it over ``X_0`` keeps the dense rows ``X_0`` of all its input groups
+  (:func:`l0prune.statistics.capture_rows`) and its outputs are the next block's ``X_0``. The
+  groups are then handled in the order they run; each takes paired statistics
+  ``H = X^T X / N``, ``C = X^T X_0 / N`` from a pass of the block as pruned so far on ``X``,
+  stopped at the group, against the kept rows (the very first group: ``H`` alone, as in the
+  whole-model path). At the end the pruned block maps ``X`` to the next block's ``X``. Per
+  block and batch: one dense pass, one pruned pass per group (each stopped at it), one to
+  advance; a dense reference pass per group instead would add one (stopped) pass per group.
 
 Memory on the run's device: one block, its groups' float64 statistics (freed once the group is
 solved), the cached activations: one stream (``sequential=False``) or two (``True``), plus
-block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). Where
+block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). With
+``sequential=True`` also the dense rows of the block's groups (real tokens only, in the
+activations' dtype, each group's freed once it is solved): ``sum of the groups' input widths``
+values per token, 7 hidden widths for a BERT or GPT-2 block, 5.7 at LLaMA's MLP ratio,
+against 2 for the cached streams. They are taken in one pass when they fit
+:data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive groups
+that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``). The
+reference pass per group that one pass replaces kept its group's rows in float64 (8 hidden
+widths for the MLP output of a BERT block), so the budget is no more than that peak. Where
 the model is (the CPU): the model, with its pruned weights in place (the results refer to
 them, no second copy), boolean masks until they are attached, and the rollback's copies of the
 blocks changed so far, or of one block when they go to disk
