@@ -37,7 +37,7 @@ from .input_check import explained
 from .targets import Target, prunable_layers, select_targets
 
 __all__ = ["PRODUCT_ROWS", "Discovery", "Moments", "capture_rows", "collect", "discover",
-           "input_groups", "second_moments"]
+           "input_groups", "row_products", "second_moments"]
 
 #: Rows per float32 product before it is added to the float64 sums (see the module docstring).
 PRODUCT_ROWS = 1024
@@ -154,6 +154,32 @@ class Moments:
     dense: torch.Tensor | None = None
 
 
+def row_products(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``X^T Y`` per group for rows ``(groups, n, cols)``: float32 products (float64 inputs:
+    float64) of at most :data:`PRODUCT_ROWS` rows at a time, summed in float64.
+
+    Args:
+        X: rows, ``(groups, n, cols)``.
+        Y: their twins, the same shape.
+
+    Returns:
+        ``(groups, cols, cols)``, float64.
+
+    Example:
+        >>> X = torch.ones(1, 3, 2)
+        >>> row_products(X, 2 * X).tolist()
+        [[[6.0, 6.0], [6.0, 6.0]]]
+    """
+    dtype = torch.promote_types(torch.promote_types(X.dtype, Y.dtype), torch.float32)
+    X, Y = X.to(dtype), Y.to(dtype)
+    total = torch.zeros(X.shape[0], X.shape[2], Y.shape[2], dtype=torch.float64,
+                        device=X.device)
+    for start in range(0, X.shape[1], PRODUCT_ROWS):
+        part = X[:, start:start + PRODUCT_ROWS]
+        total += torch.bmm(part.transpose(1, 2), Y[:, start:start + PRODUCT_ROWS])
+    return total
+
+
 class _Moment:
     """Running sums of one input group's row products, per convolution group, in float64."""
 
@@ -175,14 +201,11 @@ class _Moment:
 
     def add(self, X: torch.Tensor) -> None:
         X = self.grouped(X)
-        X0 = self.grouped(self.references.pop(0)) if self.cross is not None else None
-        for start in range(0, X.shape[1], PRODUCT_ROWS):
-            part = X[:, start:start + PRODUCT_ROWS]
-            self.sum += torch.bmm(part.transpose(1, 2), part)
-            if X0 is not None:
-                twin = X0[:, start:start + PRODUCT_ROWS]
-                self.cross += torch.bmm(part.transpose(1, 2), twin)
-                self.dense += torch.bmm(twin.transpose(1, 2), twin)
+        self.sum += row_products(X, X)
+        if self.cross is not None:
+            X0 = self.grouped(self.references.pop(0))
+            self.cross += row_products(X, X0)
+            self.dense += row_products(X0, X0)
         self.rows += X.shape[1]
 
     def value(self) -> Moments:
