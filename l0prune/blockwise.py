@@ -17,15 +17,27 @@ The statistics are those of the whole-model path, so the results are too (the sa
 - ``sequential=False``: one activation stream ``X_0`` (the dense model's): each block's
   statistics come from the dense block on ``X_0``, which also gives the next ``X_0``.
 - ``sequential=True``: two streams, the pruned one ``X`` (inputs with every earlier layer
-  pruned) and the dense one ``X_0``. A block's input groups are handled in the order they run;
-  each takes paired statistics ``H = X^T X / N``, ``C = X^T X_0 / N`` from the block as pruned
-  so far on ``X`` and the dense block on ``X_0`` (the very first group: ``H`` alone, as in the
-  whole-model path). At the end the dense block maps ``X_0`` and the pruned block maps ``X``
-  to the next block's streams.
+  pruned) and the dense one ``X_0``. The dense block does not change while the block is pruned,
+  so one pass of it over ``X_0`` keeps the dense rows ``X_0`` of all its input groups
+  (:func:`l0prune.statistics.capture_rows`) and its outputs are the next block's ``X_0``. The
+  groups are then handled in the order they run; each takes paired statistics
+  ``H = X^T X / N``, ``C = X^T X_0 / N`` from a pass of the block as pruned so far on ``X``,
+  stopped at the group, against the kept rows (the very first group: ``H`` alone, as in the
+  whole-model path). At the end the pruned block maps ``X`` to the next block's ``X``. Per
+  block and batch: one dense pass, one pruned pass per group (each stopped at it), one to
+  advance; a dense reference pass per group instead would add one (stopped) pass per group.
 
 Memory on the run's device: one block, its groups' float64 statistics (freed once the group is
 solved), the cached activations: one stream (``sequential=False``) or two (``True``), plus
-block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). Where
+block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). With
+``sequential=True`` also the dense rows of the block's groups (real tokens only, in the
+activations' dtype, each group's freed once it is solved): ``sum of the groups' input widths``
+values per token, 7 hidden widths for a BERT or GPT-2 block, 5.7 at LLaMA's MLP ratio,
+against 2 for the cached streams. They are taken in one pass when they fit
+:data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive groups
+that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``). The
+reference pass per group that one pass replaces kept its group's rows in float64 (8 hidden
+widths for the MLP output of a BERT block), so the budget is no more than that peak. Where
 the model is (the CPU): the model, with its pruned weights in place (the results refer to
 them, no second copy), boolean masks until they are attached, and the rollback's copies of the
 blocks changed so far, or of one block when they go to disk
@@ -64,10 +76,10 @@ from .progress import progress
 from .resume import Checkpoint, weights_digest
 from .rollback import Rollback
 from .snapshot import move
-from .statistics import Discovery, Moments, collect, input_groups
+from .statistics import Discovery, Moments, capture_rows, collect, input_groups
 from .targets import Target
 
-__all__ = ["BlockPruner", "outside_problem"]
+__all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
 
 
 def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discovery) -> str | None:
@@ -102,22 +114,62 @@ def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discover
     return None
 
 
-class _Runner:
-    """A block as ``collect`` calls a model: ``runner(index=i)`` runs batch ``i`` of a stream."""
+#: The dense rows of a block's input groups are captured in one dense pass when they take at
+#: most this many stream widths per position (see the module docstring).
+DENSE_ROW_WIDTHS = 8.0
 
-    def __init__(self, block: nn.Module, inputs: BlockInputs, stream: list[torch.Tensor]):
-        self.block, self.inputs, self.stream = block, inputs, stream
+
+class _Runner:
+    """A block as ``collect`` calls a model: ``runner(index=i)`` runs batch ``i`` of a stream
+    (and, with ``outputs``, writes the block's output there at ``i``)."""
+
+    def __init__(self, block: nn.Module, inputs: BlockInputs, stream: list[torch.Tensor],
+                 outputs: list[torch.Tensor] | None = None):
+        self.block, self.inputs, self.stream, self.outputs = block, inputs, stream, outputs
 
     def __call__(self, index: int, attention_mask=None):
-        return run_block(self.block, self.inputs, index, self.stream[index])
+        output = run_block(self.block, self.inputs, index, self.stream[index])
+        if self.outputs is not None:
+            self.outputs[index] = output
+        return output
 
-    @contextmanager
-    def reading(self, stream: list[torch.Tensor]) -> Iterator[None]:
-        saved, self.stream = self.stream, stream
-        try:
-            yield
-        finally:
-            self.stream = saved
+
+def dense_runs(groups: Sequence[list[Target]], width: int,
+               budget: float = DENSE_ROW_WIDTHS) -> list[list[list[Target]]]:
+    """``groups`` cut into runs of consecutive groups whose dense rows are captured together.
+
+    A group's rows take ``cols * groups`` values per position (a Linear's ``in_features``),
+    ``width`` is the stream's (the hidden size); a run holds at most ``budget`` stream widths,
+    a group wider than that is a run alone, and so is a convolution (patches: no fixed width
+    per position).
+
+    Args:
+        groups: a block's input groups, in the order they run.
+        width: the stream's width per position.
+        budget: stream widths per run.
+
+    Returns:
+        The runs (of the groups themselves, not copies).
+
+    Example:
+        >>> bert = [[Target(n, nn.Linear(4, 4))] for n in "qoi"] + [[Target("d", nn.Linear(16, 4))]]
+        >>> [[g[0].name for g in run] for run in dense_runs(bert, 4)]
+        [['q', 'o', 'i', 'd']]
+        >>> [[g[0].name for g in run] for run in dense_runs(bert, 4, budget=4)]
+        [['q', 'o', 'i'], ['d']]
+    """
+    runs: list[list[list[Target]]] = []
+    size = 0.0
+    for group in groups:
+        t = group[0]
+        wide = float("inf") if t.is_conv else t.shape[1] * t.groups / width
+        if runs and size + wide <= budget:
+            runs[-1].append(group)
+            size += wide
+        else:
+            runs.append([group])
+            size = wide
+    return runs
 
 
 class BlockPruner:
@@ -145,6 +197,9 @@ class BlockPruner:
             a resume.
         solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here);
             a block's layers go out together (``sequential=True``: those that read one input).
+        dense_row_widths: ``sequential=True``: the budget of the dense rows captured in one
+            pass, in stream widths per position (see :func:`dense_runs`; default
+            :data:`DENSE_ROW_WIDTHS`; 0: a dense pass per group).
 
     Attributes:
         passes: passes over the calibration data so far.
@@ -194,12 +249,14 @@ class BlockPruner:
         keep_inputs: bool = False,
         checkpoint: Checkpoint | None = None,
         solves: LayerSolves | None = None,
+        dense_row_widths: float | None = None,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.rollback, self.stack = discovery, rollback, stack
         self.method, self.options, self.sequential = method, dict(options), sequential
         self.device, self.progress = device, progress
         self.keep_inputs, self.checkpoint = keep_inputs, checkpoint
+        self.dense_row_widths = DENSE_ROW_WIDTHS if dense_row_widths is None else dense_row_widths
         self.home = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.layers = LayerPruner(
             model, calibration, targets, discovery, rollback, method=method, options=options,
@@ -326,26 +383,44 @@ class BlockPruner:
             self._advance(block, inputs, dense, pruned, {})
             self._solve(groups, budgets, moments, done, curves)
             return done
-        for position, group in enumerate(groups):
-            if first and position == 0:
-                moments = collect(runner, data, [group], self.device, self.discovery)
-            else:
-                def reference():
-                    return self._both(runner.reading(dense), self._dense(done))
-
-                moments = collect(runner, data, [group], self.device, self.discovery, reference)
+        paired = groups[1:] if first else groups
+        runs = dense_runs(paired, dense[0].shape[-1], self.dense_row_widths) if paired else []
+        rows: dict[int, list[torch.Tensor]] = {}
+        advanced = len(runs) == 1
+        if advanced:
+            rows = self._dense_rows(block, inputs, data, runs[0], dense, {}, advance=True)
+        starts = {id(run[0]): run for run in runs}
+        for group in groups:
+            if not advanced and id(group) in starts:
+                rows.update(self._dense_rows(block, inputs, data, starts[id(group)], dense,
+                                             done))
+            twins = rows.pop(id(group), None)
+            moments = collect(runner, data, [group], self.device, self.discovery,
+                              dense_rows=None if twins is None else [twins])
             self._solve([group], budgets, moments, done, curves)
-            del moments
-        self._advance(block, inputs, dense, pruned, done)
+            del moments, twins
+        self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
         return done
 
-    @torch.no_grad()
-    def _advance(self, block, inputs, dense, pruned, done) -> None:
-        """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
-        the dense block, then ``X`` through the block as it is."""
+    def _dense_rows(self, block, inputs, data, run, dense, done, *,
+                    advance: bool = False) -> dict[int, list[torch.Tensor]]:
+        """The dense block's input rows of the groups of ``run``, by ``id`` of the group, from
+        one pass over ``X_0`` (with ``advance``: the whole block, its outputs replacing
+        ``X_0``)."""
+        runner = _Runner(block, inputs, dense, dense if advance else None)
         with self._dense(done):
-            for i in range(len(dense)):
-                dense[i] = run_block(block, inputs, i, dense[i])
+            found = capture_rows(runner, data, run, self.device, self.discovery,
+                                 stop=not advance)
+        return {id(group): rows for group, rows in zip(run, found, strict=True)}
+
+    @torch.no_grad()
+    def _advance(self, block, inputs, dense, pruned, done, *, dense_done: bool = False) -> None:
+        """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
+        the dense block (unless ``dense_done``), then ``X`` through the block as it is."""
+        if not dense_done:
+            with self._dense(done):
+                for i in range(len(dense)):
+                    dense[i] = run_block(block, inputs, i, dense[i])
         if pruned is dense:
             return
         for i in range(len(pruned)):
@@ -420,9 +495,3 @@ class BlockPruner:
             with torch.no_grad():
                 for (m, _), weight in zip(modules, pruned, strict=True):
                     m.weight.copy_(weight)
-
-    @staticmethod
-    @contextmanager
-    def _both(first, second) -> Iterator[None]:
-        with first, second:
-            yield

@@ -186,6 +186,52 @@ def test_block_mode_equals_the_whole_model_path(arch, sequential):
         assert a.kept == b.kept and b.relative_error == pytest.approx(a.relative_error, rel=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_one_dense_pass_per_block_gives_the_per_group_passes_results_bit_for_bit(
+        monkeypatch, arch):
+    """The dense rows of all of a block's groups from one dense pass (the default) are those
+    of a dense pass per group (budget 0): the same weights and masks, bit for bit, in fewer
+    block passes (per block and batch: 1 dense + 4 pruned group passes + 1 pruned advance,
+    against one dense pass per paired group, 4 pruned, and 2 to advance)."""
+    from l0prune import blockwise
+
+    data = token_batches()
+    calls = []
+    real = blockwise.run_block
+    monkeypatch.setattr(blockwise, "run_block", lambda *a: calls.append(1) or real(*a))
+    found = {}
+    for widths in (blockwise.DENSE_ROW_WIDTHS, 0.0):
+        monkeypatch.setattr(blockwise, "DENSE_ROW_WIDTHS", widths)
+        calls.clear()
+        model = tiny(arch)
+        report = l0prune.prune(model, data, sparsity=0.6, method="obs", sequential=True,
+                               progress=False)
+        found[widths] = (_pruned(model, report), len(calls),
+                         [layer.relative_error for layer in report.layers])
+    (one, one_calls, one_errors), (each, each_calls, each_errors) = found.values()
+    for name, (weight, mask) in each.items():
+        assert torch.equal(one[name][0], weight) and torch.equal(one[name][1], mask), name
+    assert one_errors == each_errors
+    blocks_, batches = 3, len(data)
+    assert one_calls == blocks_ * batches * (1 + 4 + 1)
+    assert each_calls == batches * ((3 + 1 + 4 + 1) + (blocks_ - 1) * (4 + 1 + 4 + 1))
+
+
+def test_dense_rows_over_the_budget_are_captured_in_runs():
+    from l0prune.blockwise import dense_runs
+    from l0prune.targets import Target
+
+    widths = [4, 4, 4, 16, 4]
+    groups = [[Target(f"g{i}", nn.Linear(w, 4))] for i, w in enumerate(widths)]
+    names = [[g[0].name for g in run] for run in dense_runs(groups, 4, budget=3.5)]
+    assert names == [["g0", "g1", "g2"], ["g3"], ["g4"]]  # g3 alone is over the budget
+    assert [len(run) for run in dense_runs(groups, 4, budget=7)] == [4, 1]
+    runs = dense_runs(groups, 4, budget=0)
+    assert [len(run) for run in runs] == [1] * 5 and runs[3][0] is groups[3]
+    conv = [[Target("c", nn.Conv2d(1, 1, 3))]] + groups[:2]
+    assert [len(run) for run in dense_runs(conv, 4)] == [1, 2]
+
+
 def test_targets_after_the_stack_are_pruned_by_whole_model_passes():
     """BERT's pooler runs after the stack: pruned after it, one pass per input group."""
     data = token_batches()

@@ -1,15 +1,39 @@
 """Statistics: H streamed through hooks equals X^T X / N of the layers' real inputs."""
 
+import contextlib
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from l0prune.statistics import collect, discover, input_groups, second_moments
+from l0prune.statistics import (
+    PRODUCT_ROWS,
+    capture_rows,
+    collect,
+    discover,
+    input_groups,
+    second_moments,
+)
 from l0prune.targets import Target, select_targets
 
 CPU = torch.device("cpu")
+
+
+def _assert_products(found, rows, twins=None):
+    """``found`` is ``rows^T twins / n`` (``twins`` defaults to ``rows``) as float32 products
+    of at most PRODUCT_ROWS rows summed in float64 give it: a float32 sum of k products errs by
+    at most ``k 2^-24 sum_i |x_i y_i|``, by Cauchy-Schwarz at most
+    ``PRODUCT_ROWS 2^-24 sqrt(D_ii E_jj)`` after dividing by ``n`` (``D``, ``E`` the two sides'
+    second moments). A wrong row, a lost row or a wrong pairing breaks it by far more."""
+    twins = rows if twins is None else twins
+    n = rows.shape[0]
+    exact = rows.T @ twins / n
+    scale = torch.outer((rows * rows).sum(0), (twins * twins).sum(0)).sqrt() / n
+    bound = PRODUCT_ROWS * 2.0**-24 * scale
+    assert found.dtype == torch.float64
+    assert ((found - exact).abs() <= bound).all()
+    assert (found - exact).abs().max() <= 1e-5 * exact.abs().max()  # typically ~1e-7
 
 
 def _inputs(model, batches, names, mask_key=None):
@@ -44,8 +68,7 @@ def test_second_moments_of_the_mlp(mlp):
     assert list(H) == ["1", "3"]
     X = _inputs(model, batches, ["1", "3"])
     for name, x in X.items():
-        assert H[name].dtype == torch.float64
-        assert torch.allclose(H[name], x.T @ x / x.shape[0], rtol=1e-10, atol=1e-12)
+        _assert_products(H[name], x)
 
 
 def test_second_moments_of_the_cnn_use_patches(cnn):
@@ -58,7 +81,7 @@ def test_second_moments_of_the_cnn_use_patches(cnn):
     X = _inputs(model, batches, ["0", "2"])
     assert X["2"].shape[0] == 400 * 64  # one row per output position
     for name, x in X.items():
-        assert torch.allclose(H[name], x.T @ x / x.shape[0], rtol=1e-10, atol=1e-12)
+        _assert_products(H[name], x)
 
 
 def test_grouped_convolution_gets_one_H_per_group():
@@ -70,8 +93,7 @@ def test_grouped_convolution_gets_one_H_per_group():
     assert H["1"].shape == (2, 18, 18)
     x = _inputs(model, batches, ["1"])["1"]
     for g in range(2):
-        block = x[:, g * 18:(g + 1) * 18]
-        assert torch.allclose(H["1"][g], block.T @ block / x.shape[0])
+        _assert_products(H["1"][g], x[:, g * 18:(g + 1) * 18])
 
 
 def test_bert_shares_query_key_value_and_drops_padding(bert, tokens):
@@ -87,7 +109,7 @@ def test_bert_shares_query_key_value_and_drops_padding(bert, tokens):
     real = int(sum(b["attention_mask"].sum() for b in tokens))
     assert x[name].shape[0] == real < sum(b["attention_mask"].numel() for b in tokens)
     for n, rows in x.items():
-        assert torch.allclose(H[n], rows.T @ rows / real, rtol=1e-9, atol=1e-12)
+        _assert_products(H[n], rows)
 
 
 def test_a_pass_stops_after_its_last_layer(mlp):
@@ -122,7 +144,7 @@ def test_layers_called_twice_count_every_call():
     H = second_moments(model, [x])["fc"]
     with torch.no_grad():
         rows = torch.cat([x, model.fc(x)]).double()
-    assert torch.allclose(H, rows.T @ rows / 10)
+    _assert_products(H, rows)
 
 
 def test_all_padding_is_an_error(bert, tokens):
@@ -154,7 +176,26 @@ def test_paired_statistics_pair_each_row_with_its_dense_twin():
     moments = collect(model, batches, groups, CPU, discovery, reference)["2"]
     X = torch.cat([_inputs(model, [b], ["2"])["2"] for b in batches])
     X0 = torch.cat([_inputs(dense, [b], ["2"])["2"] for b in batches])
-    assert torch.allclose(moments.H[0], X.T @ X / 12)
-    assert torch.allclose(moments.cross[0], X.T @ X0 / 12)
-    assert torch.allclose(moments.dense[0], X0.T @ X0 / 12)
+    _assert_products(moments.H[0], X)
+    _assert_products(moments.cross[0], X, X0)
+    _assert_products(moments.dense[0], X0)
     assert torch.equal(model[0].weight, pruned_weight)
+
+
+def test_captured_rows_are_each_groups_real_input_rows(bert, tokens):
+    """One pass keeps every group's rows (padding dropped), bit for bit the layers' inputs,
+    and pairing with them gives the statistics of a reference pass per batch."""
+    discovery = discover(bert, tokens[0], CPU)
+    groups = input_groups(select_targets(bert, discovery.order, r"encoder\.layer\.0\..*"),
+                          discovery)
+    rows = capture_rows(bert, tokens, groups, CPU, discovery)
+    names = [g[0].name for g in groups]
+    truth = _inputs(bert, tokens, names, "attention_mask")
+    for name, found in zip(names, rows, strict=True):
+        assert len(found) == len(tokens)
+        assert torch.equal(torch.cat(found).double(), truth[name]), name
+    paired = collect(bert, tokens, groups[2:], CPU, discovery, dense_rows=rows[2:])
+    direct = collect(bert, tokens, groups[2:], CPU, discovery, contextlib.nullcontext)
+    for name in (t.name for g in groups[2:] for t in g):
+        for a, b in zip(vars(paired[name]).values(), vars(direct[name]).values(), strict=True):
+            assert torch.equal(a, b), name
