@@ -2,9 +2,9 @@
 baseline solver under the same settings, and write the output folder.
 
 The folder holds ``report.json``, ``report.md``, ``recipe.toml``, ``sparsity_vs_loss.png``,
-``layers.png``, ``model.pt`` (the pruned weights under the dense model's keys) and
-``model.sparse.pt`` (the same, compact), and for a Hugging Face model ``model/`` (its folder,
-dense or with ``--save-format compressed`` compressed); see
+``layers.png`` and the pruned model: ``model.pt`` (the pruned weights under the dense model's
+keys) and ``model.sparse.pt`` (the same, compact), or for a Hugging Face model ``model/`` alone
+(its folder, dense or with ``--save-format compressed`` compressed); see
 :data:`~l0prune.cli.report_files.FILES`.
 
 A block-by-block run with a fixed budget also keeps each finished block in ``OUT.partial/``
@@ -153,8 +153,9 @@ def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     """Everything but the two reports, then the reports with the sizes of the rest."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
 
-    l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
-    if task.save_model is not None:
+    if task.save_model is None:
+        l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
+    else:
         task.save_model(task.model, folder / "model")
     runs = run_reports(data)
     sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")

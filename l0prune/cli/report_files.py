@@ -8,7 +8,7 @@ from pathlib import Path
 
 from l0prune.report import PruneReport
 
-__all__ = ["FILES", "HF_FILES", "entry_name", "headline", "markdown", "run_reports",
+__all__ = ["FILES", "HF_FILES", "MODEL_FILES", "entry_name", "headline", "markdown", "run_reports",
            "write_reports"]
 
 #: The files of an output folder and what each holds.
@@ -19,11 +19,15 @@ FILES = {
     "recipe.toml": "the settings of this run: `l0prune prune --config recipe.toml` repeats it",
     "sparsity_vs_loss.png": "validation loss against sparsity: search path and frontier",
     "layers.png": "per-layer sparsity and relative error",
+}
+#: The pruned model in the output folder of a model given as ``MODULE:NAME`` or the built-in one.
+MODEL_FILES = {
     "model.pt": "pruned weights as a state dict with the dense model's keys "
                 "(`model.load_state_dict(torch.load(path))`)",
     "model.sparse.pt": "the same weights, compact (`l0prune.load_sparse(path)`)",
 }
-#: The files of a Hugging Face model's output folder on top of :data:`FILES`.
+#: The pruned model in a Hugging Face model's output folder (instead of :data:`MODEL_FILES`:
+#: a second copy of an LLM's weights would double the folder).
 HF_FILES = {
     "model/": "the pruned Hugging Face model and its tokenizer: `from_pretrained(path)` (dense) "
               "or `l0prune.load_pretrained(path)` (`--save-format compressed`)",
@@ -185,16 +189,14 @@ def markdown(data: dict) -> str:
     for method, report in reports:
         lines += _trials(method, report)
     lines += ["## Files", "", "| file | bytes | what |", "|---|---:|---|"]
-    extra = {name: what for name, what in HF_FILES.items() if name in files}
-    for name, what in {**FILES, **extra}.items():
+    model_files = HF_FILES if "model/" in files else MODEL_FILES
+    for name, what in {**FILES, **model_files}.items():
         size = files.get(name)
         lines.append(f"| {name} | {f'{size:,}' if size is not None else ''} | {what} |")
-    lines += [
-        "",
-        f"The compact file is {100 * files['model.sparse.pt'] / files['model.pt']:.1f} % of the "
-        "dense state dict.",
-        "",
-    ]
+    lines.append("")
+    if "model.pt" in files:
+        lines += [f"The compact file is {100 * files['model.sparse.pt'] / files['model.pt']:.1f} "
+                  "% of the dense state dict.", ""]
     return "\n".join(lines)
 
 

@@ -78,6 +78,9 @@ def test_prunes_a_causal_lm_folder_on_text(hf_folder, tmp_path, capsys, monkeypa
         "tokenizer_config.json"]
     assert data["files"]["model/"] == sum(
         p.stat().st_size for p in (folder / "model").iterdir())
+    # the model/ folder is the pruned model: no second copy of its weights next to it
+    assert not (folder / "model.pt").exists() and not (folder / "model.sparse.pt").exists()
+    assert "model.pt" not in data["files"] and "compact file" not in text
 
 
 def test_compressed_two_four_folder(hf_folder, tmp_path, capsys, monkeypatch):
