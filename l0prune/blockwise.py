@@ -18,26 +18,26 @@ The statistics are those of the whole-model path, so the results are too (the sa
   statistics come from the dense block on ``X_0``, which also gives the next ``X_0``.
 - ``sequential=True``: two streams, the pruned one ``X`` (inputs with every earlier layer
   pruned) and the dense one ``X_0``. The dense block does not change while the block is pruned,
-  so one pass of it over ``X_0`` keeps the dense rows ``X_0`` of all its input groups
-  (:func:`l0prune.statistics.capture_rows`) and its outputs are the next block's ``X_0``. The
-  groups are then handled in the order they run; each takes paired statistics
-  ``H = X^T X / N``, ``C = X^T X_0 / N`` from a pass of the block as pruned so far on ``X``,
-  stopped at the group, against the kept rows (the very first group: ``H`` alone, as in the
-  whole-model path). At the end the pruned block maps ``X`` to the next block's ``X``. Per
+  so one pass of it over ``X_0`` keeps the dense side of all its input groups (the inputs
+  ``X_0``, or the outputs ``X_0 W^T`` where narrower, and the outputs' energies:
+  :func:`l0prune.statistics.capture_dense`) and its outputs are the next block's ``X_0``. The
+  groups are then handled in the order they run; each takes paired statistics (``H = X^T X / N``
+  and ``X^T X_0 / N`` or ``(X_0 W^T)^T X / N``) from a pass of the block as pruned so far on
+  ``X``, stopped at the group, against the kept dense side (the very first group: ``H`` alone,
+  as in the whole-model path). At the end the pruned block maps ``X`` to the next block's ``X``. Per
   block and batch: one dense pass, one pruned pass per group (each stopped at it), one to
   advance; a dense reference pass per group instead would add one (stopped) pass per group.
 
 Memory on the run's device: one block, its groups' float64 statistics (freed once the group is
 solved), the cached activations: one stream (``sequential=False``) or two (``True``), plus
 block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). With
-``sequential=True`` also the dense rows of the block's groups (real tokens only, in the
-activations' dtype, each group's freed once it is solved): ``sum of the groups' input widths``
-values per token, 7 hidden widths for a BERT or GPT-2 block, 5.7 at LLaMA's MLP ratio,
-against 2 for the cached streams. They are taken in one pass when they fit
-:data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive groups
-that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``). The
-reference pass per group that one pass replaces kept its group's rows in float64 (8 hidden
-widths for the MLP output of a BERT block), so the budget is no more than that peak. Where
+``sequential=True`` also the dense side of the block's groups (real tokens only, in the
+activations' dtype, each group's freed once it is solved): per group the narrower of its
+inputs and its members' outputs, one hidden width each for the four groups of a BERT, GPT-2
+or LLaMA block (4 in all, against 2 for the cached streams). They are taken in one pass when
+they fit :data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive
+groups that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``).
+Where
 the model is (the CPU): the model, with its pruned weights in place (the results refer to
 them, no second copy), boolean masks until they are attached, and the rollback's copies of the
 blocks changed so far, or of one block when they go to disk
@@ -76,7 +76,15 @@ from .progress import progress
 from .resume import Checkpoint, weights_digest
 from .rollback import Rollback
 from .snapshot import move
-from .statistics import Discovery, Moments, capture_rows, collect, input_groups
+from .statistics import (
+    DenseSide,
+    Discovery,
+    Moments,
+    capture_dense,
+    collect,
+    dense_width,
+    input_groups,
+)
 from .targets import Target
 
 __all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
@@ -114,9 +122,22 @@ def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discover
     return None
 
 
-#: The dense rows of a block's input groups are captured in one dense pass when they take at
+#: The dense sides of a block's input groups are captured in one dense pass when they take at
 #: most this many stream widths per position (see the module docstring).
 DENSE_ROW_WIDTHS = 8.0
+
+
+def _moved(found: Mapping[str, Moments], device: torch.device) -> dict[str, Moments]:
+    """``found`` on ``device``, the tensors a group shares (``H``, ``cross``) moved once."""
+    moved: dict[int, torch.Tensor] = {}
+
+    def once(x):
+        if x is not None and id(x) not in moved:
+            moved[id(x)] = x.to(device)
+        return None if x is None else moved[id(x)]
+
+    return {name: Moments(once(m.H), once(m.cross), once(m.outputs), once(m.energy))
+            for name, m in found.items()}
 
 
 class _Runner:
@@ -136,12 +157,12 @@ class _Runner:
 
 def dense_runs(groups: Sequence[list[Target]], width: int,
                budget: float = DENSE_ROW_WIDTHS) -> list[list[list[Target]]]:
-    """``groups`` cut into runs of consecutive groups whose dense rows are captured together.
+    """``groups`` cut into runs of consecutive groups whose dense sides are captured together.
 
-    A group's rows take ``cols * groups`` values per position (a Linear's ``in_features``),
-    ``width`` is the stream's (the hidden size); a run holds at most ``budget`` stream widths,
-    a group wider than that is a run alone, and so is a convolution (patches: no fixed width
-    per position).
+    A group's dense side takes :func:`~l0prune.statistics.dense_width` values per position
+    (its inputs, or its members' outputs when fewer), ``width`` is the stream's (the hidden
+    size); a run holds at most ``budget`` stream widths, a group wider than that is a run alone,
+    and so is a convolution (patches: no fixed width per position).
 
     Args:
         groups: a block's input groups, in the order they run.
@@ -152,7 +173,8 @@ def dense_runs(groups: Sequence[list[Target]], width: int,
         The runs (of the groups themselves, not copies).
 
     Example:
-        >>> bert = [[Target(n, nn.Linear(4, 4))] for n in "qoi"] + [[Target("d", nn.Linear(16, 4))]]
+        >>> bert = [[Target(n, nn.Linear(4, 4))] for n in "qoi"]
+        >>> bert.append([Target("d", nn.Linear(16, 16))])
         >>> [[g[0].name for g in run] for run in dense_runs(bert, 4)]
         [['q', 'o', 'i', 'd']]
         >>> [[g[0].name for g in run] for run in dense_runs(bert, 4, budget=4)]
@@ -162,7 +184,7 @@ def dense_runs(groups: Sequence[list[Target]], width: int,
     size = 0.0
     for group in groups:
         t = group[0]
-        wide = float("inf") if t.is_conv else t.shape[1] * t.groups / width
+        wide = float("inf") if t.is_conv else dense_width(group) / width
         if runs and size + wide <= budget:
             runs[-1].append(group)
             size += wide
@@ -197,7 +219,7 @@ class BlockPruner:
             a resume.
         solves: where the solves run (:class:`~l0prune.executors.LayerSolves`; default: here);
             a block's layers go out together (``sequential=True``: those that read one input).
-        dense_row_widths: ``sequential=True``: the budget of the dense rows captured in one
+        dense_row_widths: ``sequential=True``: the budget of the dense sides captured in one
             pass, in stream widths per position (see :func:`dense_runs`; default
             :data:`DENSE_ROW_WIDTHS`; 0: a dense pass per group).
 
@@ -385,7 +407,7 @@ class BlockPruner:
             return done
         paired = groups[1:] if first else groups
         runs = dense_runs(paired, dense[0].shape[-1], self.dense_row_widths) if paired else []
-        rows: dict[int, list[torch.Tensor]] = {}
+        rows: dict[int, DenseSide] = {}
         advanced = len(runs) == 1
         if advanced:
             rows = self._dense_rows(block, inputs, data, runs[0], dense, {}, advance=True)
@@ -394,24 +416,24 @@ class BlockPruner:
             if not advanced and id(group) in starts:
                 rows.update(self._dense_rows(block, inputs, data, starts[id(group)], dense,
                                              done))
-            twins = rows.pop(id(group), None)
+            side = rows.pop(id(group), None)
             moments = collect(runner, data, [group], self.device, self.discovery,
-                              dense_rows=None if twins is None else [twins])
+                              dense=None if side is None else [side])
             self._solve([group], budgets, moments, done, curves)
-            del moments, twins
+            del moments, side
         self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
         return done
 
     def _dense_rows(self, block, inputs, data, run, dense, done, *,
-                    advance: bool = False) -> dict[int, list[torch.Tensor]]:
-        """The dense block's input rows of the groups of ``run``, by ``id`` of the group, from
-        one pass over ``X_0`` (with ``advance``: the whole block, its outputs replacing
+                    advance: bool = False) -> dict[int, DenseSide]:
+        """The dense sides of the groups of ``run``, by ``id`` of the group, from one pass of
+        the dense block over ``X_0`` (with ``advance``: the whole block, its outputs replacing
         ``X_0``)."""
         runner = _Runner(block, inputs, dense, dense if advance else None)
         with self._dense(done):
-            found = capture_rows(runner, data, run, self.device, self.discovery,
-                                 stop=not advance)
-        return {id(group): rows for group, rows in zip(run, found, strict=True)}
+            found = capture_dense(runner, data, run, self.device, self.discovery,
+                                  stop=not advance)
+        return {id(group): side for group, side in zip(run, found, strict=True)}
 
     @torch.no_grad()
     def _advance(self, block, inputs, dense, pruned, done, *, dense_done: bool = False) -> None:
@@ -449,13 +471,7 @@ class BlockPruner:
         """Whole-model statistics of ``groups`` (where the model is), moved to the device."""
         self.passes += 1
         found = collect(self.model, self.calibration, groups, self.home, self.discovery, reference)
-        moved: dict[int, Moments] = {}
-        for m in found.values():
-            if id(m) not in moved:
-                moved[id(m)] = Moments(*(
-                    None if x is None else x.to(self.device) for x in (m.H, m.cross, m.dense)
-                ))
-        return {name: moved[id(m)] for name, m in found.items()}
+        return _moved(found, self.device)
 
     def _solve(self, groups, budgets, moments, done, curves) -> None:
         """Solve the layers of ``groups`` together and write their weights."""

@@ -117,15 +117,12 @@ class LayerSolves:
         """
         if self.executor is None:
             calls = [(t.problems() if t.problems is not None else target_problems(
-                t.W, t.moments.H, t.moments.cross, t.moments.dense), t.budgets, t.method,
-                t.options, t.errors_only) for t in tasks]
+                t.W, t.moments.H, t.moments.dense_cross(t.W), t.moments.energy), t.budgets,
+                t.method, t.options, t.errors_only) for t in tasks]
             return run_tasks(solve_problems, calls, None, on_done=on_done)
-        on_cpu: dict[int, Moments] = {}  # a group's statistics moved once, shared by its layers
-        for t in tasks:
-            if id(t.moments) not in on_cpu:
-                on_cpu[id(t.moments)] = Moments(*(None if x is None else x.cpu() for x in (
-                    t.moments.H, t.moments.cross, t.moments.dense)))
-        calls = [_arguments(t, on_cpu[id(t.moments)]) for t in tasks]
+        shared: dict[int, torch.Tensor] = {}  # a group's H moved once, shared by its layers
+        calls = [_arguments(t, shared.setdefault(id(t.moments.H), t.moments.H.cpu()))
+                 for t in tasks]
         solutions = run_tasks(solve_target, calls, self.executor,
                               labels=[f"layer {t.name!r}" for t in tasks], on_done=on_done)
         for t, found in zip(tasks, solutions, strict=True):
@@ -135,9 +132,12 @@ class LayerSolves:
         return solutions
 
 
-def _arguments(task: LayerTask, moments: Moments) -> tuple:
-    """The arguments of :func:`~l0prune.layer_jobs.solve_target` for ``task``, on the CPU."""
-    return (task.W.cpu(), moments.H, moments.cross, moments.dense, list(task.budgets),
+def _arguments(task: LayerTask, H: torch.Tensor) -> tuple:
+    """The arguments of :func:`~l0prune.layer_jobs.solve_target` for ``task`` (its ``H`` on
+    the CPU), on the CPU: the sequential problem's ``G`` per layer (``out x in``)."""
+    cross, energy = task.moments.dense_cross(task.W), task.moments.energy
+    return (task.W.cpu(), H, None if cross is None else cross.cpu(),
+            None if energy is None else energy.cpu(), list(task.budgets),
             task.method, dict(task.options), task.errors_only, portable(task.method)[1])
 
 

@@ -1,8 +1,8 @@
 """One target's solves as a pure function of tensors, so that they run anywhere.
 
 :func:`solve_target` takes a layer's dense weight as ``(groups, out, in)``, its statistics
-(``H``; for a sequential run also the cross moment ``C = X^T X_0 / N`` and the dense moment
-``D = X_0^T X_0 / N``), one or more budgets, the method and its options, and returns one
+(``H``; for a sequential run also the dense outputs' cross moment ``G = (X_0 W^T)^T X / N`` and
+energy ``||X_0 W^T||^2 / N``), one or more budgets, the method and its options, and returns one
 :class:`TargetSolution` per budget. No model, no data: it ships to any executor
 (:mod:`solvers.many`), and gives the same bits wherever it runs on the CPU with one torch
 thread. The problems are those of :meth:`solvers.LayerProblem.from_moments` (one per
@@ -46,21 +46,24 @@ class TargetSolution:
 
 
 def target_problems(W: torch.Tensor, H: torch.Tensor, cross: torch.Tensor | None,
-                    dense: torch.Tensor | None) -> list[LayerProblem]:
+                    energy: torch.Tensor | None, check_psd: bool = True) -> list[LayerProblem]:
     """The layer problems of a target, one per convolution group.
 
     Args:
         W: the dense weight, ``(groups, out, in)``.
         H: ``X^T X / N`` per group, ``(groups, in, in)``.
-        cross: ``X^T X_0 / N`` per group, or ``None`` for parallel statistics.
-        dense: ``X_0^T X_0 / N`` per group (with ``cross``), or ``None``.
+        cross: ``G = (X_0 W^T)^T X / N`` per group, ``(groups, out, in)``, or ``None`` for
+            parallel statistics.
+        energy: ``||X_0 W^T||^2 / N`` per group, ``(groups,)`` (with ``cross``), or ``None``.
+        check_psd: check that ``H`` is PSD (:class:`~solvers.LayerProblem`); ``False`` for
+            statistics summed in this process.
 
     Returns:
         One unsized :class:`~solvers.LayerProblem` per group.
     """
     return [
         LayerProblem.from_moments(W[i], H[i], None if cross is None else cross[i],
-                                  None if dense is None else dense[i])
+                                  None if energy is None else energy[i], check_psd=check_psd)
         for i in range(W.shape[0])
     ]
 
@@ -108,7 +111,7 @@ def solve_target(
     W: torch.Tensor,
     H: torch.Tensor,
     cross: torch.Tensor | None,
-    dense: torch.Tensor | None,
+    energy: torch.Tensor | None,
     budgets: Sequence[Budget],
     method: str,
     options: Mapping,
@@ -118,7 +121,7 @@ def solve_target(
     """Solve a target under each budget, from its tensors (see the module docstring).
 
     Args:
-        W, H, cross, dense: as for :func:`target_problems`.
+        W, H, cross, energy: as for :func:`target_problems`.
         budgets, method, options, errors_only: as for :func:`solve_problems`.
         method_fn: the function of a method registered where the task was made, registered
             here too (:func:`solvers.many.portable`); ``None`` for a built-in.
@@ -135,5 +138,5 @@ def solve_target(
         [16, 8]
     """
     ensure_method(method, method_fn)
-    return solve_problems(target_problems(W, H, cross, dense), budgets, method, options,
+    return solve_problems(target_problems(W, H, cross, energy), budgets, method, options,
                           errors_only)

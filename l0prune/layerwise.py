@@ -12,11 +12,11 @@ those it sees:
   are taken with every earlier group already pruned (one pass per group), and its problem is to
   reproduce the *dense model's* output from the inputs it now sees:
   ``min ||X W'^T - X_0 W^T||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
-  ``C = X^T X_0 / N`` and ``A = H + lam I`` this is the layer problem
-  ``tr((W' - W~) A (W' - W~)^T)`` (plus a constant) for the target ``W~ = (W C^T + lam W) A^-1``,
-  so a layer corrects the error of the layers before it (``W~ = W`` when ``X = X_0``;
-  :meth:`solvers.LayerProblem.from_moments` builds it). The first group only ever sees the dense
-  model, so its statistics are taken once.
+  ``G = (X_0 W^T)^T X / N`` (``= W C^T`` for ``C = X^T X_0 / N``) and ``A = H + lam I`` this is
+  the layer problem ``tr((W' - W~) A (W' - W~)^T)`` (plus a constant) for the target
+  ``W~ = (G + lam W) A^-1``, so a layer corrects the error of the layers before it
+  (``W~ = W`` when ``X = X_0``; :meth:`solvers.LayerProblem.from_moments` builds it). The
+  first group only ever sees the dense model, so its statistics are taken once.
 
 The relative error reported per layer is ``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2``: how far the
 layer's output is from the dense model's (in parallel mode, the layer problem's relative error).
@@ -192,8 +192,9 @@ class LayerPruner:
         cached = self._cache.get(target.name)
         if cached is not None and cached[0]() is moments:
             return cached[1]
-        problems = target_problems(self._dense_matrix(target), moments.H, moments.cross,
-                                   moments.dense)
+        W = self._dense_matrix(target)
+        problems = target_problems(W, moments.H, moments.dense_cross(W), moments.energy,
+                                   check_psd=False)  # H = X^T X, summed here
         self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
         self._cache[target.name] = (weakref.ref(moments), problems)
         return problems

@@ -9,10 +9,17 @@ Layers that read the same input tensor in the same way (a transformer's query, k
 projections) form one *input group*: one sum, filled once per forward, shared by all of them.
 :func:`discover` finds the groups and the order the layers run in from one calibration batch.
 
-*Paired* statistics (for sequential pruning) also take the rows ``X_0`` the dense model gives a
-layer, batch by batch next to the rows ``X`` it sees with earlier layers pruned, and sum
-``X^T X_0`` and ``X_0^T X_0`` as well. The dense rows come from a reference pass per batch
-(``reference``), or were captured before by :func:`capture_rows` (one dense pass for several
+*Paired* statistics (for sequential pruning) pair the rows ``X`` a layer sees with earlier layers
+pruned with what the dense model gives it, batch by batch: the dense inputs ``X_0`` or the dense
+outputs ``Y_0 = X_0 W^T``, whichever is narrower. A group whose members have fewer outputs in
+all than it has inputs (a transformer's MLP down projection: 1 hidden width of outputs against
+2.7-4 of inputs) keeps ``Y_0`` per member and sums ``G = Y_0^T X`` (``out x in``); any other
+group keeps ``X_0`` and sums ``C = X^T X_0`` (``in x in``, shared by its members, turned into
+``G = W C^T`` per member by :meth:`Moments.dense_cross`). Either way the sequential problem
+(:meth:`solvers.LayerProblem.from_moments`) needs ``G`` and the dense output's energy
+``||Y_0||^2``, which the dense pass gives for free from each member's output: the ``in x in``
+moment of ``X_0`` is never formed. The dense side comes from a reference pass per batch
+(``reference``), or was captured before by :func:`capture_dense` (one dense pass for several
 groups: block by block, the dense block does not change while the block is pruned).
 
 Precision: each product is taken in float32 (the activations' precision; float64 activations
@@ -36,11 +43,16 @@ from .batches import attention_mask, check_data, forward, to_device
 from .input_check import explained
 from .targets import Target, prunable_layers, select_targets
 
-__all__ = ["PRODUCT_ROWS", "Discovery", "Moments", "capture_rows", "collect", "discover",
-           "input_groups", "row_products", "second_moments"]
+__all__ = ["GRAM_BLOCK", "PRODUCT_ROWS", "DenseSide", "Discovery", "Moments", "add_gram",
+           "capture_dense", "collect", "dense_width", "discover", "input_groups", "mirrored",
+           "pairs_outputs", "row_products", "second_moments"]
 
 #: Rows per float32 product before it is added to the float64 sums (see the module docstring).
 PRODUCT_ROWS = 1024
+
+#: Columns per block of the Gram products ``X^T X`` (:func:`add_gram`): the blocks under the
+#: diagonal are mirrored, not computed.
+GRAM_BLOCK = 128
 
 
 class _Stop(Exception):
@@ -138,32 +150,50 @@ def input_groups(targets: Sequence[Target], discovery: Discovery) -> list[list[T
 
 @dataclass
 class Moments:
-    """Second moments of one layer's input rows, float64, ``(groups, cols, cols)``.
+    """One layer's statistics, float64, per convolution group.
 
     Attributes:
-        H: ``X^T X / N`` of the rows the layer sees.
-        cross: ``X^T X_0 / N`` against the rows ``X_0`` the dense model gives it (paired
-            statistics only).
-        dense: ``X_0^T X_0 / N`` (paired statistics only).
+        H: ``X^T X / N`` of the rows the layer sees, ``(groups, cols, cols)``; the members of
+            an input group share it.
+        cross: ``C = X^T X_0 / N`` against the dense model's rows ``X_0``, shared like ``H``
+            (paired statistics of a group that keeps ``X_0``; see :func:`pairs_outputs`).
+        outputs: ``G = Y_0^T X / N`` for the dense outputs ``Y_0 = X_0 W^T``, ``(groups, out,
+            cols)`` (paired statistics of a group that keeps ``Y_0``).
+        energy: ``||Y_0||^2 / N``, ``(groups,)`` (paired statistics).
 
     Example: see :func:`collect`.
     """
 
     H: torch.Tensor
     cross: torch.Tensor | None = None
-    dense: torch.Tensor | None = None
+    outputs: torch.Tensor | None = None
+    energy: torch.Tensor | None = None
+
+    def dense_cross(self, W: torch.Tensor) -> torch.Tensor | None:
+        """``G = Y_0^T X / N = W C^T`` per group for the dense weight ``W`` ``(groups, out,
+        cols)``, float64; ``None`` for unpaired statistics."""
+        if self.outputs is not None:
+            return self.outputs
+        if self.cross is None:
+            return None
+        return W.to(self.cross) @ self.cross.transpose(1, 2)
+
+    def to(self, device: torch.device | str) -> Moments:
+        """The same statistics on ``device``."""
+        return Moments(*(None if x is None else x.to(device)
+                         for x in (self.H, self.cross, self.outputs, self.energy)))
 
 
 def row_products(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """``X^T Y`` per group for rows ``(groups, n, cols)``: float32 products (float64 inputs:
-    float64) of at most :data:`PRODUCT_ROWS` rows at a time, summed in float64.
+    """``X^T Y`` per group for rows ``(groups, n, a)`` and ``(groups, n, b)``: float32 products
+    (float64 inputs: float64) of at most :data:`PRODUCT_ROWS` rows at a time, summed in float64.
 
     Args:
-        X: rows, ``(groups, n, cols)``.
-        Y: their twins, the same shape.
+        X: rows, ``(groups, n, a)``.
+        Y: their twins, ``(groups, n, b)``.
 
     Returns:
-        ``(groups, cols, cols)``, float64.
+        ``(groups, a, b)``, float64.
 
     Example:
         >>> X = torch.ones(1, 3, 2)
@@ -180,16 +210,154 @@ def row_products(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def add_gram(total: torch.Tensor, X: torch.Tensor) -> None:
+    """Add ``X^T X`` per group (rows ``(groups, n, cols)``) to the float64 ``total`` as
+    :func:`row_products` would, but only its block rows' parts on and above the diagonal, in
+    blocks of :data:`GRAM_BLOCK` columns: ``(b + 1) / 2b`` of the products for ``b`` blocks
+    (13/24 for a 1536-wide MLP input). :func:`mirrored` fills in the rest once, at the end.
+
+    Args:
+        total: ``(groups, cols, cols)``, float64.
+        X: rows, ``(groups, n, cols)``.
+
+    Example:
+        >>> X = torch.randn(1, 50, 2 * GRAM_BLOCK + 3, dtype=torch.float64)
+        >>> total = torch.zeros(1, X.shape[2], X.shape[2], dtype=torch.float64)
+        >>> add_gram(total, X)
+        >>> torch.allclose(mirrored(total), X.mT @ X)
+        True
+    """
+    X = X.to(torch.promote_types(X.dtype, torch.float32))
+    cols = X.shape[2]
+    for start in range(0, X.shape[1], PRODUCT_ROWS):
+        part = X[:, start:start + PRODUCT_ROWS]
+        for i in range(0, cols, GRAM_BLOCK):
+            total[:, i:i + GRAM_BLOCK, i:] += torch.bmm(
+                part[:, :, i:i + GRAM_BLOCK].transpose(1, 2), part[:, :, i:])
+
+
+def mirrored(total: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrices whose block rows on and above the diagonal are ``total``'s
+    (:func:`add_gram`), in place.
+
+    Args:
+        total: ``(groups, cols, cols)``.
+
+    Returns:
+        ``total``, its blocks under the diagonal the transposes of those above.
+    """
+    cols = total.shape[2]
+    for i in range(GRAM_BLOCK, cols, GRAM_BLOCK):
+        total[:, i:i + GRAM_BLOCK, :i] = total[:, :i, i:i + GRAM_BLOCK].transpose(1, 2)
+    return total
+
+
+def pairs_outputs(group: Sequence[Target]) -> bool:
+    """Whether a group's paired statistics keep the dense outputs ``Y_0`` (``G = Y_0^T X``)
+    rather than the dense inputs ``X_0`` (``C = X^T X_0``): a linear group whose members have
+    fewer outputs in all than it has inputs (narrower rows to keep, fewer products to sum).
+
+    Args:
+        group: an input group.
+
+    Returns:
+        ``True`` for the dense outputs.
+
+    Example:
+        >>> pairs_outputs([Target("down", nn.Linear(16, 4))])
+        True
+        >>> pairs_outputs([Target(n, nn.Linear(4, 4)) for n in "qkv"])
+        False
+    """
+    first = group[0]
+    return not first.is_conv and sum(t.shape[0] for t in group) < first.shape[1]
+
+
+def dense_width(group: Sequence[Target]) -> int:
+    """Values a group's :class:`DenseSide` keeps per row: the members' outputs in all
+    (:func:`pairs_outputs`), else the inputs' width (a convolution's patch width).
+
+    Example:
+        >>> dense_width([Target("down", nn.Linear(16, 4))])
+        4
+    """
+    first = group[0]
+    if pairs_outputs(group):
+        return sum(t.shape[0] for t in group)
+    return first.shape[1] * first.groups
+
+
+class DenseSide:
+    """What an input group's paired statistics take from the dense model, call by call.
+
+    Filled by hooks during a dense pass (:meth:`hooks`), consumed in the same order by the
+    pass of the model as it is (:func:`collect`): per call, the rows ``X_0`` (a group that keeps
+    the inputs) or each member's ``Y_0`` (one that keeps the outputs, :func:`pairs_outputs`),
+    and each member's ``||Y_0||^2`` summed over the pass.
+
+    Args:
+        group: the input group.
+        device: where rows and sums go.
+
+    Attributes:
+        keeps_outputs: :func:`pairs_outputs` of the group.
+        inputs: ``X_0`` rows per call (``(n, groups * cols)``, the activations' dtype).
+        outputs: per member, ``Y_0`` rows per call (``(n, out)``).
+        energy: per member, ``||Y_0||^2`` per convolution group, float64.
+    """
+
+    def __init__(self, group: Sequence[Target], device: torch.device):
+        self.group, self.device = list(group), device
+        self.keeps_outputs = pairs_outputs(group)
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[list[torch.Tensor]] = [[] for _ in group]
+        self.energy = [torch.zeros(t.groups, dtype=torch.float64, device=device)
+                       for t in group]
+
+    def hooks(self, state: dict) -> list:
+        """Register the dense pass's hooks (``state["mask"]``: the batch's attention mask; they
+        act while ``state.get("dense", True)``); returns their handles."""
+
+        def keep_inputs(module, args, kwargs):
+            if not state.get("dense", True):
+                return
+            rows = self.group[0].rows(_layer_input(args, kwargs), state["mask"])
+            self.inputs.append(rows.to(self.device))
+
+        def keep_outputs(i: int, t: Target):
+            def hook(module, args, kwargs, output):
+                if not state.get("dense", True):
+                    return
+                rows = t.output_rows(output, state["mask"]).to(self.device)
+                power = rows.square().sum(0, dtype=torch.float64)
+                self.energy[i] += power.reshape(t.groups, -1).sum(1)
+                if self.keeps_outputs:
+                    self.outputs[i].append(rows)
+
+            return hook
+
+        handles = [] if self.keeps_outputs else [
+            self.group[0].module.register_forward_pre_hook(keep_inputs, with_kwargs=True)]
+        handles += [t.module.register_forward_hook(keep_outputs(i, t), with_kwargs=True)
+                    for i, t in enumerate(self.group)]
+        return handles
+
+
 class _Moment:
     """Running sums of one input group's row products, per convolution group, in float64."""
 
-    def __init__(self, target: Target, device: torch.device, paired: bool):
+    def __init__(self, group: Sequence[Target], device: torch.device,
+                 dense: DenseSide | None):
+        target = group[0]
         g, cols = target.groups, target.shape[1]
-        self.target = target
+        self.target, self.dense = target, dense
         self.sum = torch.zeros(g, cols, cols, dtype=torch.float64, device=device)
-        self.cross = torch.zeros_like(self.sum) if paired else None
-        self.dense = torch.zeros_like(self.sum) if paired else None
-        self.references: list[torch.Tensor] = []
+        self.cross = self.outputs = None
+        if dense is not None and dense.keeps_outputs:
+            self.outputs = [torch.zeros(g, t.shape[0], cols, dtype=torch.float64, device=device)
+                            for t in group]
+        elif dense is not None:
+            self.cross = torch.zeros_like(self.sum)
         self.rows = 0
 
     def grouped(self, X: torch.Tensor) -> torch.Tensor:
@@ -197,38 +365,52 @@ class _Moment:
         at least (float64 stays float64)."""
         dtype = torch.promote_types(X.dtype, torch.float32)
         X = X.to(device=self.sum.device, dtype=dtype)
-        return X.reshape(X.shape[0], *self.sum.shape[:2]).transpose(0, 1)
+        g = self.sum.shape[0]
+        return X.reshape(X.shape[0], g, X.shape[1] // g).transpose(0, 1)
 
     def add(self, X: torch.Tensor) -> None:
         X = self.grouped(X)
-        self.sum += row_products(X, X)
+        add_gram(self.sum, X)
         if self.cross is not None:
-            X0 = self.grouped(self.references.pop(0))
-            self.cross += row_products(X, X0)
-            self.dense += row_products(X0, X0)
+            self.cross += row_products(X, self.grouped(self.dense.inputs.pop(0)))
+        if self.outputs is not None:
+            for total, rows in zip(self.outputs, self.dense.outputs, strict=True):
+                total += row_products(self.grouped(rows.pop(0)), X)
         self.rows += X.shape[1]
 
-    def value(self) -> Moments:
+    def value(self, group: Sequence[Target]) -> dict[str, Moments]:
         if self.rows == 0:
             raise ValueError(
                 f"no calibration input reached layer {self.target.name!r} "
                 "(every position was padding?)"
             )
-        if self.cross is None:
-            return Moments(self.sum / self.rows)
-        return Moments(self.sum / self.rows, self.cross / self.rows, self.dense / self.rows)
+        H = mirrored(self.sum) / self.rows
+        if self.dense is None:
+            shared = Moments(H)
+            return {t.name: shared for t in group}
+        cross = None if self.cross is None else self.cross / self.rows
+        return {
+            t.name: Moments(H, cross, None if self.outputs is None else self.outputs[i] / self.rows,
+                            self.dense.energy[i] / self.rows)
+            for i, t in enumerate(group)
+        }
 
 
-def _stop(module, args, kwargs):
+def _stop(module, args, kwargs, output=None):
     raise _Stop
 
 
-def _stop_after(groups: Sequence[Sequence[Target]], discovery: Discovery):
-    """The module after whose input a pass over ``groups`` can stop, or ``None`` when some
-    member runs more than once per forward (then every call counts)."""
+def _stop_after(groups: Sequence[Sequence[Target]], discovery: Discovery, *,
+                inputs_only: bool = False):
+    """The module after whose input (or output) a pass over ``groups`` can stop: the last
+    member to run (with ``inputs_only``, the last of the groups' first members: the members
+    of a group read one input, taken at the first), or ``None`` when some member runs more
+    than once per forward (then every call counts)."""
     members = [t for group in groups for t in group]
     if not all(discovery.calls[t.name] == 1 for t in members):
         return None
+    if inputs_only:
+        members = [group[0] for group in groups]
     return max(members, key=lambda t: discovery.order.index(t.name)).module
 
 
@@ -241,7 +423,7 @@ def _run(model: nn.Module, batch, device: torch.device):
 
 
 @torch.no_grad()
-def capture_rows(
+def capture_dense(
     model: nn.Module,
     data: Iterable,
     groups: Sequence[Sequence[Target]],
@@ -249,11 +431,11 @@ def capture_rows(
     discovery: Discovery,
     *,
     stop: bool = True,
-) -> list[list[torch.Tensor]]:
-    """One pass over ``data`` keeping each group's input rows (real tokens only), per batch.
+) -> list[DenseSide]:
+    """One pass over ``data`` keeping each group's dense side (real tokens only), per batch.
 
-    These are the dense rows ``X_0`` that :func:`collect` pairs with (its ``dense_rows``):
-    capturing several groups in one dense pass replaces a reference pass per group.
+    These are what :func:`collect` pairs with (its ``dense``): capturing several groups in one
+    dense pass replaces a reference pass per group.
 
     Args:
         model: the model, in the state the rows describe (the dense one).
@@ -261,35 +443,27 @@ def capture_rows(
         groups: input groups (from :func:`input_groups`).
         device: where batches and rows go.
         discovery: the model's :class:`Discovery`.
-        stop: end each forward once every group has seen its input (``False``: run it to the
-            end, for a caller that also wants the outputs).
+        stop: end each forward once every group's last member has run (``False``: run it to
+            the end, for a caller that also wants the outputs).
 
     Returns:
-        Per group, its rows ``(n, groups * cols)`` per batch, in the activations' dtype.
+        A :class:`DenseSide` per group.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> data = [torch.randn(16, 4), torch.randn(3, 4)]
         >>> d = discover(model, data[0], torch.device("cpu"))
         >>> groups = input_groups(select_targets(model, d.order), d)
-        >>> [[tuple(r.shape) for r in rows] for rows in capture_rows(
-        ...     model, data, groups, torch.device("cpu"), d)]
+        >>> sides = capture_dense(model, data, groups, torch.device("cpu"), d)
+        >>> [[tuple(r.shape) for r in s.inputs] for s in sides]
         [[(16, 4), (3, 4)], [(16, 8), (3, 8)]]
     """
-    found: list[list[torch.Tensor]] = [[] for _ in groups]
+    sides = [DenseSide(group, device) for group in groups]
     state: dict = {"mask": None}
-
-    def keep(target, rows):
-        def hook(module, args, kwargs):
-            rows.append(target.rows(_layer_input(args, kwargs), state["mask"]).to(device))
-
-        return hook
-
-    handles = [group[0].module.register_forward_pre_hook(keep(group[0], rows), with_kwargs=True)
-               for group, rows in zip(groups, found, strict=True)]
+    handles = [h for side in sides for h in side.hooks(state)]
     last = _stop_after(groups, discovery) if stop else None
     if last is not None:
-        handles.append(last.register_forward_pre_hook(_stop, with_kwargs=True))
+        handles.append(last.register_forward_hook(_stop, with_kwargs=True))
     try:
         for batch in data:
             batch = to_device(batch, device)
@@ -298,7 +472,7 @@ def capture_rows(
     finally:
         for handle in handles:
             handle.remove()
-    return found
+    return sides
 
 
 @torch.no_grad()
@@ -309,18 +483,19 @@ def collect(
     device: torch.device,
     discovery: Discovery,
     reference: Callable[[], AbstractContextManager] | None = None,
-    dense_rows: Sequence[list[torch.Tensor]] | None = None,
+    dense: Sequence[DenseSide] | None = None,
 ) -> dict[str, Moments]:
     """One pass over ``data`` filling the second moments of every group in ``groups``.
 
     With ``reference``, the statistics are paired: each batch first runs inside
-    ``reference()`` (which puts the dense model's weights in place) to get the rows ``X_0`` the
-    dense model gives each group, then as the model is, to get its own rows ``X``. With
-    ``dense_rows`` (from :func:`capture_rows`, one list per group, consumed batch by batch)
-    the statistics are paired with those rows and no reference pass runs.
+    ``reference()`` (which puts the dense model's weights in place) to take each group's dense
+    side (:class:`DenseSide`), then as the model is, to get its own rows ``X``. With ``dense``
+    (from :func:`capture_dense`, one per group, consumed batch by batch) the statistics are
+    paired with those and no reference pass runs.
 
-    Each forward stops as soon as every group has seen its input, unless some layer runs more
-    than once per forward (then all its calls count, so the forward runs to the end).
+    Each forward stops as soon as every group has seen its input (at its first member; a
+    reference pass: once its last member has run), unless some layer runs more than once per
+    forward (then all its calls count, so the forward runs to the end).
 
     Args:
         model: the model, in the state the statistics describe.
@@ -329,11 +504,10 @@ def collect(
         device: where batches and sums live.
         discovery: the model's :class:`Discovery`.
         reference: a context manager factory for paired statistics, or ``None``.
-        dense_rows: the dense rows of each group per batch (instead of ``reference``); the
-            lists are emptied as they are used.
+        dense: each group's dense side (instead of ``reference``); emptied as it is used.
 
     Returns:
-        :class:`Moments` per target name; members of a group share them.
+        :class:`Moments` per target name; members of a group share ``H`` (and ``cross``).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -343,49 +517,54 @@ def collect(
         >>> collect(model, data, groups, torch.device("cpu"), d)["0"].H.shape
         torch.Size([1, 4, 4])
     """
-    if reference is not None and dense_rows is not None:
-        raise ValueError("give reference or dense_rows, not both")
-    paired = reference is not None or dense_rows is not None
-    moments = [_Moment(group[0], device, paired) for group in groups]
-    if dense_rows is not None:
-        for moment, rows in zip(moments, dense_rows, strict=True):
-            moment.references = rows
-    state: dict = {"mask": None, "reference": False}
+    if reference is not None and dense is not None:
+        raise ValueError("give reference or dense, not both")
+    if reference is not None:
+        dense = [DenseSide(group, device) for group in groups]
+    sides = dense if dense is not None else [None] * len(groups)
+    moments = [_Moment(group, device, side) for group, side in zip(groups, sides, strict=True)]
+    state: dict = {"mask": None, "dense": False}
 
     def accumulate(moment):
         def hook(module, args, kwargs):
-            rows = moment.target.rows(_layer_input(args, kwargs), state["mask"])
-            if state["reference"]:
-                moment.references.append(rows)
-            else:
-                moment.add(rows)
+            if not state["dense"]:
+                moment.add(moment.target.rows(_layer_input(args, kwargs), state["mask"]))
 
         return hook
 
-    handles = [
-        m.target.module.register_forward_pre_hook(accumulate(m), with_kwargs=True)
-        for m in moments
-    ]
-    last = _stop_after(groups, discovery)
-    if last is not None:
-        handles.append(last.register_forward_pre_hook(_stop, with_kwargs=True))
+    def stop_before(module, args, kwargs):
+        if not state["dense"]:
+            raise _Stop
+
+    def stop_after(module, args, kwargs, output):
+        if state["dense"]:
+            raise _Stop
+
+    handles = [m.target.module.register_forward_pre_hook(accumulate(m), with_kwargs=True)
+               for m in moments]
+    if reference is not None:
+        handles += [h for side in sides for h in side.hooks(state)]
+    first, last = (_stop_after(groups, discovery, inputs_only=True),
+                   _stop_after(groups, discovery))
+    if first is not None:
+        handles += [first.register_forward_pre_hook(stop_before, with_kwargs=True),
+                    last.register_forward_hook(stop_after, with_kwargs=True)]
     try:
         for batch in data:
             batch = to_device(batch, device)
             state["mask"] = attention_mask(batch)
             if reference is not None:
-                state["reference"] = True
+                state["dense"] = True
                 with reference():
                     _run(model, batch, device)
-                state["reference"] = False
+                state["dense"] = False
             _run(model, batch, device)
     finally:
         for handle in handles:
             handle.remove()
     result = {}
     for moment, group in zip(moments, groups, strict=True):
-        value = moment.value()
-        result.update((t.name, value) for t in group)
+        result.update(moment.value(group))
     return result
 
 

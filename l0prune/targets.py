@@ -187,6 +187,35 @@ class Target:
             x = x[mask.to(device=x.device) != 0]
         return x.reshape(-1, x.shape[-1])
 
+    def output_rows(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output less its bias as ``(n, out)`` rows, row ``i`` the output of
+        :meth:`rows` ``i``: ``rows(x) @ matrix(W)[j]^T`` for each group ``j``, side by side.
+
+        Args:
+            y: the layer's output.
+            mask: as for :meth:`rows`.
+
+        Returns:
+            The rows ``X W^T`` (bias removed).
+
+        Example:
+            >>> layer = nn.Linear(3, 2)
+            >>> x = torch.randn(4, 3)
+            >>> t = Target("fc", layer)
+            >>> torch.allclose(t.output_rows(layer(x)), t.rows(x) @ layer.weight.T, atol=1e-6)
+            True
+        """
+        if self.is_conv:
+            if y.ndim == len(self.module.kernel_size) + 1:  # unbatched input
+                y = y.unsqueeze(0)
+            y = y.movedim(1, -1).reshape(-1, y.shape[1])
+        else:
+            if mask is not None and y.ndim >= 3 and tuple(y.shape[:2]) == tuple(mask.shape):
+                y = y[mask.to(device=y.device) != 0]
+            y = y.reshape(-1, y.shape[-1])
+        bias = getattr(self.module, "bias", None)
+        return y if bias is None else y - bias.detach()
+
     def _patches(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
         spatial = len(m.kernel_size)

@@ -151,13 +151,7 @@ def solve(
     weight = weight.to(problem.output_dtype)
     seconds = time.perf_counter() - start
     info = {"method": method, "options": used, "seconds": seconds, **info}
-    solution = Solution(
-        weight=weight,
-        mask=mask,
-        objective=problem.objective(weight),
-        relative_error=problem.relative_error(weight),
-        info=info,
-    )
+    solution = Solution(weight=weight, mask=mask, problem=problem, info=info)
     if certify:
         _certify(problem, solution, bound)
     return solution

@@ -256,7 +256,7 @@ def _one_of(H: torch.Tensor | None, seen: list[torch.Tensor]) -> torch.Tensor | 
 def _solve_packed(state: dict, H: torch.Tensor | None, method: tuple[str, Callable | None],
                   options: dict) -> Solution:
     ensure_method(*method)
-    return solve(_unpacked(state, H), method[0], **options)
+    return solve(_unpacked(state, H), method[0], **options).detach()
 
 
 def solve_many(

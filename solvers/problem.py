@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .budgets import Budget, Unstructured
+from .refit import damped_cholesky
 from .scaling import Scaled, scale
 
 __all__ = ["PSD_TOLERANCE", "LayerProblem", "as_tensor", "default_ridge"]
@@ -115,6 +116,17 @@ def _ridge(lam, H: torch.Tensor | None) -> float:
     return float(lam)
 
 
+def _energy(value) -> float:
+    """``dense_energy`` as a float >= 0 (a Python, numpy or 0-d torch number)."""
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+    ):
+        raise ValueError(f"dense_energy must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
@@ -137,6 +149,8 @@ class LayerProblem:
         dtype: computation dtype (``torch.float64`` for small exact work); default: ``W``'s
             dtype if float32 / float64, else float32. Solutions of an fp16 / bf16 ``W`` come
             back in that dtype (:attr:`output_dtype`).
+        check_psd: check that ``H`` is PSD (one Cholesky); ``False`` for a second moment the
+            caller summed as ``X^T X`` itself (PSD by construction; l0prune's statistics).
 
     Computation runs in torch on ``W``'s device.
 
@@ -159,6 +173,7 @@ class LayerProblem:
         sparsity: float | None = None,
         k: int | None = None,
         dtype: torch.dtype | None = None,
+        check_psd: bool = True,
     ):
         half = _half_precision(W)
         W = as_tensor(W, "W", dtype)
@@ -187,7 +202,8 @@ class LayerProblem:
             if asym > 1e-5 * scale + 1e-12:
                 raise ValueError(f"H must be symmetric, got max |H - H^T| = {asym:.3g}")
             H = (H + H.T) / 2
-            _check_psd(H, scale)
+            if check_psd:
+                _check_psd(H, scale)
         self.H = H
         self.lam = _ridge(lam, H)
 
@@ -203,8 +219,8 @@ class LayerProblem:
         if budget.sized:
             budget.check(self.shape)
         self.budget = budget
-        # (dense W, H, C, H0) in float64 for a problem from_moments with cross, else None
-        self.reference: tuple[torch.Tensor, ...] | None = None
+        # (dense W, H, G, energy) for a problem from_moments with dense_cross, else None
+        self.reference: tuple | None = None
         self._cache: dict = {}
 
     @classmethod
@@ -224,61 +240,70 @@ class LayerProblem:
 
     @classmethod
     def from_moments(
-        cls, W, H, cross=None, dense=None, budget: Budget | None = None, **kw
+        cls, W, H, dense_cross=None, dense_energy=None, budget: Budget | None = None, **kw
     ) -> LayerProblem:
         """The problem of a layer whose inputs ``X`` differ from the dense model's ``X_0``.
 
-        Sequential pruning fits each layer to reproduce the dense model's output from the inputs
-        it sees with the layers before it already pruned:
-        ``min ||X W'^T - X_0 W^T||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
-        ``C = X^T X_0 / N`` and ``A = H + lam I`` that is the layer problem
-        ``tr((W' - W~) A (W' - W~)^T)`` plus a constant, for the target
-        ``W~ = (W C^T + lam W) A^-1`` (solved in float64; ``W~ = W`` when ``X = X_0``), so a
-        layer corrects the error of the layers before it.
+        Sequential pruning fits each layer to reproduce the dense model's output
+        ``Y_0 = X_0 W^T`` from the inputs it sees with the layers before it already pruned:
+        ``min ||X W'^T - Y_0||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
+        ``G = Y_0^T X / N`` (``= W C^T`` for ``C = X^T X_0 / N``) and ``A = H + lam I`` that is
+        the layer problem ``tr((W' - W~) A (W' - W~)^T)`` plus a constant, for the target
+        ``W~ = (G + lam W) A^-1`` (solved in float64 by Cholesky, the factor kept for the solvers;
+        ``W~ = W`` when ``X = X_0``), so a layer
+        corrects the error of the layers before it. ``G`` is ``out x in``: the statistics never
+        need the ``in x in`` moments of ``X_0``.
 
         Args:
             W: the dense weight, out x in.
             H: ``X^T X / N``, in x in.
-            cross: ``C = X^T X_0 / N``; ``None`` for ``X = X_0`` (the problem ``(W, H)``).
-            dense: ``X_0^T X_0 / N``, needed with ``cross`` for :meth:`output_error`.
+            dense_cross: ``G = Y_0^T X / N``, out x in; ``None`` for ``X = X_0`` (the problem
+                ``(W, H)``).
+            dense_energy: ``||Y_0||^2 / N`` (a number), the dense output's energy, needed with
+                ``dense_cross`` for :meth:`output_error`.
             budget: as for the constructor; ``**kw`` takes its other keywords (``lam``
                 defaults to :func:`default_ridge` of ``H``).
 
         Returns:
             The :class:`LayerProblem` with target ``W~``; :meth:`output_error` measures against
-            the dense output ``X_0 W^T``.
+            the dense output ``Y_0``.
 
         Example:
             >>> import torch
             >>> from solvers import LayerProblem, solve
             >>> X0 = torch.randn(64, 8, dtype=torch.float64); X = X0 + 0.1 * torch.randn(64, 8)
-            >>> W = torch.randn(4, 8, dtype=torch.float64)
-            >>> p = LayerProblem.from_moments(W, X.T @ X / 64, X.T @ X0 / 64, X0.T @ X0 / 64,
-            ...                               sparsity=0.5)
+            >>> W = torch.randn(4, 8, dtype=torch.float64); Y0 = X0 @ W.T
+            >>> p = LayerProblem.from_moments(W, X.T @ X / 64, Y0.T @ X / 64,
+            ...                               float((Y0 ** 2).sum()) / 64, sparsity=0.5)
             >>> change, energy = p.output_error(solve(p, "obs").weight)
             >>> 0 < change < energy
             True
         """
-        if cross is None:
+        if dense_cross is None:
             return cls(W, H, budget=budget, **kw)
-        if dense is None:
-            raise ValueError("dense (X_0^T X_0 / N) must be given with cross")
+        if dense_energy is None:
+            raise ValueError("dense_energy (||X_0 W^T||^2 / N) must be given with dense_cross")
         W_t = as_tensor(W, "W", kw.get("dtype"))
-        H64, C64, D64 = (as_tensor(m, name, torch.float64, W_t.device)
-                         for m, name in ((H, "H"), (cross, "cross"), (dense, "dense")))
-        if C64.shape != H64.shape or D64.shape != H64.shape:
+        H64 = as_tensor(H, "H", torch.float64, W_t.device)
+        G64 = as_tensor(dense_cross, "dense_cross", torch.float64, W_t.device)
+        if G64.shape != W_t.shape:
             raise ValueError(
-                f"cross and dense must have H's shape {tuple(H64.shape)}, got "
-                f"{tuple(C64.shape)} and {tuple(D64.shape)}"
+                f"dense_cross must have W's shape {tuple(W_t.shape)} (out x in), got "
+                f"{tuple(G64.shape)}"
             )
+        _check_finite(G64, "dense_cross")
+        energy = _energy(dense_energy)
         lam = kw.pop("lam", None)
         lam = default_ridge(H64) if lam is None else lam
-        target = W_t.double()
+        target, factor = W_t.double(), None
         if lam > 0:
             A = H64 + lam * torch.eye(H64.shape[0], dtype=H64.dtype, device=H64.device)
-            target = torch.linalg.solve(A, C64 @ target.T + lam * target.T).T
+            factor = damped_cholesky(A)
+            target = torch.cholesky_solve((G64 + lam * target).T, factor).T
         problem = cls(target.to(W_t.dtype), H64, lam=lam, budget=budget, **kw)
-        problem.reference = (W_t, H64, C64, D64)
+        problem.reference = (W_t, H64, G64, energy)
+        if factor is not None:
+            problem._cache["damped_factor"] = factor
         return problem
 
     def with_budget(self, budget: Budget) -> LayerProblem:
@@ -302,6 +327,13 @@ class LayerProblem:
         n = self.shape[1]
         eye = torch.eye(n, dtype=self.W.dtype, device=self.W.device)
         return eye * (1.0 + self.lam) if self.H is None else self.H + self.lam * eye
+
+    @_shared
+    def damped_factor(self) -> torch.Tensor:
+        """The float64 Cholesky factor ``L`` of ``H + lam I`` (``L L^T``; a singular matrix gets
+        the engine's jitter). A problem :meth:`from_moments` has it from its target solve,
+        taken on the float64 ``H`` it was given."""
+        return damped_cholesky(self.damped.double())
 
     @_shared
     def damped_diagonal(self) -> torch.Tensor:
@@ -346,23 +378,24 @@ class LayerProblem:
         return num / den if den > 0 else (0.0 if num <= 0 else math.inf)
 
     def output_error(self, weight: torch.Tensor) -> tuple[float, float]:
-        """``(||X W'^T - X_0 W^T||^2, ||X_0 W^T||^2) / N``: the change of the layer's output
-        against the dense model's, and that output's energy (float64).
+        """``(||X W'^T - Y_0||^2, ||Y_0||^2) / N``: the change of the layer's output against the
+        dense model's ``Y_0 = X_0 W^T``, and that output's energy (float64):
+        ``tr(W' H W'^T) - 2 <W', G> + ||Y_0||^2 / N``.
 
-        For a problem from :meth:`from_moments` with ``cross``; otherwise ``X = X_0`` and this is
-        the relative error's numerator and denominator, ``tr((W'-W) H (W'-W)^T)`` and
+        For a problem from :meth:`from_moments` with ``dense_cross``; otherwise ``X = X_0`` and
+        this is the relative error's numerator and denominator, ``tr((W'-W) H (W'-W)^T)`` and
         ``tr(W H W^T)``.
         """
         if self.reference is None:
-            n = self.shape[1]
-            H = torch.eye(n, dtype=torch.float64, device=self.W.device) if self.H is None \
-                else self.H.double()
-            W, C, H0 = self.W, H, H
-        else:
-            W, H, C, H0 = self.reference
-        W, P = W.double(), weight.double()
-        energy = float(((W @ H0) * W).sum())
-        change = float(((P @ H) * P).sum()) - 2 * float(((P @ C) * W).sum()) + energy
+            W, P = self.W.double(), weight.double()
+            D = P - W
+            if self.H is None:
+                return float((D * D).sum()), float((W * W).sum())
+            H = self.H.double()
+            return max(float(((D @ H) * D).sum()), 0.0), float(((W @ H) * W).sum())
+        _, H, G, energy = self.reference
+        P = weight.double()
+        change = float(((P @ H) * P).sum()) - 2 * float((P * G).sum()) + energy
         return max(change, 0.0), energy
 
     def refit(self, mask: torch.Tensor, **options) -> torch.Tensor:

@@ -23,8 +23,8 @@ The budget of the block-by-block design, in the same units:
 - *cached activations*: the activation streams, ``streams x samples x seqlen x hidden`` values
   (two streams with sequential statistics, one without);
 - *layer solve*: what solving the widest layer (LLaMA's ``down_proj``) takes: its float64
-  second moments (``in x in``; three of them, ``H``, ``C`` and ``X_0^T X_0``, with sequential
-  statistics) and the solver's working memory, measured in the same process by
+  second moment ``H`` (``in x in``; with sequential statistics also ``G = Y_0^T X``,
+  ``out x in``) and the solver's working memory, measured in the same process by
   :meth:`LayerPruner.solve <l0prune.layerwise.LayerPruner.solve>` on a random problem of that
   shape. At LLaMA's MLP width it outweighs a block's parameters several times over, on either
   path.
@@ -159,7 +159,8 @@ def _tokens(samples: int, seqlen: int, vocab: int):
 
 def _layer_solve(args: argparse.Namespace, device) -> int:
     """Bytes to solve the widest layer (``down_proj``: hidden x intermediate) alone: its float64
-    statistics (three with sequential statistics) and the solver's peak working memory."""
+    statistics (with sequential statistics also ``G``, hidden x intermediate) and the solver's
+    peak working memory."""
     import torch
     from torch import nn
 
@@ -178,7 +179,13 @@ def _layer_solve(args: argparse.Namespace, device) -> int:
         A = torch.randn(cols, cols, generator=g, dtype=torch.float64)
         H = (A @ A.T / cols + torch.eye(cols, dtype=torch.float64)).unsqueeze(0).to(device)
         del A
-    moments = Moments(H, H.clone(), H.clone()) if args.sequential else Moments(H)
+    if args.sequential:  # the down projection keeps the dense outputs: G = Y_0^T X is out x in
+        with torch.no_grad():
+            G = layer.weight.double() @ H[0]
+        energy = ((G * layer.weight.double()).sum()).reshape(1)
+        moments = Moments(H, outputs=G.unsqueeze(0), energy=energy)
+    else:
+        moments = Moments(H)
     pruner = LayerPruner(
         layer, [], [target], Discovery(["down_proj"], {"down_proj": 1}, {"down_proj": 0}),
         Snapshot(layer), method=args.method, options=method_options(args.method, None, 0),
@@ -192,7 +199,7 @@ def _layer_solve(args: argparse.Namespace, device) -> int:
     pruner.solve(target, sized(target, Unstructured(), args.sparsity), moments)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) - before
-    statistics = (3 if args.sequential else 1) * cols * cols * 8
+    statistics = (cols * cols + (args.hidden * cols if args.sequential else 0)) * 8
     return statistics + _peak() - start
 
 

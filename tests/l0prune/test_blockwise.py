@@ -222,7 +222,7 @@ def test_dense_rows_over_the_budget_are_captured_in_runs():
     from l0prune.targets import Target
 
     widths = [4, 4, 4, 16, 4]
-    groups = [[Target(f"g{i}", nn.Linear(w, 4))] for i, w in enumerate(widths)]
+    groups = [[Target(f"g{i}", nn.Linear(w, w))] for i, w in enumerate(widths)]
     names = [[g[0].name for g in run] for run in dense_runs(groups, 4, budget=3.5)]
     assert names == [["g0", "g1", "g2"], ["g3"], ["g4"]]  # g3 alone is over the budget
     assert [len(run) for run in dense_runs(groups, 4, budget=7)] == [4, 1]
@@ -230,6 +230,9 @@ def test_dense_rows_over_the_budget_are_captured_in_runs():
     assert [len(run) for run in runs] == [1] * 5 and runs[3][0] is groups[3]
     conv = [[Target("c", nn.Conv2d(1, 1, 3))]] + groups[:2]
     assert [len(run) for run in dense_runs(conv, 4)] == [1, 2]
+    down = groups[:3] + [[Target("down", nn.Linear(16, 4))]]  # keeps its 4 dense outputs
+    assert [len(run) for run in dense_runs(down, 4, budget=3.5)] == [3, 1]
+    assert [len(run) for run in dense_runs(down, 4, budget=4)] == [4]
 
 
 def test_targets_after_the_stack_are_pruned_by_whole_model_passes():

@@ -8,11 +8,14 @@ import torch
 from torch import nn
 
 from l0prune.statistics import (
+    GRAM_BLOCK,
     PRODUCT_ROWS,
-    capture_rows,
+    add_gram,
+    capture_dense,
     collect,
     discover,
     input_groups,
+    mirrored,
     second_moments,
 )
 from l0prune.targets import Target, select_targets
@@ -153,11 +156,22 @@ def test_all_padding_is_an_error(bert, tokens):
         second_moments(bert, empty, targets=r".*query")
 
 
+def _assert_energy(found, outputs):
+    """``found`` is ``||outputs||^2 / n`` (float32 squares summed in float64)."""
+    exact = float((outputs.detach().double() ** 2).sum()) / outputs.shape[0]
+    assert found.dtype == torch.float64 and found.shape == (1,)
+    assert float(found[0]) == pytest.approx(exact, rel=1e-6)
+
+
 def test_paired_statistics_pair_each_row_with_its_dense_twin():
+    """A group with fewer outputs than inputs pairs ``X`` with the dense outputs
+    (``G = Y_0^T X / N``), another with the dense inputs (``C = X^T X_0 / N``); both give the
+    dense output's energy and the same ``G`` for the dense weight."""
     from contextlib import contextmanager
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 5),
+                          nn.ReLU(), nn.Linear(5, 2))
     dense = copy.deepcopy(model)
     with torch.no_grad():
         model[0].weight[:, :2] = 0  # the "pruned" first layer
@@ -172,30 +186,86 @@ def test_paired_statistics_pair_each_row_with_its_dense_twin():
 
     discovery = discover(model, batches[0], CPU)
     targets = select_targets(model, discovery.order)
-    groups = input_groups(targets, discovery)[1:]  # layer 2 only
-    moments = collect(model, batches, groups, CPU, discovery, reference)["2"]
-    X = torch.cat([_inputs(model, [b], ["2"])["2"] for b in batches])
-    X0 = torch.cat([_inputs(dense, [b], ["2"])["2"] for b in batches])
-    _assert_products(moments.H[0], X)
-    _assert_products(moments.cross[0], X, X0)
-    _assert_products(moments.dense[0], X0)
+    groups = input_groups(targets, discovery)[1:3]  # layers 2 (6 -> 3) and 4 (3 -> 5)
+    moments = collect(model, batches, groups, CPU, discovery, reference)
+    X = _inputs(model, batches, ["2", "4"])
+    X0 = _inputs(dense, batches, ["2", "4"])
+    Y0 = {n: (X0[n] @ dense[int(n)].weight.detach().double().T) for n in ("2", "4")}
+    narrow, wide = moments["2"], moments["4"]
+    assert narrow.cross is None and wide.outputs is None
+    _assert_products(narrow.H[0], X["2"])
+    _assert_products(narrow.outputs[0], Y0["2"], X["2"])
+    _assert_products(wide.H[0], X["4"])
+    _assert_products(wide.cross[0], X["4"], X0["4"])
+    for name, m in moments.items():
+        _assert_energy(m.energy, Y0[name])
+        W = dense[int(name)].weight.detach()[None]
+        G = Y0[name].T @ X[name] / X[name].shape[0]
+        assert torch.allclose(m.dense_cross(W)[0], G, rtol=1e-5, atol=1e-6), name
     assert torch.equal(model[0].weight, pruned_weight)
 
 
-def test_captured_rows_are_each_groups_real_input_rows(bert, tokens):
-    """One pass keeps every group's rows (padding dropped), bit for bit the layers' inputs,
-    and pairing with them gives the statistics of a reference pass per batch."""
+def test_captured_dense_sides_are_each_groups_real_rows(bert, tokens):
+    """One pass keeps every group's dense side (padding dropped): bit for bit the inputs of a
+    group that keeps them, the outputs less the bias of one that keeps those; pairing with them
+    gives the statistics of a reference pass per batch bit for bit."""
     discovery = discover(bert, tokens[0], CPU)
     groups = input_groups(select_targets(bert, discovery.order, r"encoder\.layer\.0\..*"),
                           discovery)
-    rows = capture_rows(bert, tokens, groups, CPU, discovery)
+    sides = capture_dense(bert, tokens, groups, CPU, discovery)
     names = [g[0].name for g in groups]
     truth = _inputs(bert, tokens, names, "attention_mask")
-    for name, found in zip(names, rows, strict=True):
-        assert len(found) == len(tokens)
-        assert torch.equal(torch.cat(found).double(), truth[name]), name
-    paired = collect(bert, tokens, groups[2:], CPU, discovery, dense_rows=rows[2:])
+    assert [side.keeps_outputs for side in sides] == [False, False, False, True]
+    for group, side in zip(groups, sides, strict=True):
+        name = group[0].name
+        if side.keeps_outputs:
+            assert side.inputs == []
+            for t, found in zip(group, side.outputs, strict=True):
+                assert len(found) == len(tokens)
+                exact = truth[name] @ t.module.weight.detach().double().T
+                assert torch.allclose(torch.cat(found).double(), exact, atol=1e-5), name
+        else:
+            assert len(side.inputs) == len(tokens)
+            assert torch.equal(torch.cat(side.inputs).double(), truth[name]), name
+        for t, energy in zip(group, side.energy, strict=True):
+            exact = truth[name] @ t.module.weight.detach().double().T
+            assert float(energy[0]) == pytest.approx(float((exact ** 2).sum()), rel=1e-6), t.name
+    paired = collect(bert, tokens, groups[2:], CPU, discovery, dense=sides[2:])
     direct = collect(bert, tokens, groups[2:], CPU, discovery, contextlib.nullcontext)
     for name in (t.name for g in groups[2:] for t in g):
         for a, b in zip(vars(paired[name]).values(), vars(direct[name]).values(), strict=True):
-            assert torch.equal(a, b), name
+            assert (a is None and b is None) or torch.equal(a, b), name
+
+
+def test_gram_blocks_above_the_diagonal_give_the_whole_product():
+    """``X^T X`` from the block rows on and above the diagonal, mirrored: within the float32
+    products' bound of the float64 truth, exactly symmetric, over several row chunks."""
+    g = torch.Generator().manual_seed(0)
+    cols = 2 * GRAM_BLOCK + 37
+    X = torch.randn(1, PRODUCT_ROWS + 300, cols, generator=g) * torch.linspace(0.1, 3, cols)
+    total = torch.zeros(1, cols, cols, dtype=torch.float64)
+    add_gram(total, X[:, :500])
+    add_gram(total, X[:, 500:])
+    H = mirrored(total)[0]
+    assert torch.equal(H, H.T)
+    _assert_products(H / X.shape[1], X[0].double())
+
+
+def test_a_statistics_pass_stops_at_the_groups_first_member(bert, tokens):
+    """The members of a group read one input: the pass ends at the first's, so a BERT block's
+    key and value projections never run for the query group's statistics."""
+    discovery = discover(bert, tokens[0], CPU)
+    qkv = input_groups(select_targets(bert, discovery.order, r"encoder\.layer\.0\..*"),
+                       discovery)[0]
+    assert [t.name.split(".")[-1] for t in qkv] == ["query", "key", "value"]
+    runs = {t.name: 0 for t in qkv}
+    handles = [t.module.register_forward_hook(
+        lambda m, a, o, name=t.name: runs.__setitem__(name, runs[name] + 1)) for t in qkv]
+    try:
+        collect(bert, tokens, [qkv], CPU, discovery)
+        assert list(runs.values()) == [0, 0, 0]
+        collect(bert, tokens, [qkv], CPU, discovery, contextlib.nullcontext)
+    finally:
+        for h in handles:
+            h.remove()
+    assert list(runs.values()) == [len(tokens)] * 3  # the dense side needs every output

@@ -121,3 +121,25 @@ def test_a_registered_method_is_solved_like_a_builtin():
         register_method("admm", _keep_last)
     with pytest.raises(ValueError, match="fn must be callable"):
         register_method("test_other", "solvers.admm:admm")
+
+
+def test_errors_are_computed_on_first_use_and_travel_without_the_problem(monkeypatch):
+    import pickle
+
+    from solvers import LayerProblem
+
+    calls = []
+    relative_error = LayerProblem.relative_error
+    monkeypatch.setattr(LayerProblem, "relative_error",
+                        lambda self, w: calls.append(1) or relative_error(self, w))
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 12, generator=g)
+    problem = LayerProblem(torch.randn(5, 12, generator=g), X.T @ X / 64, sparsity=0.5)
+    solution = solve(problem, "obs")
+    assert calls == []  # a caller that measures the solution its own way pays nothing
+    assert solution.relative_error == relative_error(problem, solution.weight)
+    assert solution.relative_error == relative_error(problem, solution.weight) and calls == [1]
+    objective = problem.objective(solution.weight)
+    detached = pickle.loads(pickle.dumps(solution.detach()))
+    assert detached.problem is None
+    assert (detached.objective, detached.relative_error) == (objective, solution.relative_error)

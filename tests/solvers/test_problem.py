@@ -62,27 +62,37 @@ def test_from_moments_is_the_dense_output_problem():
     X0 = torch.randn(200, 6, generator=g, dtype=torch.float64)
     X = X0 + 0.3 * torch.randn(200, 6, generator=g, dtype=torch.float64)
     W = torch.randn(3, 6, generator=g, dtype=torch.float64)
-    H, C, H0 = X.T @ X / 200, X.T @ X0 / 200, X0.T @ X0 / 200
-    problem = LayerProblem.from_moments(W, H, C, H0, sparsity=0.5)
+    Y0 = X0 @ W.T
+    H, G, energy = X.T @ X / 200, Y0.T @ X / 200, float((Y0 ** 2).sum()) / 200
+    problem = LayerProblem.from_moments(W, H, G, energy, sparsity=0.5)
     assert problem.lam == pytest.approx(0.01 * float(H.diagonal().mean()), rel=1e-14)
+    # the target minimises the output change plus the ridge: the normal equations
+    lam = problem.lam
+    eye = torch.eye(6, dtype=torch.float64)
+    target = torch.linalg.lstsq(torch.cat([X / 200 ** 0.5, lam ** 0.5 * eye]),
+                                torch.cat([Y0 / 200 ** 0.5, lam ** 0.5 * W.T])).solution.T
+    assert torch.allclose(problem.W, target, rtol=0, atol=1e-10)
     P = torch.randn(3, 6, generator=g, dtype=torch.float64)
-    change, energy = problem.output_error(P)
-    assert change == pytest.approx(float(((X @ P.T - X0 @ W.T) ** 2).sum()) / 200, rel=1e-10)
-    assert energy == pytest.approx(float(((X0 @ W.T) ** 2).sum()) / 200, rel=1e-10)
+    change, dense_energy = problem.output_error(P)
+    assert change == pytest.approx(float(((X @ P.T - Y0) ** 2).sum()) / 200, rel=1e-10)
+    assert dense_energy == energy
     # f(P) differs from the output change plus the ridge by a constant independent of P.
     ridge = problem.lam * float(((P - W) ** 2).sum())
     Q = torch.randn(3, 6, generator=g, dtype=torch.float64)
     ridge_q = problem.lam * float(((Q - W) ** 2).sum())
     assert problem.objective(P) - change - ridge == pytest.approx(
         problem.objective(Q) - problem.output_error(Q)[0] - ridge_q, rel=1e-8, abs=1e-10)
+    H0 = X0.T @ X0 / 200
     plain = LayerProblem.from_moments(W, H0, sparsity=0.5)
     assert plain.reference is None and torch.equal(plain.W, W)
     assert plain.output_error(P)[0] == pytest.approx(
         float(torch.trace((P - W) @ H0 @ (P - W).T)), rel=1e-12)
-    with pytest.raises(ValueError, match="dense .* must be given with cross"):
-        LayerProblem.from_moments(W, H, C)
-    with pytest.raises(ValueError, match="cross and dense must have H's shape"):
-        LayerProblem.from_moments(W, H, C[:3], H0)
+    with pytest.raises(ValueError, match="dense_energy .* must be given with dense_cross"):
+        LayerProblem.from_moments(W, H, G)
+    with pytest.raises(ValueError, match=r"dense_cross must have W's shape \(3, 6\)"):
+        LayerProblem.from_moments(W, H, H, energy)
+    with pytest.raises(ValueError, match="dense_energy must be finite and >= 0"):
+        LayerProblem.from_moments(W, H, G, H)
 
 
 def test_identity_problem_is_the_frobenius_distance():
@@ -152,3 +162,29 @@ def test_magnitude_on_the_plain_problem_never_forms_the_identity():
     solution = solve(problem, method="magnitude")
     assert int(solution.mask.sum()) == 35_000
     assert "damped" not in vars(problem)
+
+
+def test_the_psd_check_can_be_left_to_a_caller_that_summed_h():
+    H = torch.diag(torch.tensor([1.0, -0.5, 2.0]))
+    W = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        LayerProblem(W, H, sparsity=0.5)
+    assert LayerProblem(W, H, sparsity=0.5, check_psd=False).H is not None
+
+
+def test_from_moments_keeps_its_factor_for_the_solvers():
+    """The target solve's Cholesky factor of H + lam I is the one OBS inverts: one
+    factorisation, and the same answer as a problem that factors on its own."""
+    g = torch.Generator().manual_seed(3)
+    X0 = torch.randn(300, 10, generator=g, dtype=torch.float64)
+    X = X0 + 0.2 * torch.randn(300, 10, generator=g, dtype=torch.float64)
+    W = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    Y0 = X0 @ W.T
+    problem = LayerProblem.from_moments(W, X.T @ X / 300, Y0.T @ X / 300,
+                                        float((Y0 ** 2).sum()) / 300, sparsity=0.5)
+    L = problem._cache["damped_factor"]
+    assert torch.allclose(L @ L.T, problem.damped, rtol=0, atol=1e-12)
+    fresh = LayerProblem(problem.W, problem.H, problem.lam, sparsity=0.5)
+    a, b = solve(problem, "obs"), solve(fresh, "obs")
+    assert torch.equal(a.mask, b.mask)
+    assert torch.allclose(a.weight, b.weight, rtol=0, atol=1e-10)
