@@ -8,7 +8,7 @@ model's prefix (the embedding) once per batch, keeps block 0's inputs on the run
 the rollback (:class:`~l0prune.rollback.Rollback`), moves it alone to the run's device, takes
 its layers' statistics from the cached inputs, solves (:meth:`LayerPruner.solve
 <l0prune.layerwise.LayerPruner.solve>`), writes the weights, runs the block to make the next
-block's inputs and moves it back. One pass over the calibration data in all; the rest of the
+block's inputs (not the last block: its outputs are not needed) and moves it back. One pass over the calibration data in all; the rest of the
 model stays where it is.
 
 The statistics are those of the whole-model path, so the results are too (the same masks with
@@ -372,6 +372,7 @@ class BlockPruner:
                       transient=True) as bar:
             for index, block in enumerate(self.stack.blocks):
                 groups = self.block_groups[index]
+                final = index == len(self.stack.blocks) - 1  # its outputs are not needed
                 members = [t for group in groups for t in group]
                 digest = weights_digest(members) if checkpoint is not None else ""
                 done = checkpoint.load(index, members, digest) if checkpoint is not None else None
@@ -379,14 +380,15 @@ class BlockPruner:
                 move(block, self.device)
                 if done is None:
                     done = self._block(block, inputs, data, groups, budgets, dense, pruned,
-                                       first=not results, curves=curves)
+                                       first=not results, final=final, curves=curves)
                     if checkpoint is not None:
                         checkpoint.save(index, list(done.values()), digest)
                 else:
                     with torch.no_grad():
                         for t in members:
                             t.module.weight.copy_(done[t.name].weight)
-                    self._advance(block, inputs, dense, pruned, done)
+                    if not final:
+                        self._advance(block, inputs, dense, pruned, done)
                 move(block, self.home)
                 self.rollback.release(block)
                 results.update(self._in_place(done))
@@ -395,14 +397,16 @@ class BlockPruner:
         results.update(self._suffix(budgets, results, curves))
         return {t.name: results[t.name] for group in self.groups for t in group}
 
-    def _block(self, block, inputs, data, groups, budgets, dense, pruned, *, first,
+    def _block(self, block, inputs, data, groups, budgets, dense, pruned, *, first, final,
                curves) -> dict[str, LayerResult]:
-        """Solve one block's groups from its input streams; advance the streams past it."""
+        """Solve one block's groups from its input streams; advance the streams past it
+        (unless ``final``: the last block's outputs are not needed)."""
         runner = _Runner(block, inputs, pruned)
         done: dict[str, LayerResult] = {}
         if not self.sequential:
             moments = collect(runner, data, groups, self.device, self.discovery)
-            self._advance(block, inputs, dense, pruned, {})
+            if not final:
+                self._advance(block, inputs, dense, pruned, {})
             self._solve(groups, budgets, moments, done, curves)
             return done
         paired = groups[1:] if first else groups
@@ -410,7 +414,7 @@ class BlockPruner:
         rows: dict[int, DenseSide] = {}
         advanced = len(runs) == 1
         if advanced:
-            rows = self._dense_rows(block, inputs, data, runs[0], dense, {}, advance=True)
+            rows = self._dense_rows(block, inputs, data, runs[0], dense, {}, advance=not final)
         starts = {id(run[0]): run for run in runs}
         for group in groups:
             if not advanced and id(group) in starts:
@@ -421,7 +425,8 @@ class BlockPruner:
                               dense=None if side is None else [side])
             self._solve([group], budgets, moments, done, curves)
             del moments, side
-        self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
+        if not final:
+            self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
         return done
 
     def _dense_rows(self, block, inputs, data, run, dense, done, *,
