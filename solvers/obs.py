@@ -81,10 +81,19 @@ def obs(problem, *, blocksize: int = 128, refit: bool = False):
     return weight, mask, {"iterations": len(history), "converged": True, "history": history}
 
 
-def _inverse(problem) -> torch.Tensor:
-    """``(H + lam I)^-1`` in float64, from the problem's cached factor (a singular matrix gets
-    the engine's jitter)."""
-    return torch.cholesky_inverse(problem.damped_factor)
+def _inverse(damped: torch.Tensor) -> torch.Tensor:
+    """``(H + lam I)^-1`` in float64 (a singular matrix gets the engine's jitter)."""
+    return torch.cholesky_inverse(damped_cholesky(damped.double()))
+
+
+def _inverse_factor(damped: torch.Tensor) -> torch.Tensor:
+    """The upper triangular ``U`` with ``U^T U = (H + lam I)^-1``, float64, from one Cholesky
+    and one triangular inverse (no inverse formed): with ``J`` the reversal,
+    ``J A J = R R^T`` (``R`` lower) gives ``A = V V^T`` for the upper ``V = J R J``, so
+    ``A^-1 = V^-T V^-1`` and ``U = V^-1`` (the upper Cholesky factor is unique)."""
+    V = damped_cholesky(damped.double().flip(0, 1)).flip(0, 1)
+    eye = torch.eye(V.shape[0], dtype=V.dtype, device=V.device)
+    return torch.linalg.solve_triangular(V, eye, upper=True)
 
 
 def _select(budget, mask: torch.Tensor, start: int, score: torch.Tensor) -> torch.Tensor:
@@ -107,7 +116,7 @@ def _sweep(problem, blocksize: int, set_size: int):
     budget = problem.budget
     W = problem.W.clone()
     n = W.shape[1]
-    U = damped_cholesky(_inverse(problem)).mT.to(W.dtype)  # Hinv = U^T U
+    U = _inverse_factor(problem.damped).to(W.dtype)  # Hinv = U^T U
     d2 = U.diagonal() ** 2
     nm = set_size < n and n % set_size == 0
     window = set_size if nm else blocksize
@@ -144,7 +153,7 @@ def _group_obs(problem, g: int):
     out, n = problem.shape
     n_groups = n // g
     W = problem.W.to(torch.float64, copy=True)
-    Hinv = _inverse(problem)
+    Hinv = _inverse(problem.damped)
     alive = torch.ones(n_groups, dtype=torch.bool, device=W.device)
     eye = torch.eye(g, dtype=W.dtype, device=W.device)
     history, loss = [], 0.0

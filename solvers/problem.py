@@ -249,8 +249,8 @@ class LayerProblem:
         ``min ||X W'^T - Y_0||^2 / N + lam ||W' - W||^2``. With ``H = X^T X / N``,
         ``G = Y_0^T X / N`` (``= W C^T`` for ``C = X^T X_0 / N``) and ``A = H + lam I`` that is
         the layer problem ``tr((W' - W~) A (W' - W~)^T)`` plus a constant, for the target
-        ``W~ = (G + lam W) A^-1`` (solved in float64 by Cholesky, the factor kept for the solvers;
-        ``W~ = W`` when ``X = X_0``), so a layer
+        ``W~ = (G + lam W) A^-1`` (solved in float64 by Cholesky; ``W~ = W`` when ``X = X_0``),
+        so a layer
         corrects the error of the layers before it. ``G`` is ``out x in``: the statistics never
         need the ``in x in`` moments of ``X_0``.
 
@@ -295,15 +295,12 @@ class LayerProblem:
         energy = _energy(dense_energy)
         lam = kw.pop("lam", None)
         lam = default_ridge(H64) if lam is None else lam
-        target, factor = W_t.double(), None
+        target = W_t.double()
         if lam > 0:
             A = H64 + lam * torch.eye(H64.shape[0], dtype=H64.dtype, device=H64.device)
-            factor = damped_cholesky(A)
-            target = torch.cholesky_solve((G64 + lam * target).T, factor).T
+            target = torch.cholesky_solve((G64 + lam * target).T, damped_cholesky(A)).T
         problem = cls(target.to(W_t.dtype), H64, lam=lam, budget=budget, **kw)
         problem.reference = (W_t, H64, G64, energy)
-        if factor is not None:
-            problem._cache["damped_factor"] = factor
         return problem
 
     def with_budget(self, budget: Budget) -> LayerProblem:
@@ -327,13 +324,6 @@ class LayerProblem:
         n = self.shape[1]
         eye = torch.eye(n, dtype=self.W.dtype, device=self.W.device)
         return eye * (1.0 + self.lam) if self.H is None else self.H + self.lam * eye
-
-    @_shared
-    def damped_factor(self) -> torch.Tensor:
-        """The float64 Cholesky factor ``L`` of ``H + lam I`` (``L L^T``; a singular matrix gets
-        the engine's jitter). A problem :meth:`from_moments` has it from its target solve,
-        taken on the float64 ``H`` it was given."""
-        return damped_cholesky(self.damped.double())
 
     @_shared
     def damped_diagonal(self) -> torch.Tensor:

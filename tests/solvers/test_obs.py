@@ -210,3 +210,18 @@ def test_budgets_exact_on_many_shapes():
     for k, blocksize in itertools.product(range(34), (1, 4)):
         problem = base.with_budget(Unstructured(k=k))
         assert_feasible(problem, solve(problem, "obs", blocksize=blocksize))
+
+
+def test_the_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse():
+    """SparseGPT's ``U`` (``U^T U = (H + lam I)^-1``, upper) from one Cholesky of the reversed
+    matrix and one triangular inverse equals the factor of the formed inverse."""
+    from solvers.obs import _inverse, _inverse_factor
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 30, generator=g, dtype=torch.float64) * torch.linspace(0.1, 2, 30)
+    A = X.T @ X / 40 + 1e-3 * torch.eye(30, dtype=torch.float64)
+    U = _inverse_factor(A)
+    assert torch.equal(U, U.triu()) and bool((U.diagonal() > 0).all())
+    truth = torch.linalg.cholesky(torch.linalg.inv(A)).mT
+    assert torch.allclose(U, truth, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(U.T @ U, _inverse(A), rtol=1e-9, atol=1e-12)

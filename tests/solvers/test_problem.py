@@ -170,21 +170,3 @@ def test_the_psd_check_can_be_left_to_a_caller_that_summed_h():
     with pytest.raises(ValueError, match="positive semidefinite"):
         LayerProblem(W, H, sparsity=0.5)
     assert LayerProblem(W, H, sparsity=0.5, check_psd=False).H is not None
-
-
-def test_from_moments_keeps_its_factor_for_the_solvers():
-    """The target solve's Cholesky factor of H + lam I is the one OBS inverts: one
-    factorisation, and the same answer as a problem that factors on its own."""
-    g = torch.Generator().manual_seed(3)
-    X0 = torch.randn(300, 10, generator=g, dtype=torch.float64)
-    X = X0 + 0.2 * torch.randn(300, 10, generator=g, dtype=torch.float64)
-    W = torch.randn(6, 10, generator=g, dtype=torch.float64)
-    Y0 = X0 @ W.T
-    problem = LayerProblem.from_moments(W, X.T @ X / 300, Y0.T @ X / 300,
-                                        float((Y0 ** 2).sum()) / 300, sparsity=0.5)
-    L = problem._cache["damped_factor"]
-    assert torch.allclose(L @ L.T, problem.damped, rtol=0, atol=1e-12)
-    fresh = LayerProblem(problem.W, problem.H, problem.lam, sparsity=0.5)
-    a, b = solve(problem, "obs"), solve(fresh, "obs")
-    assert torch.equal(a.mask, b.mask)
-    assert torch.allclose(a.weight, b.weight, rtol=0, atol=1e-10)
