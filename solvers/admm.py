@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .safeguard import finish
+from .safeguard import curvature, finish
 
 __all__ = ["admm", "SCHEDULES", "Schedule"]
 
@@ -182,6 +182,7 @@ def admm(
     weight, mask, ending = finish(
         problem, mask, init=sc.from_scaled(D), max_iter=refit_iter,
         swap_rounds=plan.swap_rounds if swap_rounds is None else swap_rounds,
+        curvature=curvature(e),
     )
     info = {
         "iterations": iterations,
