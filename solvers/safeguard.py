@@ -68,17 +68,20 @@ def best_of(
 
 def finish(
     problem, mask: torch.Tensor, *, init: torch.Tensor | None = None,
-    swap_rounds: int = 10, max_iter: int = 200, curvature: float = 0.0,
+    swap_rounds: int = 10, swap_flops: float = 5e8, max_iter: int = 200,
+    curvature: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The common end of the iterative solvers: refit on ``mask`` (from ``init``), the swap
-    search, then :func:`best_of` the two classic one-shot supports, ``(H_jj + lam) W_ij**2``
+    search (where its cost measure is under ``swap_flops``, :func:`solvers.swaps.swap_search`),
+    then :func:`best_of` the two classic one-shot supports, ``(H_jj + lam) W_ij**2``
     (the exact answer for a diagonal ``H``) and ``|W_ij|``; ``curvature`` as for :func:`best_of`.
 
     Returns:
         ``(weight, mask, info)`` with ``info`` holding ``swaps`` and ``fallback``.
     """
     weight = problem.refit(mask, init=init, max_iter=max_iter)
-    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds)
+    weight, mask, swaps = swap_search(problem, weight, mask, rounds=swap_rounds,
+                                      max_flops=swap_flops)
     candidates = {
         "diagonal": problem.budget.select(diagonal_score(problem)),
         "magnitude": problem.budget.select(problem.W * problem.W),

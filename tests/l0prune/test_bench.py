@@ -158,3 +158,20 @@ def test_plot_of_error_against_time(tmp_path):
     assert table.splitlines()[-1].split("|")[-3:-1] == [" 1.000 ", " 1.00 "]  # ALPS vs itself
     bench.plot(layers, rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("schedule", ["fast", "default", "alps"])
+def test_every_admm_setting_is_never_worse_than_obs_on_bench_layers(schedule):
+    """Small versions of the benchmark's synthetic and BERT-class layers, every budget of the
+    table: each ADMM setting's objective at most OBS's (as the table's last column claims)."""
+    from l0prune.bench.layers import bert_layers
+    from solvers import LayerProblem, solve
+
+    layers = {"synthetic": synthetic_layer(96, 48, seed=3),
+              **bert_layers(hidden=32, intermediate=64)}
+    for _, budget in bench.BUDGETS:
+        for W, H in layers.values():
+            problem = LayerProblem(W, H, budget=budget)
+            admm = solve(problem, "admm", schedule=schedule)
+            assert admm.objective <= solve(problem, "obs").objective * (1 + 1e-6)
+            assert int(admm.mask.sum()) == budget.kept(problem.shape)
