@@ -11,6 +11,7 @@ import sys
 
 BENCHMARKS = {
     "solvers": "l0prune.bench.solvers",
+    "admm": "l0prune.bench.admm",
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
