@@ -13,7 +13,10 @@ the other jobs' load):
   the ratio of summed seconds;
 - the phases of one solve on the largest layers (:data:`PHASE_LAYERS`): the eigendecomposition,
   the ADMM iterations, the final refit, the swap search and the safeguard, median of ``--repeat``
-  solves.
+  solves;
+- the safeguard with and without its early exit (:func:`solvers.safeguard.best_of` with and
+  without ``curvature``) on the published schedule's answer to every problem: CPU seconds, best
+  of two, and whether the two decisions are identical.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import torch
 from solvers import LayerProblem, Unstructured, safeguard, solve
 from solvers import admm as admm_module
 from solvers.admm import SCHEDULES
+from solvers.magnitude import diagonal_score
 
 from . import add_threads_option, use_threads
 from .layers import benchmark_layers
 from .solvers import BUDGETS, _fits
 
-__all__ = ["PUBLISHED", "SETTINGS", "compare", "phases", "main"]
+__all__ = ["PUBLISHED", "SETTINGS", "compare", "phases", "safeguard_table", "main"]
 
 #: The reference: the published ALPS schedule, no swap search.
 PUBLISHED = {"schedule": "alps", "swap_rounds": 0}
@@ -148,6 +152,38 @@ def phases(layers: dict, repeat: int = 3, sparsities=(0.5, 0.9)) -> str:
     return "\n".join(lines)
 
 
+def safeguard_table(layers: dict, budgets=BUDGETS) -> str:
+    """The safeguard's seconds with and without the early exit (see the module docstring)."""
+    lines = ["| sparsity | layers | seconds without | seconds with | identical |",
+             "|---|---|---|---|---|"]
+    for sparsity, budget in budgets:
+        spent, same, count = [0.0, 0.0], True, 0
+        for W, H in layers.values():
+            if not _fits(budget, tuple(W.shape)):
+                continue
+            problem = LayerProblem(W, H, budget=budget)
+            answer = solve(problem, "admm", **PUBLISHED)
+            candidates = {"diagonal": budget.select(diagonal_score(problem)),
+                          "magnitude": budget.select(problem.W * problem.W)}
+            bound = safeguard.curvature(problem.scaled.eigh[0])
+            outcomes = []
+            for slot, curvature in enumerate((0.0, bound)):
+                best = math.inf
+                for _ in range(2):
+                    start = time.process_time()
+                    outcome = safeguard.best_of(problem, answer.weight, answer.mask, candidates,
+                                                curvature=curvature)
+                    best = min(best, time.process_time() - start)
+                spent[slot] += best
+                outcomes.append(outcome)
+            (w0, m0, n0), (w1, m1, n1) = outcomes
+            same &= torch.equal(w0, w1) and torch.equal(m0, m1) and n0 == n1
+            count += 1
+        lines.append(f"| {sparsity} | {count} | {spent[0]:.2f} | {spent[1]:.2f} | "
+                     f"{'yes' if same else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run both tables from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -170,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         compare(layers, SETTINGS), "",
         "## Where one solve's time goes (CPU seconds)", "",
         phases({n: layers[n] for n in chosen}, repeat=args.repeat), "",
+        "## The safeguard with and without its early exit (CPU seconds)", "",
+        safeguard_table(layers), "",
         f"- torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); command: "
         f"`{shlex.join(['python', '-m', 'l0prune.bench', 'admm', *argv])}`", "",
     ])

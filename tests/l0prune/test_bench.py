@@ -193,3 +193,6 @@ def test_admm_settings_against_the_published_schedule():
     for r in phases:
         parts = [float(x) for x in r[4:9]]
         assert abs(sum(parts) - float(r[9])) <= 0.011 and min(parts) >= 0
+    guard = table_rows(admm_bench.safeguard_table(layers))[2:]
+    assert [r[0] for r in guard] == [b for b, _ in bench.BUDGETS]
+    assert all(r[1] == "2" and r[4] == "yes" for r in guard)

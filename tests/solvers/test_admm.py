@@ -97,11 +97,12 @@ def test_the_loop_reads_the_device_once_per_check(layer, monkeypatch, schedule):
     assert len(reads) == checks + (schedule != "alps")
 
 
-def test_never_worse_than_its_start(layer):
+@pytest.mark.parametrize("schedule", ["default", "fast", "alps"])
+def test_never_worse_than_its_start(layer, schedule):
     W, H = layer
     problem = LayerProblem(W, H, sparsity=0.75)
     start = solve(problem, "wanda", refit=True)  # the scaled-magnitude support, refitted
-    assert solve(problem, "admm").objective <= start.objective * (1 + 1e-9)
+    assert solve(problem, "admm", schedule=schedule).objective <= start.objective * (1 + 1e-9)
 
 
 def test_warm_start_from_a_denser_solution(layer):
