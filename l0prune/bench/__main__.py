@@ -11,7 +11,6 @@ import sys
 
 BENCHMARKS = {
     "solvers": "l0prune.bench.solvers",
-    "admm": "l0prune.bench.admm",
     "models": "l0prune.bench.models",
     "certify": "l0prune.bench.certify",
     "checkpoints": "l0prune.bench.checkpoints",
@@ -22,6 +21,7 @@ BENCHMARKS = {
     "scale": "l0prune.bench.scale",
     "lm": "l0prune.bench.lm",
     "llmcompressor": "l0prune.bench.llmcompressor_side",
+    "admm": "l0prune.bench.admm",
 }
 
 
