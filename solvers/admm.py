@@ -161,28 +161,18 @@ def admm(
     rho = rho0 if rho0 is not None else plan.rho0 * (
         max(float(e.median()), 1e-6) if plan.relative and e.numel() else 1.0)
 
-    W0_eig = sc.W0 @ Q
-    B_eig = W0_eig * e  # (A W0)^T in the eigenbasis, row-wise: W0 A Q = W0 Q diag(e)
     start = sc.W0 if init is None else sc.to_scaled(init.to(sc.W0))
     mask = budget.select(start * start)
-    D = start * mask
-    D_eig = D @ Q
-    V_eig = torch.zeros_like(D_eig)
+    steps = (_InverseSteps if _one_product(problem.shape) else _EigenSteps)(sc, start * mask)
     checked_mask = mask
     history, rhos, changes = [], [], []
     stable, converged, iterations = 0, False, 0
     for iterations in range(1, max_iter + 1):
-        W_eig = (B_eig - V_eig + rho * D_eig) / (e + rho)
-        Z = (W_eig + V_eig / rho) @ Q.T
-        mask = budget.select(Z * Z)
-        D = Z * mask
-        D_eig = D @ Q
-        V_eig = V_eig + rho * (W_eig - D_eig)
+        mask = steps.step(rho, budget)
         rhos.append(rho)
         if iterations % check_every and iterations < max_iter:
             continue
-        diff = D_eig - W0_eig
-        history.append((diff * diff * e).sum())
+        history.append(steps.objective())
         moved = int((mask != checked_mask).sum())  # the one read from the device per check
         checked_mask = mask
         changes.append(moved)
@@ -196,6 +186,7 @@ def admm(
         rho *= next((factor for factor, tier in zip(plan.factors, plan.tiers, strict=False)
                      if moved >= tier * kept), plan.factors[-1])
 
+    D = steps.D
     weight, mask, ending = finish(
         problem, mask, init=sc.from_scaled(D), max_iter=refit_iter,
         swap_rounds=plan.swap_rounds if swap_rounds is None else swap_rounds,
@@ -210,3 +201,75 @@ def admm(
         **ending,
     }
     return weight, mask, info
+
+
+#: Below this many weights a layer keeps the eigenbasis iteration whatever its shape: both are
+#: a few small products there, and the stored reference solutions of small problems stay as
+#: they were.
+_ONE_PRODUCT_MIN_WEIGHTS = 1 << 15
+
+
+def _one_product(shape: tuple[int, int]) -> bool:
+    """Whether ADMM iterates with ``(A + rho I)^-1`` formed (:class:`_InverseSteps`): one
+    ``out x in x in`` product per iteration instead of two, plus one ``in x in x in`` product
+    whenever ``rho`` changes (at most once per check), which pays where ``out >= in``."""
+    out, inp = shape
+    return out >= inp and out * inp >= _ONE_PRODUCT_MIN_WEIGHTS
+
+
+class _EigenSteps:
+    """ADMM's iterations with ``W`` and ``V`` in the eigenbasis of ``A = H~``: the ``W``-step is
+    a division by ``e + rho``, and ``D`` goes back and forth, two products per iteration."""
+
+    def __init__(self, sc, D: torch.Tensor):
+        self.e, self.Q = sc.eigh
+        self.W0_eig = sc.W0 @ self.Q
+        self.B_eig = self.W0_eig * self.e  # W0 A Q = W0 Q diag(e)
+        self.D = D
+        self.D_eig = D @ self.Q
+        self.V_eig = torch.zeros_like(self.D_eig)
+
+    def step(self, rho: float, budget) -> torch.Tensor:
+        """One iteration; returns the new support."""
+        W_eig = (self.B_eig - self.V_eig + rho * self.D_eig) / (self.e + rho)
+        Z = (W_eig + self.V_eig / rho) @ self.Q.T
+        mask = budget.select(Z * Z)
+        self.D = Z * mask
+        self.D_eig = self.D @ self.Q
+        self.V_eig = self.V_eig + rho * (W_eig - self.D_eig)
+        return mask
+
+    def objective(self) -> torch.Tensor:
+        """``f(D)`` in scaled coordinates (ridge included), on the device."""
+        diff = self.D_eig - self.W0_eig
+        return (diff * diff * self.e).sum()
+
+
+class _InverseSteps:
+    """The same iterations with ``M = (A + rho I)^-1 = Q diag(1 / (e + rho)) Q^T`` formed, all
+    in the scaled coordinates: ``W = (A W0 - V + rho D) M``, one product per iteration; ``M`` is
+    formed again when ``rho`` changes."""
+
+    def __init__(self, sc, D: torch.Tensor):
+        self.e, self.Q = sc.eigh
+        self.A, self.W0 = sc.H, sc.W0
+        self.B = sc.W0 @ sc.H
+        self.D = D
+        self.V = torch.zeros_like(D)
+        self.rho, self.M = None, None
+
+    def step(self, rho: float, budget) -> torch.Tensor:
+        """One iteration; returns the new support."""
+        if rho != self.rho:
+            self.rho, self.M = rho, (self.Q / (self.e + rho)) @ self.Q.T
+        W = (self.B - self.V + rho * self.D) @ self.M
+        Z = W + self.V / rho
+        mask = budget.select(Z * Z)
+        self.D = Z * mask
+        self.V = self.V + rho * (W - self.D)
+        return mask
+
+    def objective(self) -> torch.Tensor:
+        """``f(D)`` in scaled coordinates (ridge included), on the device."""
+        diff = self.D - self.W0
+        return ((diff @ self.A) * diff).sum()
