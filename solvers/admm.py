@@ -7,10 +7,14 @@ Split ``W = D`` with ``D`` in the budget set ``S`` and run, in the diagonally sc
     D <- P_S(W + V / rho)
     V <- V + rho (W - D)
 
-``A = Q diag(e) Q^T`` is factored once per layer (and cached on the problem); ``W`` and ``V``
-live in the eigenbasis, where the first step is a division by ``e + rho``, so each iteration
-costs two ``out x in x in`` matmuls (back to the original basis for the projection, and ``D``
-into the eigenbasis) whatever ``rho`` does.
+``A = Q diag(e) Q^T`` is factored once per layer (and cached on the problem). On a layer with
+fewer outputs than inputs ``W`` and ``V`` live in the eigenbasis, where the first step is a
+division by ``e + rho``, so each iteration costs two ``out x in x in`` matmuls (back to the
+original basis for the projection, and ``D`` into the eigenbasis) whatever ``rho`` does. Where
+``out >= in`` (and the layer is not tiny) the iteration forms ``M = (A + rho I)^-1 = Q diag(1 /
+(e + rho)) Q^T`` instead, one ``in x in x in`` product each time ``rho`` changes (at most once
+per check), and costs one ``out x in x in`` product: ``W = (A W0 - V + rho D) M``. Both are the
+same iterates in exact arithmetic.
 
 ``rho`` grows with the support's movement: every ``check_every`` iterations the number ``c`` of
 weights that entered or left the support since the last check sets the factor (``c >= 0.1 k``,
