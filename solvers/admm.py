@@ -38,11 +38,12 @@ projection of ``W`` onto the budget (or ``init``):
   schedule.
 - ``"fast"``: the same start, the published factors while the support churns (1.3 / 1.15 /
   1.05), one stable check (at most 0.5 % moved), and the swap search only on layers where a
-  round is cheap (``swap_flops=3e7``: the digits layers, not the BERT-class ones): half the
-  published schedule's iterations on the BERT-class layers at its error (0.999-1.001x), a lower
-  error on the small layers the swaps reach. A layer's fixed costs (the eigendecomposition, the
-  refit, the safeguard) are the same for every schedule, so its time ends at 0.6-0.85x the
-  published schedule's (README, "ADMM against the published schedule").
+  round is cheap (``swap_flops=3e7``: the digits layers, not the BERT-class ones): about half the
+  published schedule's iterations on the BERT-class layers at about its error, a lower error on
+  the small layers the swaps reach. A layer's fixed costs (the eigendecomposition, the refit,
+  the safeguard) are the same for every schedule, so its time ends at 0.6-1.0x the published
+  schedule's per layer, 0.8-0.9x over the benchmark (README, "ADMM against the published
+  schedule").
 
 ADMM on this non-convex set is a heuristic, and its dual can carry it away from a start that was
 already optimal (a diagonal ``H``): :func:`solvers.safeguard.finish` keeps the scaled-magnitude or
