@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import torch
 
-from .safeguard import finish
+from .safeguard import curvature, finish
 
 __all__ = ["iht"]
 
@@ -218,7 +218,8 @@ def iht(
         history.append(descent[-1])
 
     weight, mask, ending = finish(
-        problem, mask, init=sc.from_scaled(X), swap_rounds=swap_rounds
+        problem, mask, init=sc.from_scaled(X), swap_rounds=swap_rounds,
+        curvature=curvature(sc.eigh[0]) if A.numel() else 0.0,
     )
     info = {
         "iterations": iterations,

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "scale": "l0prune.bench.scale",
     "lm": "l0prune.bench.lm",
     "llmcompressor": "l0prune.bench.llmcompressor_side",
+    "admm": "l0prune.bench.admm",
 }
 
 

@@ -158,3 +158,41 @@ def test_plot_of_error_against_time(tmp_path):
     assert table.splitlines()[-1].split("|")[-3:-1] == [" 1.000 ", " 1.00 "]  # ALPS vs itself
     bench.plot(layers, rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("schedule", ["fast", "default", "alps"])
+def test_every_admm_setting_is_never_worse_than_obs_on_bench_layers(schedule):
+    """Small versions of the benchmark's synthetic and BERT-class layers, every budget of the
+    table: each ADMM setting's objective at most OBS's (as the table's last column claims)."""
+    from l0prune.bench.layers import bert_layers
+    from solvers import LayerProblem, solve
+
+    layers = {"synthetic": synthetic_layer(96, 48, seed=3),
+              **bert_layers(hidden=32, intermediate=64)}
+    for _, budget in bench.BUDGETS:
+        for W, H in layers.values():
+            problem = LayerProblem(W, H, budget=budget)
+            admm = solve(problem, "admm", schedule=schedule)
+            assert admm.objective <= solve(problem, "obs").objective * (1 + 1e-6)
+            assert int(admm.mask.sum()) == budget.kept(problem.shape)
+
+
+def test_admm_settings_against_the_published_schedule():
+    """The interleaved table: a setting equal to the published one is 1.000 on error; the
+    phase table has one row per layer, sparsity and setting, its phases summing to the total."""
+    from l0prune.bench import admm as admm_bench
+
+    layers = {"a": synthetic_layer(24, 16, seed=1), "b": synthetic_layer(12, 16, seed=2)}
+    settings = {"again": admm_bench.PUBLISHED, "fast": {"schedule": "fast"}}
+    table = admm_bench.compare(layers, settings)
+    rows = table_rows(table)[2:]
+    assert [r[:2] for r in rows] == [[s, b] for s in ("again", "fast") for b, _ in bench.BUDGETS]
+    assert all(r[2:5] == ["1.000", "1.000", "1.000"] for r in rows[:4])
+    phases = table_rows(admm_bench.phases(layers, repeat=1))[2:]
+    assert [r[2] for r in phases] == ["alps", "fast", "default"] * 4
+    for r in phases:
+        parts = [float(x) for x in r[4:9]]
+        assert abs(sum(parts) - float(r[9])) <= 0.011 and min(parts) >= 0
+    guard = table_rows(admm_bench.safeguard_table(layers))[2:]
+    assert [r[0] for r in guard] == [b for b, _ in bench.BUDGETS]
+    assert all(r[1] == "2" and r[4] == "yes" for r in guard)

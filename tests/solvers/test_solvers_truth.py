@@ -17,6 +17,7 @@ METHODS = [
     ("iht", {}),
     ("admm", {}),
     ("admm", {"schedule": "alps"}),
+    ("admm", {"schedule": "fast"}),
 ]
 BUDGETS = [Unstructured(sparsity=0.7), PerRow(k=5), NM(2, 4), Structured(k=3, group=2)]
 
