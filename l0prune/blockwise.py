@@ -8,8 +8,8 @@ model's prefix (the embedding) once per batch, keeps block 0's inputs on the run
 the rollback (:class:`~l0prune.rollback.Rollback`), moves it alone to the run's device, takes
 its layers' statistics from the cached inputs, solves (:meth:`LayerPruner.solve
 <l0prune.layerwise.LayerPruner.solve>`), writes the weights, runs the block to make the next
-block's inputs (not the last block: its outputs are not needed) and moves it back. One pass over the calibration data in all; the rest of the
-model stays where it is.
+block's inputs (not the last block: its outputs are not needed) and moves it back. One pass
+over the calibration data in all; the rest of the model stays where it is.
 
 The statistics are those of the whole-model path, so the results are too (the same masks with
 ``sequential=False``; with ``sequential=True`` the same up to float rounding):
