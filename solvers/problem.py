@@ -104,26 +104,19 @@ class _shared:
 
 
 def _ridge(lam, H: torch.Tensor | None) -> float:
-    """``lam`` as a float (a Python, numpy or 0-d torch number); ``None``: the default."""
-    if lam is None:
-        return default_ridge(H)
-    if isinstance(lam, (np.generic, np.ndarray, torch.Tensor)) and lam.ndim == 0:
-        lam = lam.item()
-    if isinstance(lam, bool) or not (
-        isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0
-    ):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    return float(lam)
+    """``lam`` as a float (see :func:`_nonnegative`); ``None``: the default."""
+    return default_ridge(H) if lam is None else _nonnegative(lam, "lam")
 
 
-def _energy(value) -> float:
-    """``dense_energy`` as a float >= 0 (a Python, numpy or 0-d torch number)."""
+def _nonnegative(value, name: str) -> float:
+    """``value`` as a float >= 0 (a Python, numpy or 0-d torch number), or a ``ValueError``
+    naming ``name``."""
     if isinstance(value, (np.generic, np.ndarray, torch.Tensor)) and value.ndim == 0:
         value = value.item()
     if isinstance(value, bool) or not (
         isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
     ):
-        raise ValueError(f"dense_energy must be finite and >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -292,7 +285,7 @@ class LayerProblem:
                 f"{tuple(G64.shape)}"
             )
         _check_finite(G64, "dense_cross")
-        energy = _energy(dense_energy)
+        energy = _nonnegative(dense_energy, "dense_energy")
         lam = kw.pop("lam", None)
         lam = default_ridge(H64) if lam is None else lam
         target = W_t.double()

@@ -91,7 +91,7 @@ def test_from_moments_is_the_dense_output_problem():
         LayerProblem.from_moments(W, H, G)
     with pytest.raises(ValueError, match=r"dense_cross must have W's shape \(3, 6\)"):
         LayerProblem.from_moments(W, H, H, energy)
-    with pytest.raises(ValueError, match="dense_energy must be finite and >= 0"):
+    with pytest.raises(ValueError, match="dense_energy must be a finite number >= 0"):
         LayerProblem.from_moments(W, H, G, H)
 
 
