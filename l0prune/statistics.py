@@ -178,11 +178,6 @@ class Moments:
             return None
         return W.to(self.cross) @ self.cross.transpose(1, 2)
 
-    def to(self, device: torch.device | str) -> Moments:
-        """The same statistics on ``device``."""
-        return Moments(*(None if x is None else x.to(device)
-                         for x in (self.H, self.cross, self.outputs, self.energy)))
-
 
 def row_products(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``X^T Y`` per group for rows ``(groups, n, a)`` and ``(groups, n, b)``: float32 products
