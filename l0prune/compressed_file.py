@@ -17,6 +17,7 @@ re-tie them on load, as Hugging Face models do, pass one name per group).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,8 +188,18 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(file.metadata() or {})
 
 
+#: The most dimensions a stored ``shape`` may have.
+_MAX_DIMS = 8
+
+
 def read_compressed(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a file written by :func:`write_compressed` (dense CPU tensors).
+
+    Everything is checked from the file's header before a tensor of a declared size is built:
+    the metadata, and every tensor's parts (present, of the layout's dtypes, of shapes that fit
+    its declared shape). A declared shape is thereby backed by the file: a bitmask byte stands
+    for eight entries of at most eight bytes, a 2:4 pair of values for four entries, so the
+    state dict is at most 64 times the file's size.
 
     Args:
         path: the file.
@@ -199,38 +210,99 @@ def read_compressed(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         ValueError: when the file is not in this format or its parts do not fit together.
     """
+    where = repr(str(path))
     try:
         metadata = read_metadata(path)
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise ValueError(f"{str(path)!r} is not a safetensors file ({err})") from None
+        raise ValueError(f"{where} is not a safetensors file ({err})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(
-            f"{str(path)!r} is not an l0prune compressed file (metadata format "
+            f"{where} is not an l0prune compressed file (metadata format "
             f"{metadata.get('format')!r}, expected {FORMAT!r})"
         )
     if metadata.get("version") != _VERSION:
         raise ValueError(
-            f"{str(path)!r} has compressed format version {metadata.get('version')!r}; this "
+            f"{where} has compressed format version {metadata.get('version')!r}; this "
             f"l0prune reads version {_VERSION}"
         )
-    layouts = json.loads(metadata["layouts"])
-    state = {}
+    layouts = _layouts(metadata, where)
     with safe_open(str(path), framework="pt") as file:
-        keys = set(file.keys())
         for name, entry in layouts.items():
-            layout = entry.get("layout")
-            if layout not in _PARTS:
-                raise ValueError(f"{str(path)!r}: unknown layout {layout!r} of {name!r}")
-            wanted = [f"{name}.{part}" for part in _PARTS[layout]] or [name]
-            missing = [key for key in wanted if key not in keys]
-            if missing:
-                raise ValueError(f"{str(path)!r}: {name!r} lacks {missing}")
+            _check_parts(file, name, entry, where)
+        state = {}
+        for name, entry in layouts.items():
+            layout = entry["layout"]
             if layout == "dense":
                 state[name] = file.get_tensor(name)
                 continue
             parts = {part: file.get_tensor(f"{name}.{part}") for part in _PARTS[layout]}
-            if layout == "bitmask":
-                state[name] = decompress_bitmask(parts)
-            else:
-                state[name] = decompress_two_four(parts, bool(entry.get("transposed")))
+            try:
+                if layout == "bitmask":
+                    state[name] = decompress_bitmask(parts)
+                else:
+                    state[name] = decompress_two_four(parts, entry["transposed"])
+            except ValueError as err:
+                raise ValueError(f"{where}: {name!r}: {err}") from None
     return state
+
+
+def _layouts(metadata: Mapping[str, str], where: str) -> dict[str, dict]:
+    """The file's per-tensor layouts, checked to be ``{name: {"layout", "transposed"}}``."""
+    try:
+        layouts = json.loads(metadata["layouts"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{where}: its metadata has no readable 'layouts' entry") from None
+    if not isinstance(layouts, dict):
+        raise ValueError(f"{where}: its metadata 'layouts' must map names to layouts")
+    for name, entry in layouts.items():
+        if not (isinstance(entry, dict) and entry.get("layout") in _PARTS
+                and isinstance(entry.get("transposed", False), bool)):
+            raise ValueError(f"{where}: unknown layout {entry!r} of {name!r}")
+        entry.setdefault("transposed", False)
+    return layouts
+
+
+def _check_parts(file, name: str, entry: Mapping, where: str) -> None:
+    """Raise ``ValueError`` unless the parts of ``name`` (stored as ``entry`` says) are in the
+    file with the layout's dtypes and shapes that fit its declared shape (read from the header
+    and the tiny ``shape`` part alone)."""
+    layout = entry["layout"]
+    keys = set(file.keys())
+    wanted = [f"{name}.{part}" for part in _PARTS[layout]] or [name]
+    missing = [key for key in wanted if key not in keys]
+    if missing:
+        raise ValueError(f"{where}: {name!r} lacks {missing}")
+    if layout == "dense":
+        return
+    declared = file.get_slice(f"{name}.shape")
+    if declared.get_dtype() != "I64" or len(declared.get_shape()) != 1 or not (
+        1 <= declared.get_shape()[0] <= _MAX_DIMS
+    ):
+        raise ValueError(f"{where}: {name}.shape must hold 1 to {_MAX_DIMS} int64 sizes")
+    shape = [int(n) for n in file.get_tensor(f"{name}.shape").tolist()]
+    if any(n < 0 for n in shape) or (entry["transposed"] and len(shape) != 2):
+        raise ValueError(f"{where}: {name!r} has an impossible shape {shape}")
+    rows, cols = (shape[1], shape[0]) if entry["transposed"] else (shape[0],
+                                                                    math.prod(shape[1:]))
+    expected = {
+        "bitmask": {"bitmask": [rows, math.ceil(cols / 8)]},
+        "2:4": {"compressed": [rows, cols // 2], "indices": [rows, math.ceil(cols / 8)]},
+    }[layout]
+    for part, size in expected.items():
+        found = list(file.get_slice(f"{name}.{part}").get_shape())
+        if found != size or (part != "compressed" and file.get_slice(
+            f"{name}.{part}"
+        ).get_dtype() != "U8"):
+            raise ValueError(f"{where}: {name}.{part} of shape {found} does not fit a tensor "
+                             f"of shape {shape} in the {layout} layout")
+    values = file.get_slice(f"{name}.compressed")
+    if values.get_dtype() not in _FLOATS or (layout == "bitmask" and (
+        len(values.get_shape()) != 1 or values.get_shape()[0] > rows * cols
+    )):
+        raise ValueError(f"{where}: {name}.compressed ({values.get_dtype()}, shape "
+                         f"{values.get_shape()}) cannot be the values of a tensor of shape "
+                         f"{shape}")
+
+
+#: safetensors' names of the floating dtypes.
+_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}

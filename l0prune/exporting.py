@@ -18,6 +18,7 @@ bitmask or 2:4 layout of :mod:`l0prune.compressed_file`). Any other suffix is re
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def _encode(tensor: torch.Tensor) -> dict:
 
 
 def _decode(entry: dict) -> torch.Tensor:
-    """The tensor of a checked entry (see :func:`_check_entry`)."""
+    """The tensor of a checked entry (:func:`_check_stored`, :func:`_check_values`)."""
     if entry["encoding"] == "dense":
         return entry["values"]
     values, shape = entry["values"], entry["shape"]
@@ -149,17 +150,31 @@ def _decode(entry: dict) -> torch.Tensor:
     return out.reshape(shape)
 
 
-def _check_entry(entry, name: str, where: str) -> int:
-    """Raise ``ValueError`` unless ``entry`` is a consistent encoding of one tensor; return the
-    bytes it decodes to. Everything is checked against the stored data before anything of the
-    declared size is allocated."""
+def _check_stored(entry, name: str, where: str) -> int:
+    """Raise ``ValueError`` unless ``entry``'s parts have the types and sizes of one encoded
+    tensor whose data the file really holds; return the bytes it decodes to.
+
+    Only sizes are compared here, nothing of the declared size is allocated: an expanded
+    (stride-0) tensor survives ``torch.load(weights_only=True)`` and would make a tiny file
+    unpack to gigabytes, so every part must be contiguous over storage of its own size.
+    """
     bad = f"{where}: tensor {name!r}"
     if not isinstance(entry, dict) or entry.get("encoding") not in ("dense", "bitmask",
                                                                      "indices"):
         raise ValueError(f"{bad} has no known encoding (dense, bitmask or indices)")
-    values = entry.get("values")
-    if not isinstance(values, torch.Tensor):
-        raise ValueError(f"{bad}: values must be a tensor, got {type(values).__name__}")
+    parts = {"dense": ("values",), "bitmask": ("values", "bits"),
+             "indices": ("values", "indices")}[entry["encoding"]]
+    for part in parts:
+        value = entry.get(part)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{bad}: {part} must be a tensor, got {type(value).__name__}")
+        if value.numel() and not (
+            value.is_contiguous()
+            and value.untyped_storage().nbytes() >= value.numel() * value.element_size()
+        ):
+            raise ValueError(f"{bad}: {part} is a view ({_describe(value)}, strides "
+                             f"{value.stride()}) whose data the file does not hold")
+    values = entry["values"]
     if entry["encoding"] == "dense":
         return values.numel() * values.element_size()
     shape = entry.get("shape")
@@ -172,27 +187,52 @@ def _check_entry(entry, name: str, where: str) -> int:
                          f"of shape {tuple(values.shape)}")
     numel = math.prod(shape)
     if entry["encoding"] == "bitmask":
-        bits = entry.get("bits")
-        if not (isinstance(bits, torch.Tensor) and bits.dtype == torch.uint8 and bits.ndim == 1
+        bits = entry["bits"]
+        if not (bits.dtype == torch.uint8 and bits.ndim == 1
                 and bits.numel() == math.ceil(numel / 8)):
             raise ValueError(f"{bad}: shape {shape} needs {math.ceil(numel / 8)} mask bytes, "
                              f"the file holds {_describe(bits)}")
+    else:
+        indices = entry["indices"]
+        if not (indices.dtype in (torch.int32, torch.int64) and indices.shape == values.shape):
+            raise ValueError(f"{bad}: indices must be an int32 / int64 tensor of its "
+                             f"{values.numel()} values' length, the file holds "
+                             f"{_describe(indices)}")
+    return numel * values.element_size()
+
+
+def _check_values(entry: dict, name: str, where: str) -> None:
+    """Raise ``ValueError`` unless the mask or indices of a sized-checked ``entry``
+    (:func:`_check_stored`) mark exactly its values, in range and in order. Allocates at most
+    eight bytes per stored mask byte or index."""
+    bad = f"{where}: tensor {name!r}"
+    values, numel = entry["values"], math.prod(entry.get("shape", []))
+    if entry["encoding"] == "bitmask":
+        bits = entry["bits"]
         kept = int(_unpack(bits, numel).sum())
         if kept != values.numel() or int(_unpack(bits, bits.numel() * 8).sum()) != kept:
             raise ValueError(f"{bad}: its mask marks {kept} entries of {numel} for "
                              f"{values.numel()} values")
-    else:
-        indices = entry.get("indices")
-        if not (isinstance(indices, torch.Tensor) and indices.dtype in (torch.int32, torch.int64)
-                and indices.shape == values.shape):
-            raise ValueError(f"{bad}: indices must be an int32 / int64 tensor of its "
-                             f"{values.numel()} values' length, the file holds "
-                             f"{_describe(indices)}")
+    elif entry["encoding"] == "indices":
+        indices = entry["indices"]
         if indices.numel() and (int(indices[0]) < 0 or int(indices[-1]) >= numel
                                 or not bool((indices[1:] > indices[:-1]).all())):
             raise ValueError(f"{bad}: indices must increase within [0, {numel}) for shape "
-                             f"{shape}")
-    return numel * values.element_size()
+                             f"{entry['shape']}")
+
+
+def _check_archive(path: Path, where: str) -> None:
+    """Raise ``ValueError`` unless ``path`` is a torch zip archive whose members, unpacked, are
+    no larger than the file (``torch.save`` stores them uncompressed): a deflated member could
+    otherwise unpack to any size inside ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{where} is not a torch zip archive ({err})") from None
+    if unpacked > path.stat().st_size:
+        raise ValueError(f"{where} unpacks to {unpacked:,} bytes, more than its "
+                         f"{path.stat().st_size:,}: not a file export wrote")
 
 
 def _describe(value) -> str:
@@ -286,9 +326,11 @@ def export(
 def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in a sparse file written by :func:`export` (CPU tensors).
 
-    The file is checked before anything is allocated: each entry's encoding, types, shape
-    against its mask or indices, index ranges, and a total no larger than 1024 times the file
-    plus 64 MiB (the compact encodings cannot shrink a real tensor further).
+    The file is checked before anything of a declared size is allocated: an archive that
+    unpacks to no more than its size, each entry's encoding, types, parts that are real data
+    (no expanded views), shape against its mask or indices, a total no larger than 1024 times
+    the file plus 64 MiB (the compact encodings cannot shrink a real tensor further), then the
+    masks and index ranges.
 
     Args:
         path: the sparse file (a ``.safetensors`` one is read as safetensors).
@@ -310,7 +352,9 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     """
     if Path(path).suffix.lower() == ".safetensors":
         return read_compressed(path)
+    path = Path(path)
     where = repr(str(path))
+    _check_archive(path, where)
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise ValueError(f"{where} is not an l0prune sparse file")
@@ -322,11 +366,13 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = data.get("tensors")
     if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
         raise ValueError(f"{where}: its tensors must be a dict by name")
-    total = sum(_check_entry(entry, name, where) for name, entry in tensors.items())
-    limit = _AMPLIFICATION * Path(path).stat().st_size + _SLACK
+    total = sum(_check_stored(entry, name, where) for name, entry in tensors.items())
+    limit = _AMPLIFICATION * path.stat().st_size + _SLACK
     if total > limit:
         raise ValueError(
             f"{where} declares {total:,} bytes of tensors, more than {_AMPLIFICATION} x its "
             f"size plus {_SLACK >> 20} MiB ({limit:,} bytes): not a file export wrote"
         )
+    for name, entry in tensors.items():
+        _check_values(entry, name, where)
     return {name: _decode(entry) for name, entry in tensors.items()}

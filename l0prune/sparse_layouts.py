@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _BITS = 1 << torch.arange(8, dtype=torch.int32)  # least significant bit first
+_BYTE_BITS = _BITS.to(torch.uint8)
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,8 @@ def _pack(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack(bits: torch.Tensor, cols: int) -> torch.Tensor:
-    expanded = (bits.to(torch.int32).unsqueeze(-1) & _BITS) != 0
+    """``rows x cols`` booleans from :func:`_pack`'s bytes (in uint8: a byte per entry)."""
+    expanded = (bits.unsqueeze(-1) & _BYTE_BITS) != 0
     return expanded.reshape(bits.shape[0], -1)[:, :cols]
 
 

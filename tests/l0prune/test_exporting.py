@@ -164,3 +164,87 @@ def test_unknown_suffixes_are_refused_before_writing(tmp_path, path, sparse):
     with pytest.raises(ValueError, match=r"must end in \.safetensors .* or \.pt"):
         export(_pruned_model(0.5), tmp_path / path, tmp_path / sparse if sparse else None)
     assert list(tmp_path.iterdir()) == []
+
+
+_PEAK_SCRIPT = """
+import resource, sys, torch
+from l0prune.exporting import load_sparse
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_sparse(sys.argv[1])
+except ValueError as err:
+    print("refused:", err)
+print("peak MiB:", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize("entry", [
+    {"encoding": "bitmask", "shape": [800_000_000], "values": torch.ones(0),
+     "bits": torch.full((1,), 255, dtype=torch.uint8).expand(100_000_000)},
+    {"encoding": "indices", "shape": [2_000_000_000], "values": torch.ones(1).expand(10**9),
+     "indices": torch.zeros(1, dtype=torch.int64).expand(10**9)},
+])
+def test_a_tiny_file_of_expanded_views_is_refused_without_allocating(tmp_path, entry):
+    """Stride-0 tensors survive torch.load(weights_only=True): a 2 KB file declaring 100 M
+    mask bytes or 1e9 indices is refused before anything of that size exists."""
+    import subprocess
+    import sys
+
+    path = _crafted(tmp_path, **entry)
+    assert path.stat().st_size < 3000
+    found = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True,
+                           text=True, check=True).stdout
+    assert "whose data the file does not hold" in found
+    assert float(found.split("peak MiB:")[1]) < 100
+
+
+def test_a_deflated_archive_is_refused_before_torch_unpacks_it(tmp_path):
+    import zipfile
+
+    layer = nn.Linear(1000, 1000, bias=False)
+    attach(layer, torch.zeros(1000, 1000), torch.ones(1000, 1000, dtype=torch.bool))
+    plain = export(layer, tmp_path / "m.pt").sparse_path
+    deflated = tmp_path / "deflated.sparse.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(deflated, "w",
+                                                           zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename))
+    with pytest.raises(ValueError, match=r"unpacks to [\d,]+ bytes, more than its"):
+        load_sparse(deflated)
+    assert load_sparse(plain)["weight"].count_nonzero() == 0
+
+
+def _crafted_compressed(tmp_path, tensors, layouts):
+    import json
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / "crafted.safetensors"
+    metadata = {"format": "l0prune-sparse-bitmask", "version": "1"}
+    if layouts is not None:
+        metadata["layouts"] = json.dumps(layouts)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(("tensors", "layouts", "message"), [
+    ({"w": torch.ones(2)}, None, "no readable 'layouts' entry"),
+    ({"w": torch.ones(2)}, {"w": {"layout": "zip"}}, "unknown layout"),
+    ({"w.shape": torch.tensor([100_000, 100_000]), "w.compressed": torch.ones(1),
+      "w.bitmask": torch.zeros(1, 1, dtype=torch.uint8),
+      "w.row_offsets": torch.zeros(1, dtype=torch.int32)},
+     {"w": {"layout": "bitmask"}}, r"w.bitmask of shape \[1, 1\] does not fit"),
+    ({"w.shape": torch.tensor([2, 8]), "w.compressed": torch.ones(2, dtype=torch.int64),
+      "w.bitmask": torch.full((2, 1), 1, dtype=torch.uint8),
+      "w.row_offsets": torch.zeros(2, dtype=torch.int32)},
+     {"w": {"layout": "bitmask"}}, "cannot be the values"),
+    ({"w.shape": torch.tensor([-4, 4]), "w.compressed": torch.ones(2, 2),
+      "w.indices": torch.zeros(4, 1, dtype=torch.uint8)},
+     {"w": {"layout": "2:4"}}, "impossible shape"),
+])
+def test_read_compressed_refuses_parts_that_do_not_fit_from_the_header(tmp_path, tensors,
+                                                                       layouts, message):
+    from l0prune.compressed_file import read_compressed
+
+    with pytest.raises(ValueError, match=message):
+        read_compressed(_crafted_compressed(tmp_path, tensors, layouts))
