@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -32,10 +33,13 @@ from safetensors.torch import load_file, save_file
 from .layerwise import LayerResult
 from .targets import Target
 
-__all__ = ["Checkpoint", "weights_digest"]
+__all__ = ["Checkpoint", "foreign_entry", "remove_checkpoints", "weights_digest"]
 
 SETTINGS = "settings.json"
 FORMAT = 1
+#: The names a checkpoint writes in its folder: its files, their temporary names, and the
+#: temporary files the safetensors library writes through (``.tmpXXXXXX``).
+_OWN = re.compile(r"\.?(settings\.json|block-\d{4,}\.safetensors)(\.partial)?|\.tmp\w{6}")
 
 
 def weights_digest(targets: Sequence[Target]) -> str:
@@ -59,6 +63,54 @@ def weights_digest(targets: Sequence[Target]) -> str:
         digest.update(f"{t.name}:{weight.dtype}:{tuple(weight.shape)}".encode())
         digest.update(weight.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def foreign_entry(root: Path, names: Collection[str]) -> str | None:
+    """The first entry under ``root`` that no :class:`Checkpoint` wrote, or ``None``.
+
+    ``root`` holds one checkpoint folder per name in ``names`` (a run's ``OUT.partial/METHOD``);
+    anything else in it, at any depth, is someone else's.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     (Path(root) / "obs").mkdir()
+        ...     _ = (Path(root) / "obs" / "block-0000.safetensors").write_bytes(b"")
+        ...     _ = (Path(root) / "thesis.tex").write_text("precious")
+        ...     foreign_entry(Path(root), ["obs"])
+        'thesis.tex'
+    """
+    if not root.is_dir():
+        return None
+    for entry in sorted(root.iterdir()):
+        if entry.name not in names or entry.is_symlink() or not entry.is_dir():
+            return entry.name
+        for inner in sorted(entry.iterdir()):
+            if inner.is_symlink() or not inner.is_file() or not _OWN.fullmatch(inner.name):
+                return f"{entry.name}/{inner.name}"
+    return None
+
+
+def remove_checkpoints(root: Path, names: Collection[str]) -> None:
+    """Remove what :class:`Checkpoint` s wrote under ``root`` (see :func:`foreign_entry`), and
+    the folders left empty; anything else stays where it is."""
+    if not root.is_dir():
+        return
+    for name in names:
+        folder = root / name
+        if folder.is_dir() and not folder.is_symlink():
+            for inner in folder.iterdir():
+                if inner.is_file() and not inner.is_symlink() and _OWN.fullmatch(inner.name):
+                    inner.unlink()
+            _remove_if_empty(folder)
+    _remove_if_empty(root)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: something else lives there
+        pass
 
 
 def _short(value) -> str:

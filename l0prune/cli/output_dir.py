@@ -2,11 +2,12 @@
 
 Files are written into a temporary folder next to the destination and renamed into place at the
 end; a failed or interrupted run removes it, so no half-written folder is left. The folder's
-``report.json`` is its manifest: its ``files`` lists every file the run wrote there. A later run
-replaces a folder only when every entry in it is listed there (so a user's own file is never
-deleted); it refuses any other non-empty folder, naming the first file that is not its own, and
-refuses the current folder and the folders above it. The folder is created with the permissions
-the umask gives, as ``mkdir`` would.
+``report.json`` is its manifest: its ``files`` lists every entry the run wrote there and its
+``contents`` every file inside those that are folders (a Hugging Face ``model/``). A later run
+replaces a folder only when every file and folder in its whole tree is listed there (so a
+user's own file is never deleted, however deep); it refuses any other non-empty folder, naming
+the first file that is not its own, and refuses the current folder and the folders above it.
+The folder is created with the permissions the umask gives, as ``mkdir`` would.
 """
 
 from __future__ import annotations
@@ -35,15 +36,29 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _manifest(out: Path) -> set[str] | None:
-    """The names ``out/report.json`` lists as written by l0prune (itself included), or ``None``
-    when there is no such readable manifest."""
+    """The paths ``out/report.json`` lists as written by l0prune, relative to ``out`` (itself
+    included; a folder ends in ``/``), or ``None`` when there is no such readable manifest."""
     try:
-        files = json.loads((out / MARKER).read_text()).get("files")
+        report = json.loads((out / MARKER).read_text())
+        files, contents = report.get("files"), report.get("contents", [])
     except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or not (
+        isinstance(contents, list) and all(isinstance(c, str) for c in contents)
+    ):
         return None
-    return set(files) | {MARKER}
+    folders = {f"{parent.as_posix()}/" for c in contents for parent in Path(c).parents
+               if parent != Path(".")}
+    return set(files) | set(contents) | folders | {MARKER}
+
+
+def _tree(out: Path) -> list[str]:
+    """Every file and folder under ``out``, relative to it, folders ending in ``/``, each
+    folder before what it holds."""
+    found = []
+    for path in sorted(out.rglob("*")):
+        found.append(path.relative_to(out).as_posix() + ("/" if path.is_dir() else ""))
+    return found
 
 
 def check_destination(out: Path) -> None:
@@ -56,9 +71,7 @@ def check_destination(out: Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    # Named as the manifest names them: a folder (a Hugging Face model/) ends in "/".
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
-                     ) if out.is_dir() else []
+    entries = _tree(out) if out.is_dir() else []
     if entries:
         manifest = _manifest(out)
         if manifest is None:

@@ -10,7 +10,8 @@ keys) and ``model.sparse.pt`` (the same, compact), or for a Hugging Face model `
 A block-by-block run with a fixed budget also keeps each finished block in ``OUT.partial/``
 (one subfolder per method, :mod:`l0prune.resume`), next to the output folder and outside
 its atomic replacement, so that it survives a failed run; ``--resume`` continues from there.
-It is removed once the output folder is written.
+What the run wrote there is removed once the output folder is written; a ``OUT.partial/``
+that holds anything else is refused before the run starts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import importlib.metadata
 import json
 import re
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -35,6 +35,8 @@ import l0prune
 from l0prune.blocks import find_stack
 from l0prune.problem_files import SavedSolutions, check_new_folder, save_problems
 from l0prune.pruning import IncompatibleBudget
+from l0prune.resume import foreign_entry, remove_checkpoints
+from solvers import methods
 from solvers.exact import TooLarge
 
 from .cluster import cluster
@@ -79,6 +81,17 @@ def _finetune(task: Task, settings: Settings) -> l0prune.Finetune | None:
 def _partial(settings: Settings) -> Path:
     """Where the finished blocks are kept until the output folder is written."""
     return Path(f"{settings.out}.partial")
+
+
+def _check_partial(settings: Settings) -> None:
+    """Refuse an ``OUT.partial/`` that holds anything a run did not write there."""
+    foreign = foreign_entry(_partial(settings), methods())
+    if foreign is not None:
+        raise UsageError(
+            f"--out {settings.out}: {_partial(settings)}/ holds {foreign}, which no l0prune run "
+            "wrote there (it keeps finished blocks in METHOD/ folders); move it or choose "
+            "another --out"
+        )
 
 
 def _checkpoint(model: nn.Module, method: str, settings: Settings) -> Path | None:
@@ -226,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(settings.out)
     if settings.save_problems is None:
         check_destination(out)
+        _check_partial(settings)
     else:
         check_new_folder(settings.save_problems)
 
@@ -258,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     with staged(out) as folder:
         data["seconds"] = time.perf_counter() - start
         _write(folder, task, settings, data)
-    shutil.rmtree(_partial(settings), ignore_errors=True)
+    remove_checkpoints(_partial(settings), methods())
     if args.json:
         print(json.dumps(data, indent=2))
     elif not args.quiet:

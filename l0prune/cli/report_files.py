@@ -214,7 +214,9 @@ def _size(path: Path) -> int:
 
 def write_reports(folder: Path, data: dict) -> None:
     """Write ``report.json`` and ``report.md`` into ``folder``, ``data["files"]`` listing every
-    entry there with its size (a folder's files summed), the two reports included.
+    entry there with its size (a folder's files summed), the two reports included, and
+    ``data["contents"]`` every file inside its folders (``model/config.json``): together the
+    manifest of the whole tree the run wrote.
 
     A report's size depends on the sizes it shows, so both are rendered until their sizes stop
     changing (two or three rounds: only the number of digits can move them).
@@ -222,6 +224,8 @@ def write_reports(folder: Path, data: dict) -> None:
     files = {entry_name(p): _size(p) for p in folder.iterdir()}
     files.update({"report.json": 0, "report.md": 0})
     data["files"] = dict(sorted(files.items()))
+    data["contents"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                              if p.is_file() and p.parent != folder)
     for _ in range(8):
         texts = {"report.json": json.dumps(data, indent=2) + "\n", "report.md": markdown(data)}
         sizes = {name: len(text.encode()) for name, text in texts.items()}

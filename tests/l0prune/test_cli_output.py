@@ -170,3 +170,62 @@ def test_solve_out_keeps_a_half_precision_dtype(tmp_path, capsys, monkeypatch, d
     assert out.dtype == dtype
     kept = W.float().abs() > W.float().abs().flatten().kthvalue(64).values  # the top 64
     assert torch.equal(out, torch.where(kept, W, torch.zeros_like(W)))
+
+
+@pytest.mark.parametrize("foreign", ["thesis.tex", "sub/", "obs/notes.txt"])
+def test_a_partial_folder_holding_a_users_file_is_refused_and_kept(tmp_path, capsys,
+                                                                   monkeypatch, foreign):
+    """OUT.partial/ once went wholesale after every successful run, whoever made it."""
+    partial = tmp_path / "run.partial"
+    (partial / "obs").mkdir(parents=True)
+    (partial / "obs" / "settings.json").write_text("{}")
+    path = partial / foreign
+    if foreign.endswith("/"):
+        path.mkdir()
+    else:
+        path.write_text("precious")
+    done = _run(tmp_path, capsys, monkeypatch, "--out", "run")
+    assert_one_line_error(done, f"run.partial/ holds {foreign.rstrip('/')}, which no l0prune "
+                                "run wrote there")
+    assert path.exists() and not (tmp_path / "run").exists()
+    assert foreign.endswith("/") or path.read_text() == "precious"
+
+
+def test_only_what_checkpoints_wrote_is_removed_from_a_partial_folder(tmp_path):
+    from l0prune.resume import foreign_entry, remove_checkpoints
+
+    root = tmp_path / "run.partial"
+    (root / "obs").mkdir(parents=True)
+    for name in ("settings.json", "block-0000.safetensors", ".block-0001.safetensors.partial",
+                 ".tmpAb12Cd"):
+        (root / "obs" / name).write_text("")
+    assert foreign_entry(root, ["obs"]) is None
+    remove_checkpoints(root, ["obs"])
+    assert not root.exists()
+    (root / "obs").mkdir(parents=True)
+    (root / "obs" / "block-0000.safetensors").write_text("")
+    (root / "obs" / "notes.txt").write_text("mine")
+    assert foreign_entry(root, ["obs"]) == "obs/notes.txt"
+    remove_checkpoints(root, ["obs"])
+    assert [p.name for p in (root / "obs").iterdir()] == ["notes.txt"]
+
+
+def test_a_users_file_deep_inside_a_previous_runs_folder_is_refused(tmp_path, monkeypatch):
+    """The manifest once covered the top level only: model/notes.txt went with the model."""
+    from l0prune.cli import report_files
+    from l0prune.cli.errors import UsageError
+    from l0prune.cli.output_dir import check_destination
+
+    monkeypatch.setattr(report_files, "markdown", lambda data: "")  # the manifest alone
+
+    out = tmp_path / "gpt2-run"
+    (out / "model" / "tokenizer").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "model" / "tokenizer" / "vocab.json").write_text("{}")
+    report_files.write_reports(out, {"files": {}})
+    check_destination(out)  # all its own: replaceable
+    assert json.loads((out / "report.json").read_text())["contents"] == [
+        "model/config.json", "model/tokenizer/vocab.json"]
+    (out / "model" / "tokenizer" / "notes.txt").write_text("n")
+    with pytest.raises(UsageError, match="holds model/tokenizer/notes.txt, which no l0prune"):
+        check_destination(out)
