@@ -18,22 +18,22 @@
 import os
 
 # OpenMP threads that sleep rather than spin while they wait: read when torch loads its OpenMP
-# runtime, so only if torch is not loaded yet (see l0prune.threads for the figures).
+# runtime, so only if torch is not loaded yet (see l0prune.pipeline.threads for the figures).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from solvers import NM, PerRow, Structured, Unstructured  # noqa: E402
 
-from .checkpoints import load_pretrained, save_pretrained
-from .exporting import ExportReport, export, load_sparse
-from .finalize import finalize
-from .finetune import Finetune, masked_finetune
-from .gradual_pruning import gradual
-from .l0_training import L0Report, train_l0
-from .perplexity import next_token_nll
+from .data.perplexity import next_token_nll
+from .data.text import text_batches
+from .io.checkpoints import load_pretrained, save_pretrained
+from .io.exporting import ExportReport, export, load_sparse
+from .model.finalize import finalize
+from .model.statistics import second_moments
+from .pipeline.finetune import Finetune, masked_finetune
+from .pipeline.gradual import gradual
+from .pipeline.l0_training import L0Report, train_l0
 from .pruning import prune
 from .report import LayerReport, PruneReport, Trial
-from .statistics import second_moments
-from .text import text_batches
 
 __all__ = [
     "NM",

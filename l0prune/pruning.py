@@ -2,14 +2,14 @@
 
 The run, in order (DESIGN.md 2.6 and 3):
 
-1. check the arguments; capture the model (:class:`~l0prune.snapshot.Snapshot`);
+1. check the arguments; capture the model (:class:`~l0prune.model.snapshot.Snapshot`);
 2. one forward pass on a calibration batch finds the prunable layers, the order they run in and
-   which of them read the same input (:func:`~l0prune.statistics.discover`); the targets are
-   chosen from them (:func:`~l0prune.targets.select_targets`);
+   which of them read the same input (:func:`~l0prune.model.statistics.discover`); the targets are
+   chosen from them (:func:`~l0prune.model.targets.select_targets`);
 3. with ``sparsity`` (or a sized budget): every target is pruned once
-   (:class:`~l0prune.layerwise.LayerPruner`), then finetuned if asked;
-   with ``alpha``: the search of :mod:`l0prune.search`, each trial starting from the dense model
-   and finetuned if asked; the sparsest trial within ``alpha`` is put back at the end;
+   (:class:`~l0prune.pipeline.layerwise.LayerPruner`), then finetuned if asked;
+   with ``alpha``: the search of :mod:`l0prune.pipeline.search`, each trial starting from the dense
+   model and finetuned if asked; the sparsest trial within ``alpha`` is put back at the end;
 4. the report.
 
 Any exception (a bad batch, a solver error, ``KeyboardInterrupt``) puts the model back exactly as
@@ -19,11 +19,11 @@ model moves to ``device`` (so on the model's own device, the CPU for a model mov
 the search keeps its best trial's state on the CPU.
 
 A model built as a stack of repeated blocks (a transformer) is pruned block by block by default
-(:mod:`l0prune.blockwise`): one pass over the calibration data, one block at a time on the
+(:mod:`l0prune.pipeline.blockwise`): one pass over the calibration data, one block at a time on the
 device, the rollback copies taken per block where the model is
-(:class:`~l0prune.rollback.Rollback`) just before each block changes, and (with
+(:class:`~l0prune.model.rollback.Rollback`) just before each block changes, and (with
 ``checkpoint=``) each finished block written to disk so that a run resumes
-(:mod:`l0prune.resume`).
+(:mod:`l0prune.pipeline.resume`).
 """
 
 from __future__ import annotations
@@ -44,24 +44,25 @@ from torch import nn
 
 from solvers import NM, Budget, Unstructured, methods
 
-from . import allocation, blocks
-from .batches import LossFn, check_data, cross_entropy, mean_loss, unchanged_generators
-from .blockwise import BlockPruner, outside_problem
-from .executors import layer_solves
-from .finetune import Finetune, masked_finetune
-from .input_check import explained
-from .layerwise import LayerPruner, LayerResult, method_options
-from .masks import attach, refresh
-from .progress import progress
+from .data.batches import LossFn, check_data, cross_entropy, mean_loss, unchanged_generators
+from .model import blocks
+from .model.input_check import explained
+from .model.masks import attach, refresh
+from .model.rollback import Rollback
+from .model.snapshot import Snapshot, move
+from .model.statistics import Moments, discover
+from .model.targets import Target, select_targets
+from .pipeline import allocation
+from .pipeline.blockwise import BlockPruner, outside_problem
+from .pipeline.executors import layer_solves
+from .pipeline.finetune import Finetune, masked_finetune
+from .pipeline.layerwise import LayerPruner, LayerResult, method_options
+from .pipeline.progress import progress
+from .pipeline.resume import Checkpoint
+from .pipeline.search import GRID, MAX_SPARSITY, RESOLUTION, scan, two_stage
+from .pipeline.threads import using_threads
+from .pipeline.workflow import budget_text, finetune_config, fraction, run_device
 from .report import LayerReport, PruneReport, Trial
-from .resume import Checkpoint
-from .rollback import Rollback
-from .search import GRID, MAX_SPARSITY, RESOLUTION, scan, two_stage
-from .snapshot import Snapshot, move
-from .statistics import Moments, discover
-from .targets import Target, select_targets
-from .threads import using_threads
-from .workflow import budget_text, finetune_config, fraction, run_device
 
 __all__ = ["IncompatibleBudget", "prune"]
 
@@ -110,8 +111,9 @@ def prune(
             dense and pruned losses on them.
         loss_fn: ``loss_fn(outputs, batch) -> scalar``; default: the model's own ``loss``
             output or cross-entropy against the batch's last item / ``labels``. For a causal
-            LM on :func:`~l0prune.text.text_batches`, :func:`~l0prune.perplexity.next_token_nll`
-            (a loss with ``perplexity = True`` makes the report give perplexities).
+            LM on :func:`~l0prune.data.text.text_batches`,
+            :func:`~l0prune.data.perplexity.next_token_nll` (a loss with ``perplexity = True`` makes
+            the report give perplexities).
         method: a solver of :func:`solvers.methods` (``"admm"``, ``"iht"``, ``"obs"``,
             ``"wanda"``, ``"magnitude"``, ...).
         budget: the sparsity pattern: ``Unstructured()`` (default), ``PerRow()``,
@@ -124,9 +126,9 @@ def prune(
         sequential: prune layer after layer: each layer sees the layers before it already
             pruned and is fitted to reproduce the dense model's output from what it sees (one
             calibration pass per group of layers sharing an input; see
-            :mod:`l0prune.layerwise`); ``False``: every layer's statistics from the dense model,
-            in one pass.
-        finetune: a :class:`~l0prune.finetune.Finetune` (or a dict of its fields): masked
+            :mod:`l0prune.pipeline.layerwise`); ``False``: every layer's statistics from the
+            dense model, in one pass.
+        finetune: a :class:`~l0prune.pipeline.finetune.Finetune` (or a dict of its fields): masked
             finetuning after pruning; with ``alpha``, after every trial of the search.
         seed: seeds finetuning and solvers that draw random numbers.
         device: where the run computes; default: the model's device. The model is moved there
@@ -138,7 +140,7 @@ def prune(
             (an N:M budget on an input width not divisible by M; SparseGPT's scripts do the
             same) instead of raising :class:`IncompatibleBudget`; they are listed in the
             report's ``skipped``.
-        blockwise: prune block by block (:mod:`l0prune.blockwise`): ``None`` (default) when
+        blockwise: prune block by block (:mod:`l0prune.pipeline.blockwise`): ``None`` (default) when
             the model is a stack of repeated blocks run one after the other (a transformer's
             ``model.layers``, ``transformer.h``, ``encoder.layer``) and every target outside
             the stack runs after it, else the whole-model path; ``True``: block by block or a
@@ -148,8 +150,9 @@ def prune(
             validation loss and finetuning run where the model is.
         checkpoint: a folder where a block-by-block run with a fixed budget (``sparsity`` or a
             sized ``budget``, not ``alpha``) writes each finished block's weights and masks
-            (:mod:`l0prune.resume`); a model whose stack turns out not to be prunable block by
-            block (with ``blockwise=None``) takes the whole-model path and writes nothing.
+            (:mod:`l0prune.pipeline.resume`); a model whose stack turns out not to be prunable
+            block by block (with ``blockwise=None``) takes the whole-model path and writes
+            nothing.
         resume: take the blocks finished in ``checkpoint`` by an earlier run with the same
             settings and calibration data (the result is bit for bit that of a run never
             interrupted); a checkpoint written with other settings or data is refused with one
@@ -160,8 +163,8 @@ def prune(
             whole-model path ignores it (its snapshot is taken up front).
         threads: torch CPU threads for the run (torch's setting is put back after it);
             default: torch's count capped by the CPUs this process may use (affinity and
-            cgroup quota, :func:`l0prune.threads.default_threads`). The report records it.
-        executor: where the layer solves run (:mod:`l0prune.executors`): ``None`` here; a
+            cgroup quota, :func:`l0prune.pipeline.threads.default_threads`). The report records it.
+        executor: where the layer solves run (:mod:`l0prune.pipeline.executors`): ``None`` here; a
             :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, dask's
             ``Client.get_executor()``) or a ``dask.distributed.Client``, to which independent
             solves go together (every layer with ``sequential=False``, the layers that read one
@@ -170,8 +173,8 @@ def prune(
             bit for bit that of a run here with one torch thread (the tasks run with one). A
             task whose worker dies is started again where the cluster allows it, else the run
             fails naming the layer with the model as it was. Also a
-            :class:`~l0prune.problem_files.ProblemWriter` or
-            :class:`~l0prune.problem_files.SavedSolutions` (layer problems as files).
+            :class:`~l0prune.io.problem_files.ProblemWriter` or
+            :class:`~l0prune.io.problem_files.SavedSolutions` (layer problems as files).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -344,7 +347,7 @@ class _Run:
         self.outcome = self.apply(budgets)
 
     def search(self, alpha: float, family: Budget) -> None:
-        """The search of :mod:`l0prune.search`; leaves the best trial in the model."""
+        """The search of :mod:`l0prune.pipeline.search`; leaves the best trial in the model."""
         self.dense_loss = self.dense_evaluate()
         if self.dense_loss <= 0:
             raise ValueError(
@@ -381,7 +384,7 @@ class _Run:
     def _prune_dense_layers(self, family: Budget) -> None:
         """Stage 3 of the search: each target the best trial leaves dense is pruned a little on
         top of it, then further while the model stays within the tolerance (an upward
-        :func:`~l0prune.search.scan` over that layer's sparsity alone)."""
+        :func:`~l0prune.pipeline.search.scan` over that layer's sparsity alone)."""
         if self.outcome is None:
             return
         dense = [t for t in self.pruner.targets

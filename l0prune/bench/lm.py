@@ -3,7 +3,7 @@
 ``python -m l0prune.bench lm [--quick] [--size default|tiny] [--methods M ...]
 [--patterns P ...] [--nsamples N] [--heldout-windows N] [--threads N] [--out FILE] [--plot FILE]``
 
-The built-in causal LM of :mod:`l0prune.lm` (trained on first use and cached) is pruned by
+The built-in causal LM of :mod:`l0prune.demo.lm` (trained on first use and cached) is pruned by
 :func:`l0prune.prune` with every method at every pattern (50 %, 70 %, 90 % unstructured and 2:4),
 with sequential statistics and without, each run from the dense model: every ``Linear`` of the
 blocks (the tied head stays dense), calibrated on ``--nsamples`` windows of the training text
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import l0prune
-from l0prune.lm import SIZES, BuiltinLM, builtin_lm, perplexity
+from l0prune.demo.lm import SIZES, BuiltinLM, builtin_lm, perplexity
 
 from . import add_threads_option, use_threads
 
@@ -114,7 +114,7 @@ def run(lm: BuiltinLM, *, methods: Sequence[str] = METHODS,
     """Every method at every pattern, sequential and not, on the built-in LM.
 
     Args:
-        lm: the built-in LM (:func:`l0prune.lm.builtin_lm`).
+        lm: the built-in LM (:func:`l0prune.demo.lm.builtin_lm`).
         methods: solvers to run.
         patterns: keys of :data:`PATTERNS`.
         nsamples: calibration windows (drawn from the training text with ``seed``).
@@ -273,7 +273,7 @@ def write_json(rows: Sequence[Row], dense_perplexity: float, path: str | Path) -
 def _description(lm: BuiltinLM, nsamples: int, heldout_windows: int) -> str:
     info, config = lm.info, lm.info["config"]
     return (
-        f"Built-in LM (l0prune.lm: LLaMA-style, hidden {config['hidden']}, {config['blocks']} "
+        f"Built-in LM (l0prune.demo.lm: LLaMA-style, hidden {config['hidden']}, {config['blocks']} "
         f"blocks, vocabulary {config['vocab_size']}, {info['parameters'] / 1e6:.2f}M "
         f"parameters, trained on the standard library's docstrings of Python {info['python']}; "
         f"held-out perplexity {info['heldout_perplexity']:.2f} on all {info['heldout_windows']}"

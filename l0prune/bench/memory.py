@@ -25,8 +25,8 @@ The budget of the block-by-block design, in the same units:
 - *layer solve*: what solving the widest layer (LLaMA's ``down_proj``) takes: its float64
   second moment ``H`` (``in x in``; with sequential statistics also ``G = Y_0^T X``,
   ``out x in``) and the solver's working memory, measured in the same process by
-  :meth:`LayerPruner.solve <l0prune.layerwise.LayerPruner.solve>` on a random problem of that
-  shape. At LLaMA's MLP width it outweighs a block's parameters several times over, on either
+  :meth:`LayerPruner.solve <l0prune.pipeline.layerwise.LayerPruner.solve>` on a random problem of
+  that shape. At LLaMA's MLP width it outweighs a block's parameters several times over, on either
   path.
 
 Block mode writes the rollback copies of finished blocks to a temporary folder (``prune``'s
@@ -164,11 +164,11 @@ def _layer_solve(args: argparse.Namespace, device) -> int:
     import torch
     from torch import nn
 
-    from l0prune.allocation import sized
-    from l0prune.layerwise import LayerPruner, method_options
-    from l0prune.snapshot import Snapshot
-    from l0prune.statistics import Discovery, Moments
-    from l0prune.targets import Target
+    from l0prune.model.snapshot import Snapshot
+    from l0prune.model.statistics import Discovery, Moments
+    from l0prune.model.targets import Target
+    from l0prune.pipeline.allocation import sized
+    from l0prune.pipeline.layerwise import LayerPruner, method_options
     from solvers import Unstructured
 
     cols = args.intermediate

@@ -4,19 +4,19 @@
 ``python -m l0prune.bench models --workflows [--quick] [--out FILE] [--threads N]``: the
 prune-retrain workflows instead (:mod:`l0prune.bench.workflows`).
 
-For the digits MLP and CNN (:mod:`l0prune.digits`, trained 30 epochs with the regularized recipe
-of the command line's built-in model), each method finds the
+For the digits MLP and CNN (:mod:`l0prune.demo.digits`, trained 30 epochs with the regularized
+recipe of the command line's built-in model), each method finds the
 highest sparsity whose validation loss is at most ``alpha`` times the dense one (default
 ``alpha = 1.05``), once without finetuning and once with masked finetuning at every trial
 (10 epochs of Adam, lr 1e-3, on the training split, keeping the epoch with the best validation
-loss, :class:`~l0prune.finetune.Finetune`'s default). Sparsity counts the weights of every layer
-but the classifier, which stays dense. Methods:
+loss, :class:`~l0prune.pipeline.finetune.Finetune`'s default). Sparsity counts the weights of every
+layer but the classifier, which stays dense. Methods:
 
 - ``magnitude``: ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` over the
   same layers, its amount found by the same bisection and upward scan as l0prune's uniform
-  stage (:func:`l0prune.search.bisect_and_scan`);
+  stage (:func:`l0prune.pipeline.search.bisect_and_scan`);
 - ``obs`` and ``admm``: :func:`l0prune.prune` with that solver (sequential statistics on the
-  training split, the two-stage search of :mod:`l0prune.search`).
+  training split, the two-stage search of :mod:`l0prune.pipeline.search`).
 
 A row gives the sparsity reached, the weights kept relative to magnitude's (the target: at most
 2/3), the validation loss ratio and the test accuracy. The table is printed and written as
@@ -37,11 +37,11 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from l0prune import Finetune, prune
-from l0prune.batches import cross_entropy, mean_loss
-from l0prune.digits import DigitsData, accuracy, trained_model
-from l0prune.finetune import masked_finetune
-from l0prune.masks import masked_weight
-from l0prune.search import MAX_SPARSITY, RESOLUTION, bisect_and_scan
+from l0prune.data.batches import cross_entropy, mean_loss
+from l0prune.demo.digits import DigitsData, accuracy, trained_model
+from l0prune.model.masks import masked_weight
+from l0prune.pipeline.finetune import masked_finetune
+from l0prune.pipeline.search import MAX_SPARSITY, RESOLUTION, bisect_and_scan
 
 from . import add_threads_option, use_threads, workflows
 

@@ -9,8 +9,8 @@ sequential statistics on 8 random sequences of 64 tokens. Every prune runs in a 
 process that imports l0prune before torch, as the command line does. Settings: torch's own
 thread count with OpenMP's default spinning wait (what l0prune did before it managed threads)
 and with the passive wait ``import l0prune`` sets; l0prune's default
-(:func:`l0prune.threads.default_threads`); and ``threads=1``. The competing load is one process
-spinning in a Python loop, started before and stopped after the prunes it is meant for. Each
+(:func:`l0prune.pipeline.threads.default_threads`); and ``threads=1``. The competing load is one
+process spinning in a Python loop, started before and stopped after the prunes it is meant for. Each
 setting runs ``--repeat`` times; the table gives the median seconds, the threads the report
 recorded and the ratio to one thread in the same load. The table is printed and written as
 markdown (default ``bench-results/threads.md``).
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         threads = named[args.worker] if args.worker in named else int(args.worker)
         print(json.dumps(prune_once(threads, args.quick)))
         return
-    from l0prune.threads import available_cpus
+    from l0prune.pipeline.threads import available_cpus
 
     rows = run(args.quick, args.repeat)
     command = shlex.join(["python", "-m", "l0prune.bench", "threads", *argv])

@@ -2,7 +2,7 @@
 
 ``python -m l0prune.bench models --workflows [--quick] [--out FILE] [--threads N]``
 
-On the digits MLP and CNN (:mod:`l0prune.digits`, the regularized recipe, 30 epochs), each
+On the digits MLP and CNN (:mod:`l0prune.demo.digits`, the regularized recipe, 30 epochs), each
 workflow gets the same number of passes over the training split, ``E = 10``:
 
 - *one-shot*: :func:`l0prune.prune` with ADMM, then ``E`` epochs of masked finetuning;
@@ -13,12 +13,12 @@ workflow gets the same number of passes over the training split, ``E = 10``:
   and 0.1, the gated network fell further behind in so few steps), then ``E / 2`` of masked
   finetuning.
 
-Finetuning is :class:`~l0prune.finetune.Finetune`'s default (Adam, lr 1e-3, the epoch with the
-best validation loss kept). At sparsities 90 %, 95 % and 98 % a row gives the test accuracy and
+Finetuning is :class:`~l0prune.pipeline.finetune.Finetune`'s default (Adam, lr 1e-3, the epoch with
+the best validation loss kept). At sparsities 90 %, 95 % and 98 % a row gives the test accuracy and
 the validation loss ratio; at ``alpha = 1.02`` and ``1.05`` it gives the sparsity each workflow
-reaches (one-shot: the search of :mod:`l0prune.search`, every trial finetuned ``E`` epochs).
-The table is printed and written as markdown (default ``bench-results/workflows.md``), the plot
-of test accuracy against sparsity next to it (``workflows.png``). ``--quick`` trains 10 epochs,
+reaches (one-shot: the search of :mod:`l0prune.pipeline.search`, every trial finetuned ``E``
+epochs). The table is printed and written as markdown (default ``bench-results/workflows.md``), the
+plot of test accuracy against sparsity next to it (``workflows.png``). ``--quick`` trains 10 epochs,
 ``E = 4``, at 90 % and ``alpha = 1.05`` only.
 """
 
@@ -35,8 +35,8 @@ from torch import nn
 
 import l0prune
 from l0prune import Finetune
-from l0prune.batches import cross_entropy, mean_loss
-from l0prune.digits import DigitsData, accuracy, trained_model
+from l0prune.data.batches import cross_entropy, mean_loss
+from l0prune.demo.digits import DigitsData, accuracy, trained_model
 
 __all__ = ["WORKFLOWS", "WorkflowRow", "plot", "run", "table"]
 

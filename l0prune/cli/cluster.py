@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from l0prune.executors import join_cluster, local_cluster
+from l0prune.pipeline.executors import join_cluster, local_cluster
 
 __all__ = ["cluster"]
 

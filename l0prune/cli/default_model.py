@@ -1,7 +1,8 @@
-"""The built-in default: the digits CNN of :mod:`l0prune.digits`, trained on first use and cached.
+"""The built-in default: the digits CNN of :mod:`l0prune.demo.digits`, trained on first use and
+cached.
 
 Training is seeded, on one thread and with the regularized recipe
-(:func:`l0prune.digits.train`), so every machine trains the same weights; the cached
+(:func:`l0prune.demo.digits.train`), so every machine trains the same weights; the cached
 ``state_dict`` is keyed by the architecture (a hash of its text), the recipe, the seed and the
 epochs. The cache folder is ``$L0PRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/l0prune``, else
 ``~/.cache/l0prune``.
@@ -18,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from l0prune.batches import to_device
-from l0prune.cache import cache_dir
-from l0prune.digits import accuracy, digits_cnn, load_digits_data, trained_model
+from l0prune.data.batches import to_device
+from l0prune.demo.cache import cache_dir
+from l0prune.demo.digits import accuracy, digits_cnn, load_digits_data, trained_model
 
 from .task import Task
 
@@ -87,9 +88,9 @@ def builtin_task(seed: int, quick: bool, log: Callable[[str], None]) -> Task:
         return {"test accuracy": accuracy(model.eval(), to_device(test, device))}
 
     return Task(
-        description=f"built-in digits CNN (l0prune.digits.digits_cnn, {epochs} epochs of AdamW "
-                    f"with weight decay and a cosine schedule, seed {seed}; scikit-learn digits "
-                    "split 60/20/20)",
+        description=f"built-in digits CNN (l0prune.demo.digits.digits_cnn, {epochs} epochs of "
+                    f"AdamW with weight decay and a cosine schedule, seed {seed}; scikit-learn "
+                    "digits split 60/20/20)",
         model=model,
         calibration=data.loader("train"),
         validation=data.loader("val"),

@@ -2,7 +2,7 @@
 the next-token loss for a causal LM, and a ``model/`` folder in the output.
 
 - The model loads with ``AutoModelForCausalLM`` when its config is a causal LM, else with
-  ``AutoModel`` (:mod:`l0prune.hf`). Its KV cache is off while it is pruned (the run never
+  ``AutoModel`` (:mod:`l0prune.io.hf`). Its KV cache is off while it is pruned (the run never
   generates, and a cache would hold every layer's keys and values) and back on when it is saved.
 - ``text:`` / ``hf-dataset:`` data is tokenised with the model's tokenizer into ``--nsamples``
   windows of ``--seqlen`` tokens (128 x 2048 by default, the length capped at the model's
@@ -20,8 +20,8 @@ from pathlib import Path
 from torch import nn
 
 import l0prune
-from l0prune import hf
-from l0prune.text import read_source, text_batches
+from l0prune.data.text import read_source, text_batches
+from l0prune.io import hf
 
 from .config import Settings
 from .errors import UsageError

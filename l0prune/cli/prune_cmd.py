@@ -8,7 +8,7 @@ keys) and ``model.sparse.pt`` (the same, compact), or for a Hugging Face model `
 :data:`~l0prune.cli.report_files.FILES`.
 
 A block-by-block run with a fixed budget also keeps each finished block in ``OUT.partial/``
-(one subfolder per method, :mod:`l0prune.resume`), next to the output folder and outside
+(one subfolder per method, :mod:`l0prune.pipeline.resume`), next to the output folder and outside
 its atomic replacement, so that it survives a failed run; ``--resume`` continues from there.
 What the run wrote there is removed once the output folder is written; a ``OUT.partial/``
 that holds anything else is refused before the run starts.
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 import l0prune
-from l0prune.blocks import find_stack
-from l0prune.problem_files import SavedSolutions, check_new_folder, save_problems
+from l0prune.io.problem_files import SavedSolutions, check_new_folder, save_problems
+from l0prune.model.blocks import find_stack
+from l0prune.pipeline.resume import foreign_entry, remove_checkpoints
 from l0prune.pruning import IncompatibleBudget
-from l0prune.resume import foreign_entry, remove_checkpoints
 from solvers import methods
 from solvers.exact import TooLarge
 

@@ -1,7 +1,7 @@
 """``l0prune solve``: one layer problem from files, solved by one method, its figures printed;
 or every problem of a folder written by ``l0prune prune --save-problems DIR``, here or on a dask
 cluster (``--workers N``, ``--scheduler ADDRESS``), the solutions and a table written there
-(:func:`l0prune.problem_files.solve_folder`).
+(:func:`l0prune.io.problem_files.solve_folder`).
 
 ``W`` is the layer's weight (out x in; a convolution's weight is flattened to out x in*kh*kw and
 written back in its own shape); ``--hessian`` gives ``H`` (in x in), ``--inputs`` the layer's
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from l0prune.layerwise import method_options
-from l0prune.problem_files import read_index, solve_folder, table
+from l0prune.io.problem_files import read_index, solve_folder, table
+from l0prune.pipeline.layerwise import method_options
 from solvers import LayerProblem, methods, solve
 from solvers.bounds import BOUNDS, PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS, SDP_MAX_WEIGHTS
 from solvers.exact import exact, program_binaries

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from l0prune.digits import trained_model
+from l0prune.demo.digits import trained_model
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,7 @@ def tiny_lm(tmp_path_factory):
     """The built-in LM's ``"tiny"`` size, trained once into a cache folder of its own
     (``tiny_lm.folder.parent``; set ``L0PRUNE_CACHE`` to it to find it again)."""
     pytest.importorskip("transformers")
-    from l0prune.lm import builtin_lm
+    from l0prune.demo.lm import builtin_lm
 
     cache = tmp_path_factory.mktemp("l0prune-cache")
     before = os.environ.get("L0PRUNE_CACHE")

@@ -11,10 +11,10 @@ from torch.nn.utils import prune as torch_prune
 
 import l0prune
 from l0prune import NM, Finetune, Structured
-from l0prune.batches import cross_entropy, mean_loss
-from l0prune.digits import digits_cnn
-from l0prune.masks import masked_weight
-from l0prune.statistics import row_products, second_moments
+from l0prune.data.batches import cross_entropy, mean_loss
+from l0prune.demo.digits import digits_cnn
+from l0prune.model.masks import masked_weight
+from l0prune.model.statistics import row_products, second_moments
 from solvers import LayerProblem, solve
 
 CPU = torch.device("cpu")

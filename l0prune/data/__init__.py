@@ -1,0 +1,1 @@
+"""Calibration and validation data: batches, text windows, the causal-LM loss."""

@@ -1,0 +1,519 @@
+"""Pruning a stack of repeated blocks block by block, from block 0's inputs captured once.
+
+The whole-model path (:class:`~l0prune.pipeline.layerwise.LayerPruner`) runs the whole model over
+the calibration data to take statistics: once with ``sequential=False``, once per input group with
+``sequential=True`` (about 130 passes for a 32-block LLM). :class:`BlockPruner` runs the
+model's prefix (the embedding) once per batch, keeps block 0's inputs on the run's device
+(:func:`l0prune.model.blocks.capture`) and then, block after block: copies the block on the CPU for
+the rollback (:class:`~l0prune.model.rollback.Rollback`), moves it alone to the run's device, takes
+its layers' statistics from the cached inputs, solves (:meth:`LayerPruner.solve
+<l0prune.pipeline.layerwise.LayerPruner.solve>`), writes the weights, runs the block to make the
+next block's inputs (not the last block: its outputs are not needed) and moves it back. One pass
+over the calibration data in all; the rest of the model stays where it is.
+
+The statistics are those of the whole-model path, so the results are too (the same masks with
+``sequential=False``; with ``sequential=True`` the same up to float rounding):
+
+- ``sequential=False``: one activation stream ``X_0`` (the dense model's): each block's
+  statistics come from the dense block on ``X_0``, which also gives the next ``X_0``.
+- ``sequential=True``: two streams, the pruned one ``X`` (inputs with every earlier layer
+  pruned) and the dense one ``X_0``. The dense block does not change while the block is pruned,
+  so one pass of it over ``X_0`` keeps the dense side of all its input groups (the inputs
+  ``X_0``, or the outputs ``X_0 W^T`` where narrower, and the outputs' energies:
+  :func:`l0prune.model.statistics.capture_dense`) and its outputs are the next block's ``X_0``. The
+  groups are then handled in the order they run; each takes paired statistics (``H = X^T X / N``
+  and ``X^T X_0 / N`` or ``(X_0 W^T)^T X / N``) from a pass of the block as pruned so far on
+  ``X``, stopped at the group, against the kept dense side (the very first group: ``H`` alone,
+  as in the whole-model path). At the end the pruned block maps ``X`` to the next block's ``X``. Per
+  block and batch: one dense pass, one pruned pass per group (each stopped at it), one to
+  advance; a dense reference pass per group instead would add one (stopped) pass per group.
+
+Memory on the run's device: one block, its groups' float64 statistics (freed once the group is
+solved), the cached activations: one stream (``sequential=False``) or two (``True``), plus
+block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). With
+``sequential=True`` also the dense side of the block's groups (real tokens only, in the
+activations' dtype, each group's freed once it is solved): per group the narrower of its
+inputs and its members' outputs, one hidden width each for the four groups of a BERT, GPT-2
+or LLaMA block (4 in all, against 2 for the cached streams). They are taken in one pass when
+they fit :data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive
+groups that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``).
+Where
+the model is (the CPU): the model, with its pruned weights in place (the results refer to
+them, no second copy), boolean masks until they are attached, and the rollback's copies of the
+blocks changed so far, or of one block when they go to disk
+(:class:`~l0prune.model.rollback.Rollback` with a folder).
+
+Targets outside the stack run after it (a pooler, a projection after the last block): they are
+pruned after the stack by whole-model passes as in the whole-model path (``sequential=True``:
+one pass per input group; ``False``: one pass, with the dense weights put back for it). Targets
+that run before or among the blocks cannot be pruned this way (see :func:`outside_problem`).
+
+The loss-tolerance search's allocated stage needs each layer's error curve on the statistics of
+the best uniform trial. Those statistics are freed with their block (at LLM scale all layers'
+paired statistics would take more memory than the model), so :meth:`BlockPruner.curves` gets
+them back by one more sweep over the blocks at that trial's budgets, from the cached inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from torch import nn
+
+from l0prune.model.blocks import BlockInputs, Stack, capture, run_block
+from l0prune.model.masks import attach
+from l0prune.model.rollback import Rollback
+from l0prune.model.snapshot import move
+from l0prune.model.statistics import (
+    DenseSide,
+    Discovery,
+    Moments,
+    capture_dense,
+    collect,
+    dense_width,
+    input_groups,
+)
+from l0prune.model.targets import Target
+from solvers import Budget
+
+from .allocation import Curve
+from .executors import LayerSolves
+from .layerwise import LayerPruner, LayerResult
+from .progress import progress
+from .resume import Checkpoint, weights_digest
+
+__all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
+
+
+def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discovery) -> str | None:
+    """Why ``targets`` cannot be pruned block by block, or ``None``.
+
+    Targets outside the stack must run after its last layer: a target that runs before (an
+    input projection such as OPT-350m's ``project_in``) would change block 0's inputs.
+
+    Args:
+        stack: the model's stack.
+        targets: the run's targets.
+        discovery: the model's discovery.
+
+    Returns:
+        One line, or ``None``.
+
+    Example:
+        >>> from torch import nn
+        >>> stack = Stack("blocks", nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)]))
+        >>> d = Discovery(["embed", "blocks.0", "blocks.1"], {}, {})
+        >>> outside_problem(stack, [Target("embed", nn.Linear(2, 2))], d)
+        "target 'embed' runs before the last block of 'blocks'"
+    """
+    position = {name: i for i, name in enumerate(discovery.order)}
+    prefix = f"{stack.name}." if stack.name else ""
+    inside = [position[n] for n in discovery.order
+              if n.startswith(prefix) and n[len(prefix):].split(".")[0].isdigit()]
+    end = max(inside, default=-1)
+    for t in targets:
+        if stack.index(t.module) is None and position[t.name] < end:
+            return f"target {t.name!r} runs before the last block of {stack.name!r}"
+    return None
+
+
+#: The dense sides of a block's input groups are captured in one dense pass when they take at
+#: most this many stream widths per position (see the module docstring).
+DENSE_ROW_WIDTHS = 8.0
+
+
+def _moved(found: Mapping[str, Moments], device: torch.device) -> dict[str, Moments]:
+    """``found`` on ``device``, the tensors a group shares (``H``, ``cross``) moved once."""
+    moved: dict[int, torch.Tensor] = {}
+
+    def once(x):
+        if x is not None and id(x) not in moved:
+            moved[id(x)] = x.to(device)
+        return None if x is None else moved[id(x)]
+
+    return {name: Moments(once(m.H), once(m.cross), once(m.outputs), once(m.energy))
+            for name, m in found.items()}
+
+
+class _Runner:
+    """A block as ``collect`` calls a model: ``runner(index=i)`` runs batch ``i`` of a stream
+    (and, with ``outputs``, writes the block's output there at ``i``)."""
+
+    def __init__(self, block: nn.Module, inputs: BlockInputs, stream: list[torch.Tensor],
+                 outputs: list[torch.Tensor] | None = None):
+        self.block, self.inputs, self.stream, self.outputs = block, inputs, stream, outputs
+
+    def __call__(self, index: int, attention_mask=None):
+        output = run_block(self.block, self.inputs, index, self.stream[index])
+        if self.outputs is not None:
+            self.outputs[index] = output
+        return output
+
+
+def dense_runs(groups: Sequence[list[Target]], width: int,
+               budget: float = DENSE_ROW_WIDTHS) -> list[list[list[Target]]]:
+    """``groups`` cut into runs of consecutive groups whose dense sides are captured together.
+
+    A group's dense side takes :func:`~l0prune.model.statistics.dense_width` values per position
+    (its inputs, or its members' outputs when fewer), ``width`` is the stream's (the hidden
+    size); a run holds at most ``budget`` stream widths, a group wider than that is a run alone,
+    and so is a convolution (patches: no fixed width per position).
+
+    Args:
+        groups: a block's input groups, in the order they run.
+        width: the stream's width per position.
+        budget: stream widths per run.
+
+    Returns:
+        The runs (of the groups themselves, not copies).
+
+    Example:
+        >>> bert = [[Target(n, nn.Linear(4, 4))] for n in "qoi"]
+        >>> bert.append([Target("d", nn.Linear(16, 16))])
+        >>> [[g[0].name for g in run] for run in dense_runs(bert, 4)]
+        [['q', 'o', 'i', 'd']]
+        >>> [[g[0].name for g in run] for run in dense_runs(bert, 4, budget=4)]
+        [['q', 'o', 'i'], ['d']]
+    """
+    runs: list[list[list[Target]]] = []
+    size = 0.0
+    for group in groups:
+        t = group[0]
+        wide = float("inf") if t.is_conv else dense_width(group) / width
+        if runs and size + wide <= budget:
+            runs[-1].append(group)
+            size += wide
+        else:
+            runs.append([group])
+            size = wide
+    return runs
+
+
+class BlockPruner:
+    """Prunes the targets of a block-stack model block by block (see the module docstring).
+
+    The same interface as :class:`~l0prune.pipeline.layerwise.LayerPruner`: :meth:`run` prunes and
+    attaches the masks, :meth:`curves` gives the error curves of the last run.
+
+    Args:
+        model: the model; its targets must be dense when :meth:`run` starts.
+        calibration: re-iterable calibration batches.
+        targets: the layers to prune (see :func:`outside_problem`).
+        discovery: the model's discovery.
+        rollback: the run's :class:`~l0prune.model.rollback.Rollback`; each block is captured in it
+            just before it changes.
+        stack: the model's stack.
+        method: a :func:`solvers.methods` name.
+        options: the method's options.
+        sequential: see the module docstring.
+        device: where blocks, cached activations, statistics and solves go.
+        progress: show a progress bar over blocks.
+        keep_inputs: keep block 0's inputs for later runs (the search) instead of freeing them
+            as the first run moves past block 0.
+        checkpoint: write each finished block there, and take the finished ones from there on
+            a resume.
+        solves: where the solves run (:class:`~l0prune.pipeline.executors.LayerSolves`; default:
+            here); a block's layers go out together (``sequential=True``: those that read one
+            input).
+        dense_row_widths: ``sequential=True``: the budget of the dense sides captured in one
+            pass, in stream widths per position (see :func:`dense_runs`; default
+            :data:`DENSE_ROW_WIDTHS`; 0: a dense pass per group).
+
+    Attributes:
+        passes: passes over the calibration data so far.
+        moments: the budgets of the last run, from which :meth:`curves` recomputes its
+            statistics (named as in :class:`~l0prune.pipeline.layerwise.LayerPruner`, whose search
+            code saves and restores it).
+
+    Example:
+        >>> from solvers import Unstructured
+        >>> from l0prune.pipeline.allocation import uniform
+        >>> from l0prune.model.blocks import discover, find_stack
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        ...     def forward(self, x):
+        ...         for block in self.blocks:
+        ...             x = block(x).relu()
+        ...         return x
+        >>> net, cpu = Net().eval(), torch.device("cpu")
+        >>> data = [torch.randn(32, 4)]
+        >>> stack = find_stack(net)
+        >>> discovery, problem = discover(net, stack, data[0], cpu)
+        >>> targets = [Target(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+        >>> pruner = BlockPruner(net, data, targets, discovery, Rollback(net), stack,
+        ...                      method="obs", options={}, sequential=True, device=cpu,
+        ...                      progress=False)
+        >>> results = pruner.run(uniform(targets, Unstructured(), 0.5))
+        >>> [r.kept for r in results.values()], pruner.passes
+        ([8, 8, 8], 1)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calibration: Iterable,
+        targets: Sequence[Target],
+        discovery: Discovery,
+        rollback: Rollback,
+        stack: Stack,
+        *,
+        method: str,
+        options: Mapping,
+        sequential: bool,
+        device: torch.device,
+        progress: bool,
+        keep_inputs: bool = False,
+        checkpoint: Checkpoint | None = None,
+        solves: LayerSolves | None = None,
+        dense_row_widths: float | None = None,
+    ):
+        self.model, self.calibration, self.targets = model, calibration, list(targets)
+        self.discovery, self.rollback, self.stack = discovery, rollback, stack
+        self.method, self.options, self.sequential = method, dict(options), sequential
+        self.device, self.progress = device, progress
+        self.keep_inputs, self.checkpoint = keep_inputs, checkpoint
+        self.dense_row_widths = DENSE_ROW_WIDTHS if dense_row_widths is None else dense_row_widths
+        self.home = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.layers = LayerPruner(
+            model, calibration, targets, discovery, rollback, method=method, options=options,
+            sequential=sequential, device=device, progress=False, solves=solves,
+        )
+        self.groups = input_groups(self.targets, discovery)
+        self.block_groups: list[list[list[Target]]] = [[] for _ in stack.blocks]
+        self.suffix: list[list[Target]] = []
+        for group in self.groups:
+            index = stack.index(group[0].module)
+            (self.suffix if index is None else self.block_groups[index]).append(group)
+        self.passes = 0
+        self.moments: dict[str, Budget] = {}
+        self._inputs: BlockInputs | None = None
+
+    # --- the public interface --------------------------------------------------------------
+
+    def run(self, budgets: Mapping[str, Budget]) -> dict[str, LayerResult]:
+        """Prune every target under its budget, block by block, and attach the masks.
+
+        Args:
+            budgets: a sized budget per target name.
+
+        Returns:
+            A :class:`~l0prune.pipeline.layerwise.LayerResult` per target name, in the order the
+            layers run; each ``weight`` is the layer's own ``weight_orig`` (not a copy), each
+            mask on the model's device.
+        """
+        self.moments = dict(budgets)
+        results = self._sweep(budgets, self.checkpoint, None)
+        for target in self.targets:
+            result = results[target.name]
+            attach(target.module, result.weight, result.mask)
+        return results
+
+    def curves(self, family: Budget, grid: Sequence[float]) -> list[Curve]:
+        """Each target's error curve at the sparsities in ``grid``, on the last run's statistics.
+
+        The statistics are recomputed by a sweep at the last run's budgets (:attr:`moments`);
+        the model is dense when this returns.
+
+        Args:
+            family: the run's budget family.
+            grid: sparsities in [0, 1).
+
+        Returns:
+            One :class:`~l0prune.pipeline.allocation.Curve` per target.
+        """
+        found: dict[str, Curve] = {}
+        self.rollback.restore()
+        self.model.eval()
+        try:
+            self._sweep(self.moments, None, (family, grid, found))
+        finally:
+            self.rollback.restore()
+            self.model.eval()
+        return [found[t.name] for t in self.targets]
+
+    # --- the sweep ---------------------------------------------------------------------------
+
+    def _block_inputs(self) -> BlockInputs:
+        if self._inputs is None or self._inputs.hidden is None:
+            self.passes += 1
+            self._inputs = capture(self.model, self.stack, self.calibration, self.device)
+        return self._inputs
+
+    def _settings(self, budgets: Mapping[str, Budget], digest: str) -> dict:
+        return {
+            "method": self.method,
+            "options": json.dumps(self.options, sort_keys=True, default=repr),
+            "sequential": self.sequential,
+            "budgets": {name: repr(budget) for name, budget in sorted(budgets.items())},
+            "targets": {t.name: list(t.weight_shape) for t in self.targets},
+            "stack": f"{self.stack.name} ({len(self.stack.blocks)} blocks)",
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "calibration": digest,
+        }
+
+    def _sweep(self, budgets, checkpoint: Checkpoint | None, curves) -> dict[str, LayerResult]:
+        inputs = self._block_inputs()
+        if checkpoint is not None:
+            checkpoint.start(self._settings(budgets, inputs.digest))
+        dense = list(inputs.hidden)
+        pruned = list(dense) if self.sequential else dense
+        if not self.keep_inputs:
+            inputs.hidden = None
+        data = [{"index": i, "attention_mask": mask} for i, mask in enumerate(inputs.masks)]
+        results: dict[str, LayerResult] = {}
+        with progress("blocks", "block", total=len(self.stack.blocks), enabled=self.progress,
+                      transient=True) as bar:
+            for index, block in enumerate(self.stack.blocks):
+                groups = self.block_groups[index]
+                final = index == len(self.stack.blocks) - 1  # its outputs are not needed
+                members = [t for group in groups for t in group]
+                digest = weights_digest(members) if checkpoint is not None else ""
+                done = checkpoint.load(index, members, digest) if checkpoint is not None else None
+                self.rollback.capture(block)
+                move(block, self.device)
+                if done is None:
+                    done = self._block(block, inputs, data, groups, budgets, dense, pruned,
+                                       first=not results, final=final, curves=curves)
+                    if checkpoint is not None:
+                        checkpoint.save(index, list(done.values()), digest)
+                else:
+                    with torch.no_grad():
+                        for t in members:
+                            t.module.weight.copy_(done[t.name].weight)
+                    if not final:
+                        self._advance(block, inputs, dense, pruned, done)
+                move(block, self.home)
+                self.rollback.release(block)
+                results.update(self._in_place(done))
+                bar.update()
+        del dense, pruned
+        results.update(self._suffix(budgets, results, curves))
+        return {t.name: results[t.name] for group in self.groups for t in group}
+
+    def _block(self, block, inputs, data, groups, budgets, dense, pruned, *, first, final,
+               curves) -> dict[str, LayerResult]:
+        """Solve one block's groups from its input streams; advance the streams past it
+        (unless ``final``: the last block's outputs are not needed)."""
+        runner = _Runner(block, inputs, pruned)
+        done: dict[str, LayerResult] = {}
+        if not self.sequential:
+            moments = collect(runner, data, groups, self.device, self.discovery)
+            if not final:
+                self._advance(block, inputs, dense, pruned, {})
+            self._solve(groups, budgets, moments, done, curves)
+            return done
+        paired = groups[1:] if first else groups
+        runs = dense_runs(paired, dense[0].shape[-1], self.dense_row_widths) if paired else []
+        rows: dict[int, DenseSide] = {}
+        advanced = len(runs) == 1
+        if advanced:
+            rows = self._dense_rows(block, inputs, data, runs[0], dense, {}, advance=not final)
+        starts = {id(run[0]): run for run in runs}
+        for group in groups:
+            if not advanced and id(group) in starts:
+                rows.update(self._dense_rows(block, inputs, data, starts[id(group)], dense,
+                                             done))
+            side = rows.pop(id(group), None)
+            moments = collect(runner, data, [group], self.device, self.discovery,
+                              dense=None if side is None else [side])
+            self._solve([group], budgets, moments, done, curves)
+            del moments, side
+        if not final:
+            self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
+        return done
+
+    def _dense_rows(self, block, inputs, data, run, dense, done, *,
+                    advance: bool = False) -> dict[int, DenseSide]:
+        """The dense sides of the groups of ``run``, by ``id`` of the group, from one pass of
+        the dense block over ``X_0`` (with ``advance``: the whole block, its outputs replacing
+        ``X_0``)."""
+        runner = _Runner(block, inputs, dense, dense if advance else None)
+        with self._dense(done):
+            found = capture_dense(runner, data, run, self.device, self.discovery,
+                                  stop=not advance)
+        return {id(group): side for group, side in zip(run, found, strict=True)}
+
+    @torch.no_grad()
+    def _advance(self, block, inputs, dense, pruned, done, *, dense_done: bool = False) -> None:
+        """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
+        the dense block (unless ``dense_done``), then ``X`` through the block as it is."""
+        if not dense_done:
+            with self._dense(done):
+                for i in range(len(dense)):
+                    dense[i] = run_block(block, inputs, i, dense[i])
+        if pruned is dense:
+            return
+        for i in range(len(pruned)):
+            pruned[i] = run_block(block, inputs, i, pruned[i])
+
+    def _suffix(self, budgets, results, curves) -> dict[str, LayerResult]:
+        """The targets after the stack, by whole-model passes (see the module docstring)."""
+        done: dict[str, LayerResult] = {}
+        if not self.suffix:
+            return done
+        for group in self.suffix:
+            for t in group:
+                self.rollback.capture(t.module)
+        if not self.sequential:
+            with self._dense(results):
+                moments = self._collect(self.suffix, None)
+            self._solve(self.suffix, budgets, moments, done, curves)
+            return self._in_place(done)
+        for group in self.suffix:
+            earlier = {**results, **done}
+            moments = self._collect([group], partial(self._dense, earlier) if earlier else None)
+            self._solve([group], budgets, moments, done, curves)
+        return self._in_place(done)
+
+    def _collect(self, groups, reference) -> dict[str, Moments]:
+        """Whole-model statistics of ``groups`` (where the model is), moved to the device."""
+        self.passes += 1
+        found = collect(self.model, self.calibration, groups, self.home, self.discovery, reference)
+        return _moved(found, self.device)
+
+    def _solve(self, groups, budgets, moments, done, curves) -> None:
+        """Solve the layers of ``groups`` together and write their weights."""
+        members = [t for group in groups for t in group]
+        solved = self.layers.solve_all([(t, budgets[t.name], moments[t.name]) for t in members])
+        if curves is not None:
+            family, grid, found = curves
+            layers = [(t, moments[t.name]) for t in members]
+            found.update(zip([t.name for t in members],
+                             self.layers.curve_all(layers, family, grid), strict=True))
+        for t, result in zip(members, solved, strict=True):
+            with torch.no_grad():
+                t.module.weight.copy_(result.weight)
+            done[t.name] = result
+
+    def _in_place(self, done: dict[str, LayerResult]) -> dict[str, LayerResult]:
+        """``done`` with each weight the layer's own (which holds it): no second copy of the
+        pruned model; masks where the model is."""
+        modules = {t.name: t.module for t in self.targets}
+        return {
+            name: dataclasses.replace(r, weight=modules[name].weight, mask=r.mask.to(self.home))
+            for name, r in done.items()
+        }
+
+    @contextmanager
+    def _dense(self, done: Mapping[str, LayerResult]) -> Iterator[None]:
+        """The dense weights back in the layers of ``done`` for the duration; then their
+        pruned weights (from the results, or copied aside when the results share them)."""
+        modules = [(t.module, done[t.name].weight) for t in self.targets if t.name in done]
+        with torch.no_grad():
+            pruned = [w.clone() if w is m.weight else w for m, w in modules]
+            for m, _ in modules:
+                m.weight.copy_(self.rollback.value(m.weight))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (m, _), weight in zip(modules, pruned, strict=True):
+                    m.weight.copy_(weight)

@@ -1,0 +1,67 @@
+"""``finalize``: the pruning made permanent in place, so any tool sees plain weights."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import l0prune
+from tests.l0prune import tiny_hf
+
+
+def _windows(seed=0, n=3, length=16):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (1, length), generator=g)}
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_finalized_model_saves_and_reloads_with_identical_logits(kind, tmp_path):
+    pytest.importorskip("transformers")
+    model = tiny_hf.model(kind)
+    dense_keys = set(model.state_dict())
+    l0prune.prune(model, _windows(), sparsity=0.6, method="obs", progress=False)
+    ids = _windows(seed=1)[0]["input_ids"]
+    with torch.no_grad():
+        before = model(ids).logits
+    masks = {name: module.weight_mask.clone() for name, module in model.named_modules()
+             if hasattr(module, "weight_mask")}
+    params = {name: module.weight_orig for name, module in model.named_modules()
+              if hasattr(module, "weight_orig")}
+
+    done = l0prune.finalize(model)
+
+    assert done == [f"{name}.weight" for name in masks]
+    assert not torch_prune.is_pruned(model) and set(model.state_dict()) == dense_keys
+    for name, module in model.named_modules():
+        if name in masks:
+            assert module.weight is params[name]  # the same parameter object
+            assert torch.equal(module.weight != 0, masks[name].bool())
+            assert not module._forward_pre_hooks
+    model.save_pretrained(tmp_path)  # the model's own method, no l0prune involved
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+        assert torch.equal(reloaded(ids).logits, before)
+
+
+def test_finalize_on_a_plain_model_changes_nothing_and_refuses_non_modules():
+    model = nn.Sequential(nn.Linear(3, 2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert l0prune.finalize(model) == []
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="model must be a torch nn.Module, got dict"):
+        l0prune.finalize({})
+
+
+def test_torch_save_of_a_finalized_model_has_the_dense_keys(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    data = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
+    l0prune.prune(model, data, sparsity=0.5, method="wanda", progress=False)
+    l0prune.finalize(model)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    fresh = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))  # strict
+    assert torch.equal(fresh(data[0][0]), model(data[0][0]))
+    assert int((fresh[0].weight == 0).sum()) == 64
