@@ -93,6 +93,7 @@ class PruneReport:
         blocks: the stack pruned block by block (its name and block count), or ``None`` for
             the whole-model path.
         threads: torch CPU threads the run used.
+        config: the run's configuration (:meth:`l0prune.PruneConfig.to_dict`).
 
     Example:
         >>> report = PruneReport([LayerReport("fc", [4, 8], 8, 32, 0.1, 0.01)], "admm", "u", True)
@@ -119,6 +120,7 @@ class PruneReport:
     perplexity: bool = False
     blocks: str | None = None
     threads: int | None = None
+    config: dict | None = None
 
     @property
     def kept(self) -> int:

@@ -1,92 +1,25 @@
 """One entry point for every method: ``solve(problem, method=..., **options) -> Solution``.
 
 A method is a function ``fn(problem, *, option=default, ...) -> (weight, mask, info)`` in its own
-module; this file only looks it up, checks the options against its signature, times it and
-packs the figures every report uses. The built-in methods are imported on first use;
-:func:`register_method` adds one. The layer tolerance search (:func:`solve_to_tolerance`)
-works with any method.
+module, found by name in :mod:`solvers.registry`; this file only looks it up, checks the options
+against its signature, times it and packs the figures every report uses. The layer tolerance
+search (:func:`solve_to_tolerance`) works with any method.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import time
-from collections.abc import Callable
 
 import torch
 
 from .bounds import BOUNDS, lower_bound
 from .problem import PSD_TOLERANCE, LayerProblem
+from .registry import method_function, method_info
 from .solution import Solution
 
-__all__ = ["method_function", "methods", "register_method", "solve", "solve_to_tolerance"]
-
-#: method name -> the function, or the built-ins' (module, function) until first use.
-_METHODS: dict[str, Callable | tuple[str, str]] = {
-    "magnitude": ("solvers.magnitude", "magnitude"),
-    "wanda": ("solvers.magnitude", "wanda"),
-    "obs": ("solvers.obs", "obs"),
-    "iht": ("solvers.iht", "iht"),
-    "admm": ("solvers.admm", "admm"),
-    "hard_concrete": ("solvers.hard_concrete", "hard_concrete"),
-    "exact": ("solvers.exact", "exact"),
-}
-
-
-def register_method(name: str, fn: Callable) -> None:
-    """Make ``fn`` available as ``solve(problem, method=name)`` (and to l0prune and its CLI).
-
-    Args:
-        name: the method's name; a new one (the built-ins cannot be replaced).
-        fn: ``fn(problem, *, option=default, ...) -> (weight, mask, info)``: a feasible
-            ``weight`` of the :class:`~solvers.problem.LayerProblem`, its boolean ``mask``
-            meeting ``problem.budget`` exactly, and an ``info`` dict (``iterations``,
-            ``converged``, ``history`` and anything else); options are keyword-only.
-
-    Example:
-        >>> import torch
-        >>> from solvers import LayerProblem, register_method, solve
-        >>> def keep_first(problem):
-        ...     mask = problem.budget.select(torch.arange(problem.W.numel(), 0, -1.0)
-        ...                                  .reshape(problem.shape))
-        ...     return problem.W * mask, mask, {"iterations": 0, "converged": True, "history": []}
-        >>> register_method("keep_first", keep_first)
-        >>> solve(LayerProblem(torch.ones(2, 4), None, k=3), "keep_first").mask.sum().item()
-        3
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not callable(fn):
-        raise ValueError(f"fn must be callable (problem, **options) -> (weight, mask, info), "
-                         f"got {fn!r}")
-    current = _METHODS.get(name)
-    if current is not None and current is not fn:
-        raise ValueError(f"method {name!r} is already registered; choose another name")
-    _METHODS[name] = fn
-
-
-def methods() -> list[str]:
-    """The names :func:`solve` accepts, sorted."""
-    return sorted(_METHODS)
-
-
-def method_function(method: str) -> Callable:
-    """The function behind ``method`` (a built-in's module is imported now).
-
-    Raises:
-        ValueError: an unknown name. ``ImportError``: a built-in whose module needs a package
-            that is not installed.
-    """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {methods()}, got {method!r}")
-    fn = _METHODS[method]
-    if isinstance(fn, tuple):
-        module, name = fn
-        fn = _METHODS[method] = getattr(importlib.import_module(module), name)
-    return fn
-
+__all__ = ["solve", "solve_to_tolerance"]
 
 def _options_used(fn, method: str, options: dict) -> dict:
     """The options of ``fn`` with defaults filled in; unknown names are a ``ValueError``."""
@@ -116,7 +49,7 @@ def solve(
 
     Args:
         problem: a :class:`~solvers.problem.LayerProblem` with a sized budget.
-        method: one of :func:`methods` (built-in or registered).
+        method: one of :func:`~solvers.registry.methods` (built-in or registered).
         certify: also compute a lower bound on the optimum (:func:`~solvers.bounds.lower_bound`,
             warm-started from the solution) and fill ``lower_bound`` and ``gap``. A method that
             proves its own bound (``exact``) reports it in ``info["lower_bound"]``; the higher
@@ -198,8 +131,7 @@ def solve_to_tolerance(
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    fn = method_function(method)
-    warm = "init" in inspect.signature(fn).parameters
+    warm = method_info(method).start
     family = problem.budget
     lo, hi = 0, family.max_count(problem.shape)  # error(lo) > eps unless eps >= 1; error(hi) = 0
     best: Solution | None = None

@@ -10,7 +10,12 @@ Ties are broken deterministically: among equal scores the lower flat index is ke
 
 A budget's size is its ``count``: weights kept (unstructured), weights kept per row (per-row),
 ``n`` of ``n:m`` (N:M), or column groups kept (structured). ``with_count`` makes the same family
-at another size, which is how the relative-error tolerance search walks the sparsity axis.
+at another size, which is how the relative-error tolerance search walks the sparsity axis. A
+sparsity becomes a count by one rounding rule, :func:`kept_at`, everywhere.
+
+A budget owns its forms: its text (:attr:`Budget.text`, read back by :func:`parse_budget`:
+``unstructured``, ``per-row``, ``structured``, ``2:4``, with a size ``unstructured(k=10)``) and
+its JSON (:meth:`Budget.to_json`, read back by :meth:`Budget.from_json`).
 
 A budget also describes its own structure, so no code outside this module tests budget types:
 :meth:`Budget.layout` says how it counts (gates per weight or per column group, and the sets of
@@ -22,11 +27,14 @@ gates that share one count: what the exact programs, the bounds, hard-concrete a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-__all__ = ["Budget", "Layout", "Unstructured", "PerRow", "NM", "Structured"]
+__all__ = ["Budget", "Layout", "Unstructured", "PerRow", "NM", "Structured", "kept_at",
+           "parse_budget"]
 
 
 _BRACKET_MIN = 1 << 16
@@ -108,6 +116,17 @@ def _check_count(k: int, name: str = "k") -> None:
         raise ValueError(f"{name} must be a non-negative integer, got {k!r}")
 
 
+def kept_at(total: int, sparsity: float) -> int:
+    """How many of ``total`` units a ``sparsity`` keeps: ``round((1 - sparsity) * total)``, the
+    one rounding rule of every budget, layer allocation and search.
+
+    Example:
+        >>> kept_at(10, 0.75), kept_at(7, 0.5)
+        (2, 4)
+    """
+    return int(round((1.0 - sparsity) * total))
+
+
 def _count_from(sparsity: float | None, k: int | None, total: int, what: str) -> int:
     if k is not None:
         if k > total:
@@ -117,7 +136,7 @@ def _count_from(sparsity: float | None, k: int | None, total: int, what: str) ->
         raise ValueError(
             "the budget has no size: give sparsity= (a fraction in [0, 1)) or k= (a count)"
         )
-    return int(round((1.0 - sparsity) * total))
+    return kept_at(total, sparsity)
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,65 @@ class Budget:
         """The same budget family, sized by ``count``."""
         return replace(self, sparsity=None, k=count)
 
+    def at(self, shape: tuple[int, int], sparsity: float, least: int = 0) -> Budget:
+        """The same family sized for a weight of ``shape`` at ``sparsity`` (by :func:`kept_at`
+        of :meth:`max_count`), with at least ``least`` of its units kept."""
+        return self.with_count(max(kept_at(self.max_count(shape), sparsity), least))
+
+    @property
+    def text(self) -> str:
+        """The budget as text, as the command line and recipes write it: ``unstructured``,
+        ``per-row``, ``structured``, ``structured(group=9)``, ``2:4``; a size in brackets,
+        ``unstructured(sparsity=0.5)``, ``per-row(k=3)``. :func:`parse_budget` reads it back.
+
+        Example:
+            >>> Unstructured().text, PerRow(k=3).text, NM(2, 4).text
+            ('unstructured', 'per-row(k=3)', '2:4')
+        """
+        settings = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                    if getattr(self, f.name) != f.default]
+        return self._name + (f"({', '.join(settings)})" if settings else "")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_json(self) -> dict:
+        """The budget as a JSON-ready dict: ``{"type": name, **fields not at their default}``.
+
+        Example:
+            >>> NM(2, 4).to_json(), Structured(group=9, k=2).to_json()
+            ({'type': 'n:m', 'n': 2, 'm': 4}, {'type': 'structured', 'k': 2, 'group': 9})
+        """
+        return {"type": self._name, **{f.name: getattr(self, f.name) for f in fields(self)
+                                       if getattr(self, f.name) != f.default}}
+
+    @staticmethod
+    def from_json(data: Mapping) -> Budget:
+        """The budget of :meth:`to_json` (also the class-named form of older problem folders,
+        ``{"type": "Unstructured", "sparsity": null, "k": 10}``).
+
+        Raises:
+            ValueError: naming what is wrong with ``data``.
+
+        Example:
+            >>> Budget.from_json(NM(2, 4).to_json()) == NM(2, 4)
+            True
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("type"), str):
+            raise ValueError(f"a budget must be a JSON object with a type, got {data!r}")
+        name = data["type"]
+        cls = _BY_JSON.get(name) or _BY_JSON.get(name.lower())
+        if cls is None:
+            raise ValueError(f"unknown budget type {name!r}; known: {', '.join(_BY_JSON)}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k != "type"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"budget type {name!r} has no field(s) {unknown}")
+        if cls is NM:
+            return NM(values.get("n", 2), values.get("m", 4))
+        return cls(**values)
+
     def layout(self, shape: tuple[int, int]) -> Layout:
         """The budget's gates and counting sets on a weight of ``shape`` (see :class:`Layout`)."""
         raise NotImplementedError
@@ -197,11 +275,14 @@ class Budget:
         return weight * self.select(weight * weight)
 
     _unit = "weights"
+    _name = "budget"
 
 
 @dataclass(frozen=True)
 class Unstructured(Budget):
     """At most ``k`` non-zeros anywhere in the layer (``sparsity = 1 - k / W.numel()``)."""
+
+    _name = "unstructured"
 
     def max_count(self, shape):
         return shape[0] * shape[1]
@@ -222,6 +303,7 @@ class PerRow(Budget):
     """At most ``k`` non-zeros in each output row (``k`` counts weights per row)."""
 
     _unit = "weights per row"
+    _name = "per-row"
 
     def max_count(self, shape):
         return shape[1]
@@ -245,6 +327,15 @@ class NM(Budget):
 
     n: int = 2
     m: int = 4
+
+    _name = "n:m"
+
+    @property
+    def text(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    def to_json(self) -> dict:
+        return {"type": self._name, "n": self.n, "m": self.m}
 
     def __init__(self, n: int = 2, m: int = 4):
         _check_count(n, "n")
@@ -298,6 +389,7 @@ class Structured(Budget):
     group: int = 1
 
     _unit = "column groups"
+    _name = "structured"
 
     def __post_init__(self):
         super().__post_init__()
@@ -327,3 +419,59 @@ class Structured(Budget):
         group_score = score.sum(dim=0).reshape(1, inp // self.group, self.group).sum(dim=-1)
         keep = top_k_mask(group_score, k).reshape(-1)
         return keep.repeat_interleave(self.group).reshape(1, inp).expand(out, inp).clone()
+
+
+_BY_JSON: dict[str, type[Budget]] = {
+    "unstructured": Unstructured, "per-row": PerRow, "structured": Structured, "n:m": NM,
+    **{cls.__name__: cls for cls in (Unstructured, PerRow, NM, Structured)},
+}
+_BY_TEXT = {"unstructured": Unstructured, "per-row": PerRow, "structured": Structured}
+_TEXT = re.compile(r"(?P<name>[a-z-]+)(\((?P<settings>[^()]*)\))?")
+
+
+def parse_budget(text: str | Budget) -> Budget:
+    """A budget from its text (:attr:`Budget.text`); a :class:`Budget` is returned as it is.
+
+    Args:
+        text: ``unstructured``, ``per-row``, ``structured``, ``N:M`` (``2:4``), or one of the
+            first three with settings in brackets: ``structured(group=4)``,
+            ``unstructured(sparsity=0.5)``, ``per-row(k=3)`` (case and spaces do not matter).
+
+    Returns:
+        The budget.
+
+    Raises:
+        ValueError: naming the text and the forms it can take.
+
+    Example:
+        >>> parse_budget("2:4"), parse_budget("Per-Row(k=3)")
+        (NM(n=2, m=4), PerRow(sparsity=None, k=3))
+    """
+    if isinstance(text, Budget):
+        return text
+    forms = ("unstructured, per-row, structured or N:M such as 2:4, optionally with settings "
+             "such as structured(group=4) or unstructured(sparsity=0.5)")
+    if not isinstance(text, str):
+        raise ValueError(f"budget must be text ({forms}) or a Budget, got {text!r}")
+    clean = re.sub(r"\s+", "", text).lower()
+    nm = re.fullmatch(r"(\d+):(\d+)", clean)
+    if nm:
+        n, m = int(nm[1]), int(nm[2])
+        if not 0 < n <= m:
+            raise ValueError(f"budget {text!r}: N:M needs 0 < N <= M")
+        return NM(n, m)
+    match = _TEXT.fullmatch(clean)
+    if match is None or match["name"] not in _BY_TEXT:
+        raise ValueError(f"budget must be {forms}; got {text!r}")
+    cls = _BY_TEXT[match["name"]]
+    values: dict[str, object] = {}
+    for item in filter(None, (match["settings"] or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in fields(cls)} or not value:
+            raise ValueError(f"budget {text!r}: {match['name']} takes "
+                             f"{', '.join(f.name + '=' for f in fields(cls))}, got {item!r}")
+        try:
+            values[key] = float(value) if key == "sparsity" else int(value)
+        except ValueError:
+            raise ValueError(f"budget {text!r}: {key} must be a number, got {value!r}") from None
+    return cls(**values)

@@ -34,8 +34,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .api import method_function, methods, register_method, solve
+from .api import solve
 from .problem import LayerProblem
+from .registry import MethodInfo, method_function, method_info, methods, register_method
 from .solution import Solution
 
 __all__ = ["WorkerLost", "ensure_method", "is_dask_client", "portable", "run_tasks",
@@ -205,24 +206,26 @@ def _named(err: BaseException, label: str) -> BaseException:
     return err
 
 
-def portable(method: str) -> tuple[str, Callable | None]:
-    """``(method, fn)`` to ship to a worker: ``fn`` is the function of a method added by
-    :func:`~solvers.api.register_method` (a worker's registry holds the built-ins only; it is
-    pickled by reference, or by value on dask for a function defined in a script), ``None`` for
-    a built-in.
+def portable(method: str) -> tuple[str, tuple[Callable, MethodInfo] | None]:
+    """``(method, (fn, info))`` to ship to a worker: the function of a method added by
+    :func:`~solvers.registry.register_method` and its registry entry (a worker's registry holds the
+    built-ins only; the function is pickled by reference, or by value on dask for one defined
+    in a script), ``None`` for a built-in.
 
     Example:
         >>> portable("obs")
         ('obs', None)
     """
     fn = method_function(method)
-    return method, (None if fn.__module__.startswith("solvers.") else fn)
+    return method, (None if fn.__module__.startswith("solvers.") else (fn, method_info(method)))
 
 
-def ensure_method(method: str, fn: Callable | None) -> None:
-    """Register ``fn`` as ``method`` here when it is not known yet (see :func:`portable`)."""
-    if fn is not None and method not in methods():
-        register_method(method, fn)
+def ensure_method(method: str, shipped: tuple[Callable, MethodInfo] | None) -> None:
+    """Register a shipped method here when it is not known yet (see :func:`portable`)."""
+    if shipped is not None and method not in methods():
+        fn, info = shipped
+        register_method(method, fn, statistics=info.statistics, seed=info.seed,
+                        start=info.start)
 
 
 def _packed(problem: LayerProblem) -> tuple[dict, torch.Tensor | None]:
@@ -275,8 +278,8 @@ def solve_many(
 
     Args:
         problems: :class:`~solvers.problem.LayerProblem` s with sized budgets.
-        method: one of :func:`~solvers.api.methods` (built-in; a registered one must be registered
-            in the workers too).
+        method: one of :func:`~solvers.registry.methods` (built-in; a registered one must be
+            registered in the workers too).
         executor: ``None`` (here), a :class:`concurrent.futures.Executor` or a
             ``dask.distributed.Client``.
         progress: a progress bar on stderr as the solves finish.

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m l0prune.bench NAME`` with NAME one of solvers, admm, models, certify,
+"""Benchmarks: ``l0prune bench NAME`` with NAME one of solvers, admm, models, certify,
 checkpoints, memory, gpu, threads, bert (see each module)."""
 
 from __future__ import annotations

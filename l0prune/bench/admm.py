@@ -1,6 +1,6 @@
 """ADMM settings against the published schedule, side by side, and where a solve's time goes.
 
-``python -m l0prune.bench admm [--quick] [--threads N] [--repeat R] [--out FILE]``
+``l0prune bench admm [--quick] [--threads N] [--repeat R] [--out FILE]``
 
 Two tables, both in CPU seconds (``time.process_time``: on a shared machine wall seconds carry
 the other jobs' load):
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run both tables from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m l0prune.bench admm",
+        prog="l0prune bench admm",
         description="ADMM settings against the published schedule, interleaved; phase times.",
     )
     parser.add_argument("--quick", action="store_true", help="few small layers (for tests)")
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         "## The safeguard with and without its early exit (CPU seconds)", "",
         safeguard_table(layers), "",
         f"- torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); command: "
-        f"`{shlex.join(['python', '-m', 'l0prune.bench', 'admm', *argv])}`", "",
+        f"`{shlex.join(['l0prune', 'bench', 'admm', *argv])}`", "",
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

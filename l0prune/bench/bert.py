@@ -1,7 +1,7 @@
 """The whole-prune benchmark: a BERT-class encoder pruned with ADMM and OBS, every layer problem
 also solved by each ADMM setting side by side.
 
-``python -m l0prune.bench bert [--quick] [--out FILE]``
+``l0prune bench bert [--quick] [--out FILE]``
 
 The model is a randomly initialised ``transformers`` BERT-class encoder (6 blocks, hidden size
 384, intermediate 1536: 22.7M parameters; ``--quick``: 2 blocks of hidden size 64) calibrated on
@@ -118,14 +118,14 @@ def table(records: list[dict], whole: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the whole-prune benchmark from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench bert",
+    parser = argparse.ArgumentParser(prog="l0prune bench bert",
                                      description="A BERT-class encoder pruned with ADMM and OBS.")
     parser.add_argument("--quick", action="store_true", help="2 small blocks, 16 sequences")
     parser.add_argument("--out", type=Path, default=Path("bench-results/bert.md"),
                         help="markdown file")
     args = parser.parse_args(argv)
     records, whole = run(args.quick)
-    command = shlex.join(["python", "-m", "l0prune.bench", "bert", *argv])
+    command = shlex.join(["l0prune", "bench", "bert", *argv])
     report = "\n".join(["# Whole-prune benchmark", "", f"{len(records)} layer problems.", "",
                         table(records, whole), "", f"- one thread; command: `{command}`", ""])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The certification benchmark: exact optima against the heuristics, certified gaps at scale.
 
-``python -m l0prune.bench.certify [--quick] [--table {exact,certified}] [--out FILE]
+``l0prune bench certify [--quick] [--table {exact,certified}] [--out FILE]
 [--threads N] [--time-limit S]``
 
 Two tables, written as markdown (default ``bench-results/certify.md``) and printed:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the certification benchmark from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m l0prune.bench.certify",
+        prog="l0prune bench certify",
         description="Exact optima against the heuristics; certified gaps on real layers.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny ladders and layers (tests)")
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             certified_table(benchmark_layers(quick=args.quick), fast, progress),
             "",
         ]
-    command = shlex.join(["python", "-m", "l0prune.bench.certify", *argv])
+    command = shlex.join(["l0prune", "bench", "certify", *argv])
     report = "\n".join(
         [
             *sections,

@@ -1,6 +1,6 @@
 """The checkpoint benchmark: sizes of dense and compressed Hugging Face folders of a pruned LLM.
 
-``python -m l0prune.bench checkpoints [--quick] [--hidden H] [--blocks B] [--vocab V]
+``l0prune bench checkpoints [--quick] [--hidden H] [--blocks B] [--vocab V]
 [--out FILE] [--threads N]``
 
 A random-init LLaMA-style causal LM (default: hidden 1024, MLP 2816, 8 blocks, vocabulary
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     Example:
         >>> main(["--quick", "--out", "/tmp/checkpoints.md"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench checkpoints")
+    parser = argparse.ArgumentParser(prog="l0prune bench checkpoints")
     parser.add_argument("--quick", action="store_true", help="hidden 256, 2 blocks")
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size (1024)")
     parser.add_argument("--blocks", type=int, default=8, help="blocks (8)")

@@ -1,6 +1,6 @@
 """The device benchmark: OBS and ADMM on LLM-sized layers, on CUDA and on the CPU, compared.
 
-``python -m l0prune.bench gpu [--quick] [--devices cpu cuda] [--out FILE] [--threads N]``
+``l0prune bench gpu [--quick] [--devices cpu cuda] [--out FILE] [--threads N]``
 
 Solves a 4096 x 4096 and an 11008 x 4096 layer (an LLM's attention and MLP shapes; ``--quick``:
 256 x 256 and 688 x 256) with synthetic activation-like ``H``
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the device benchmark from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m l0prune.bench gpu",
+        prog="l0prune bench gpu",
         description="OBS and ADMM on LLM-sized layers on CUDA and the CPU, compared.",
     )
     parser.add_argument("--quick", action="store_true", help="256x256 and 688x256 layers")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"--devices {' '.join(missing)}: no CUDA device is available")
     rows = run(QUICK_SIZES if args.quick else SIZES, devices)
-    command = shlex.join(["python", "-m", "l0prune.bench", "gpu", *argv])
+    command = shlex.join(["l0prune", "bench", "gpu", *argv])
     report = "\n".join([
         "# Device benchmark", "",
         f"OBS and ADMM at 50 % unstructured sparsity on {', '.join(map(str, devices))}; "

@@ -1,6 +1,6 @@
 """l0prune against llm-compressor, side by side, on a BERT-class 6-block encoder.
 
-``python -m l0prune.bench llmcompressor [--llmcompressor-python PATH] [--encoder DIR]
+``l0prune bench llmcompressor [--llmcompressor-python PATH] [--encoder DIR]
 [--texts N] [--heldout-texts N] [--max-tokens N] [--sparsity S] [--methods M ...]
 [--sequential yes|no ...] [--whole-model] [--threads N] [--out FILE]``
 
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     Example:
         >>> main(["--llmcompressor-python", "/opt/llmc/bin/python"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench llmcompressor")
+    parser = argparse.ArgumentParser(prog="l0prune bench llmcompressor")
     parser.add_argument("--llmcompressor-python", metavar="PATH",
                         help="python of an environment with llm-compressor (else skipped)")
     parser.add_argument("--encoder", metavar="DIR", help="a BERT-class Hugging Face folder")

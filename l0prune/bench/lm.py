@@ -1,6 +1,6 @@
 """The language-model benchmark: held-out perplexity of the built-in LM pruned by each solver.
 
-``python -m l0prune.bench lm [--quick] [--size default|tiny] [--methods M ...]
+``l0prune bench lm [--quick] [--size default|tiny] [--methods M ...]
 [--patterns P ...] [--nsamples N] [--heldout-windows N] [--threads N] [--out FILE] [--plot FILE]``
 
 The built-in causal LM of :mod:`l0prune.demo.lm` (trained on first use and cached) is pruned by
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     Example:
         >>> main(["--quick", "--out", "/tmp/lm.md", "--plot", "/tmp/lm.png"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench lm")
+    parser = argparse.ArgumentParser(prog="l0prune bench lm")
     parser.add_argument("--quick", action="store_true",
                         help="32 calibration windows, 64 held-out windows")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",

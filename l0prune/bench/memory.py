@@ -1,6 +1,6 @@
 """The memory benchmark: peak memory of block-by-block pruning against the whole-model path.
 
-``python -m l0prune.bench memory [--blocks 8] [--hidden 1024] [--device cpu] [--threads 1] ...``
+``l0prune bench memory [--blocks 8] [--hidden 1024] [--device cpu] [--threads 1] ...``
 
 A random-init LLaMA-style causal LM (``transformers.LlamaConfig``: ``--blocks`` blocks of hidden
 size ``--hidden``, MLP ``--intermediate``, vocabulary ``--vocab``, float32) is pruned to
@@ -164,11 +164,12 @@ def _layer_solve(args: argparse.Namespace, device) -> int:
     import torch
     from torch import nn
 
+    from l0prune.config import PruneConfig
     from l0prune.model.snapshot import Snapshot
     from l0prune.model.statistics import Discovery, Moments
     from l0prune.model.targets import Target
     from l0prune.pipeline.allocation import sized
-    from l0prune.pipeline.layerwise import LayerPruner, method_options
+    from l0prune.pipeline.layerwise import LayerPruner
     from solvers import Unstructured
 
     cols = args.intermediate
@@ -186,10 +187,11 @@ def _layer_solve(args: argparse.Namespace, device) -> int:
         moments = Moments(H, outputs=G.unsqueeze(0), energy=energy)
     else:
         moments = Moments(H)
+    config = PruneConfig(sparsity=args.sparsity, method=args.method,
+                         sequential=args.sequential, progress=False)
     pruner = LayerPruner(
         layer, [], [target], Discovery(["down_proj"], {"down_proj": 1}, {"down_proj": 0}),
-        Snapshot(layer), method=args.method, options=method_options(args.method, None, 0),
-        sequential=args.sequential, device=device, progress=False,
+        Snapshot(layer), config, device=device,
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -331,7 +333,7 @@ def table(rows: list[Figures], args: argparse.Namespace, command: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench memory")
+    parser = argparse.ArgumentParser(prog="l0prune bench memory")
     parser.add_argument("--blocks", type=int, default=8, help="transformer blocks (default 8)")
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size (default 1024)")
     parser.add_argument("--intermediate", type=int, default=2816,
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run both modes in fresh processes, print the table and write it to ``--out``.
 
     Args:
-        argv: command-line options (default: ``sys.argv[2:]`` via ``python -m l0prune.bench``).
+        argv: command-line options (those after ``l0prune bench NAME``).
 
     Returns:
         None.
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args).__dict__))
         return
     rows = [_run_child(mode, argv, args.mmap_threshold) for mode in ("block", "whole")]
-    text = table(rows, args, "python -m l0prune.bench memory " + " ".join(argv))
+    text = table(rows, args, "l0prune bench memory " + " ".join(argv))
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

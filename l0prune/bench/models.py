@@ -1,7 +1,7 @@
 """The model benchmark: the sparsest digits models within a loss tolerance, against magnitude.
 
-``python -m l0prune.bench models [--quick] [--out FILE] [--alpha A] [--threads N]``
-``python -m l0prune.bench models --workflows [--quick] [--out FILE] [--threads N]``: the
+``l0prune bench models [--quick] [--out FILE] [--alpha A] [--threads N]``
+``l0prune bench models --workflows [--quick] [--out FILE] [--threads N]``: the
 prune-retrain workflows instead (:mod:`l0prune.bench.workflows`).
 
 For the digits MLP and CNN (:mod:`l0prune.demo.digits`, trained 30 epochs with the regularized
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the model benchmark, print the table and write it to ``--out``.
 
     Args:
-        argv: command-line options (default: ``sys.argv[2:]`` via ``python -m l0prune.bench``).
+        argv: command-line options (those after ``l0prune bench NAME``).
 
     Returns:
         None.
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     Example:
         >>> main(["--quick", "--out", "/tmp/models.md"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench models")
+    parser = argparse.ArgumentParser(prog="l0prune bench models")
     parser.add_argument("--quick", action="store_true", help="10 training epochs, 2 finetuning")
     parser.add_argument("--out", help="markdown output file (default: bench-results/models.md, "
                                       "with --workflows bench-results/workflows.md)")

@@ -1,7 +1,7 @@
 """The scale-out benchmark: many layer problems solved here, on a local dask cluster and on a
 process pool.
 
-``python -m l0prune.bench scale [--quick] [--method NAME] [--workers N] [--problems N]
+``l0prune bench scale [--quick] [--method NAME] [--workers N] [--problems N]
 [--out FILE] [--threads N]``
 
 24 layer problems of BERT-base-class shapes (8 each of 384 x 384, 1536 x 384 and 384 x 1536,
@@ -171,7 +171,7 @@ def llm_table(caps: tuple[int, int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark with command-line ``argv``."""
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench scale",
+    parser = argparse.ArgumentParser(prog="l0prune bench scale",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 problems, ADMM at 30 iterations")
     parser.add_argument("--method", default="admm", help="the solver (default: admm)")

@@ -1,6 +1,6 @@
 """The solver benchmark: every method on the same layers and budgets, measured against OBS.
 
-``python -m l0prune.bench solvers [--quick] [--out FILE] [--plot FILE] [--methods NAME ...]
+``l0prune bench solvers [--quick] [--out FILE] [--plot FILE] [--methods NAME ...]
 [--threads N]``
 
 Each method variant solves every layer of :func:`~l0prune.bench.layers.benchmark_layers` at
@@ -174,7 +174,7 @@ def _report(layers, rows, argv) -> str:
         skipped = [n for n, (W, _) in layers.items() if not _fits(budget, tuple(W.shape))]
         if skipped:
             notes.append(f"{label} does not apply to (skips): {', '.join(skipped)}")
-    command = shlex.join(["python", "-m", "l0prune.bench", "solvers", *argv])
+    command = shlex.join(["l0prune", "bench", "solvers", *argv])
     return "\n".join(
         [
             "# Solver benchmark",
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     names = sorted({label for label, _, _ in VARIANTS} | {m for _, m, _ in VARIANTS})
     parser = argparse.ArgumentParser(
-        prog="python -m l0prune.bench solvers",
+        prog="l0prune bench solvers",
         description="Layer solvers against OBS (SparseGPT) on digits and synthetic layers.",
     )
     parser.add_argument("--quick", action="store_true", help="few small layers (for tests)")

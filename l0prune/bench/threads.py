@@ -1,7 +1,7 @@
 """The thread benchmark: a user-model prune at the default thread count and at one thread,
 on an idle machine and next to a competing busy loop.
 
-``python -m l0prune.bench threads [--quick] [--repeat N] [--out FILE]``
+``l0prune bench threads [--quick] [--repeat N] [--out FILE]``
 
 The model is a randomly initialised BERT-class encoder (``transformers.BertConfig``: 2 blocks,
 hidden size 128; ``--quick``: hidden size 32) pruned by :func:`l0prune.prune` to 50 % with ADMM,
@@ -104,7 +104,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the thread benchmark from the command line (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m l0prune.bench threads",
+    parser = argparse.ArgumentParser(prog="l0prune bench threads",
                                      description="A user-model prune: default threads against "
                                                  "one thread, idle and next to a busy loop.")
     parser.add_argument("--quick", action="store_true", help="a smaller model")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     from l0prune.pipeline.threads import available_cpus
 
     rows = run(args.quick, args.repeat)
-    command = shlex.join(["python", "-m", "l0prune.bench", "threads", *argv])
+    command = shlex.join(["l0prune", "bench", "threads", *argv])
     report = "\n".join([
         "# Thread benchmark", "",
         f"A random-init BERT-class model pruned to 50 % with ADMM; {available_cpus()} CPU(s) "

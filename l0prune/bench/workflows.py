@@ -1,6 +1,6 @@
 """The prune-retrain workflows side by side: one-shot + finetuning, gradual, whole-model L0.
 
-``python -m l0prune.bench models --workflows [--quick] [--out FILE] [--threads N]``
+``l0prune bench models --workflows [--quick] [--out FILE] [--threads N]``
 
 On the digits MLP and CNN (:mod:`l0prune.demo.digits`, the regularized recipe, 30 epochs), each
 workflow gets the same number of passes over the training split, ``E = 10``:

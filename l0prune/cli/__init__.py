@@ -4,12 +4,20 @@ Bad input (a flag's value, a missing file, a ``MODULE:NAME`` that does not impor
 line ``l0prune: error: ...`` and exit status 2; any other failure with one line and status 1
 (``--traceback`` shows the traceback instead); Ctrl-C (SIGINT) with status 130 and SIGTERM with
 143, each after the same clean-up as a failure. A run that fails writes no output.
+
+The parser is built from modules that import neither torch nor a solver; a command's run
+(``MODULE:FUNCTION``) is imported once the arguments parse, so ``--help`` and a mistyped flag
+answer at once. The command line runs OpenMP's threads with a passive wait
+(``OMP_WAIT_POLICY=PASSIVE`` unless set, before torch loads): on a busy machine spinning
+threads slowed runs many times over (:mod:`l0prune.pipeline.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
+import os
 import signal
 import sys
 import threading
@@ -96,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + signal.SIGTERM
 
 
+def _command(reference: str):
+    """The function of a ``MODULE:FUNCTION`` reference, its module imported now."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -103,11 +117,12 @@ def _main(argv: list[str] | None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         args.argv = argv
-        if args.run is bench_cmd.run:
+        if args.run.startswith("l0prune.cli.bench_cmd:"):
             args.options = argv[argv.index("bench") + 1:]
         elif extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see l0prune --help)")
-        return args.run(args)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return _command(args.run)(args)
     except KeyboardInterrupt:
         print("l0prune: interrupted", file=sys.stderr)
         return 130

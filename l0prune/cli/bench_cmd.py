@@ -1,6 +1,6 @@
 """``l0prune bench [NAME] [OPTIONS]``: the benchmark tables, printed and written as markdown,
-by the benchmarks of :mod:`l0prune.bench` (each module's ``main(argv)``; ``NAME`` one of
-:data:`BENCHMARKS`).
+by the benchmarks of :mod:`l0prune.bench` (each module's ``main(argv)``, imported only when
+chosen; ``NAME`` one of :data:`BENCHMARKS`). The one entry point of the benchmarks.
 
 With no name, solvers and models run in turn, each with its default output file (the others
 run only when named); OPTIONS go to the benchmark as given (``l0prune bench solvers --help``
@@ -15,11 +15,25 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from l0prune.bench.__main__ import BENCHMARKS
-
 from .errors import UsageError
 
 __all__ = ["BENCHMARKS", "add_parser", "run"]
+
+#: Each benchmark's name and module.
+BENCHMARKS = {
+    "solvers": "l0prune.bench.solvers",
+    "models": "l0prune.bench.models",
+    "certify": "l0prune.bench.certify",
+    "checkpoints": "l0prune.bench.checkpoints",
+    "memory": "l0prune.bench.memory",
+    "gpu": "l0prune.bench.gpu",
+    "bert": "l0prune.bench.bert",
+    "threads": "l0prune.bench.threads",
+    "scale": "l0prune.bench.scale",
+    "lm": "l0prune.bench.lm",
+    "llmcompressor": "l0prune.bench.llmcompressor_side",
+    "admm": "l0prune.bench.admm",
+}
 
 #: What ``l0prune bench`` runs when no benchmark is named.
 DEFAULT = ("solvers", "models")
@@ -49,7 +63,7 @@ def add_parser(subparsers) -> None:
                     "`l0prune bench NAME --help` lists a benchmark's options, such as --quick "
                     "and --threads N.",
     )
-    parser.set_defaults(run=run, bench_help=parser.format_help)
+    parser.set_defaults(run="l0prune.cli.bench_cmd:run", bench_help=parser.format_help)
 
 
 @contextmanager

@@ -1,31 +1,38 @@
 """The prune recipe: every option of ``l0prune prune``, from flags or a TOML file, checked once.
 
-A recipe file holds the same keys as the long flags (``alpha = 1.02``, ``finetune-epochs = 3``;
-underscores work too). Flags given on the command line override the file; giving ``--sparsity``
-or ``--alpha`` replaces the file's choice between the two. Each run writes the recipe it ran as
-``recipe.toml`` in its output folder, so ``l0prune prune --config that/recipe.toml`` repeats it.
+The options are of two kinds. Those of the run itself (``--sparsity``, ``--method``,
+``--budget``, ...) make the :class:`~l0prune.PruneConfig` that :func:`l0prune.prune` takes; the
+others say what the command line works on and where it writes (``--model``, ``--calibration``,
+``--out``, ...). A recipe file holds both, with the long flag names as keys (``alpha = 1.02``,
+``finetune-epochs = 3``; underscores work too). Flags given on the command line override the
+file; giving ``--sparsity`` or ``--alpha`` replaces the file's choice between the two. Each run
+writes the recipe it ran as ``recipe.toml`` in its output folder
+(:meth:`Settings.to_toml`: the configuration's own TOML, then the command line's keys), so
+``l0prune prune --config that/recipe.toml`` repeats it.
+
+This module imports neither torch nor a solver: ``l0prune prune --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from solvers import methods
+from l0prune.io.toml import toml_value
+from solvers.registry import methods
 
 from .errors import UsageError
 from .sources import data_source, is_hf, is_text, model_source
 from .values import (
+    budget,
     choice,
     existing_folder,
     flag,
     fraction,
     integer,
     nonempty,
-    parse_budget,
     patterns,
     positive,
     reference,
@@ -39,8 +46,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["DEFAULT_ALPHA", "OPTIONS", "Settings", "add_arguments", "as_recipe", "resolve",
-           "to_toml"]
+__all__ = ["DEFAULT_ALPHA", "OPTIONS", "Settings", "add_arguments", "resolve"]
 
 #: The loss tolerance used when neither a sparsity nor a tolerance is given.
 DEFAULT_ALPHA = 1.02
@@ -50,13 +56,15 @@ FINETUNE_EPOCHS, QUICK_FINETUNE_EPOCHS = 3, 1
 
 @dataclass(frozen=True)
 class Option:
-    """One recipe key and its flag ``--name``."""
+    """One recipe key and its flag ``--name``; ``run`` options are fields of the run's
+    :class:`~l0prune.PruneConfig` (or its finetuning), the others the command line's own."""
 
     name: str
     convert: Callable[[object, str], object]
     help: str
     kind: str = "value"  # "value", "list" (one or more values) or "flag" (--x / --no-x)
     metavar: str | None = None
+    run: bool = False
 
     @property
     def field(self) -> str:
@@ -87,52 +95,55 @@ OPTIONS: tuple[Option, ...] = (
            "dense (its own save_pretrained; default) or compressed (bitmask / 2:4 layouts, read "
            "with l0prune.load_pretrained)", metavar="FORMAT"),
     Option("method", solver(), f"layer solver: {', '.join(methods())} (default: admm)",
-           metavar="NAME"),
+           metavar="NAME", run=True),
     Option("baseline", solver("none"), "solver compared against under the same "
            "settings, or none (default: magnitude)", metavar="NAME"),
     Option("sparsity", fraction, "fraction of each target's weights removed, in [0, 1)",
-           metavar="S"),
+           metavar="S", run=True),
     Option("alpha", tolerance, "loss tolerance: the sparsest model with loss <= alpha x "
-           f"dense (default: {DEFAULT_ALPHA} when no --sparsity is given)", metavar="A"),
-    Option("budget", parse_budget, "sparsity pattern: unstructured, per-row, structured (whole "
-           "input channels) or N:M such as 2:4 (default: unstructured)", metavar="B"),
+           f"dense (default: {DEFAULT_ALPHA} when no --sparsity is given)", metavar="A",
+           run=True),
+    Option("budget", budget, "sparsity pattern: unstructured, per-row, structured (whole "
+           "input channels) or N:M such as 2:4 (default: unstructured)", metavar="B", run=True),
     Option("targets", patterns, "regexes of the layer names to prune (default: every Linear / "
-           "Conv that runs except the last)", kind="list", metavar="REGEX"),
+           "Conv that runs except the last)", kind="list", metavar="REGEX", run=True),
     Option("ignore", patterns, "regexes of layer names left dense", kind="list",
-           metavar="REGEX"),
+           metavar="REGEX", run=True),
     Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
            "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
-           kind="flag"),
+           kind="flag", run=True),
     Option("gradual", integer(1), "prune in STEPS steps of Zhu & Gupta's cubic schedule to "
            "--sparsity (with --alpha: on towards 0.99 while within it), each a layerwise solve "
            "from the current weights followed by --finetune-epochs of masked finetuning "
            "(l0prune.gradual); default: one-shot", metavar="STEPS"),
     Option("sequential", flag, "take each layer's statistics with the layers before it "
-           "already pruned (default); --no-sequential: all from the dense model", kind="flag"),
+           "already pruned (default); --no-sequential: all from the dense model", kind="flag",
+           run=True),
     Option("blockwise", flag, "prune a model built as a stack of repeated blocks (a "
            "transformer) block by block: one calibration pass, one block at a time on the "
            "device (default when such a stack is found); --no-blockwise: the whole-model path",
-           kind="flag"),
+           kind="flag", run=True),
     Option("resume", flag, "continue a block-by-block run with a fixed budget that stopped: "
            "the finished blocks are kept in OUT.partial/ until the output folder is written; "
            "refused with one line when the settings or data differ", kind="flag"),
     Option("rollback-dir", existing_folder, "block by block: keep the copy of each finished "
            "block that undoes a failed run as files in the existing folder DIR (removed when "
-           "the run ends) instead of in memory", metavar="DIR"),
+           "the run ends) instead of in memory", metavar="DIR", run=True),
     Option("finetune-epochs", integer(0), "masked finetuning epochs after pruning and after "
            "every search trial, on the training split (built-in model) or the calibration "
            f"batches (--model); 0: none (default: {FINETUNE_EPOCHS}, {QUICK_FINETUNE_EPOCHS} "
-           "with --quick, 0 for an hf: model)", metavar="N"),
-    Option("finetune-lr", positive, "finetuning learning rate (default: 0.001)", metavar="LR"),
+           "with --quick, 0 for an hf: model)", metavar="N", run=True),
+    Option("finetune-lr", positive, "finetuning learning rate (default: 0.001)", metavar="LR",
+           run=True),
     Option("finetune-optimizer", choice("adam", "adamw", "sgd"), "finetuning optimizer: "
-           "adam, adamw or sgd (default: adam)", metavar="NAME"),
+           "adam, adamw or sgd (default: adam)", metavar="NAME", run=True),
     Option("seed", integer(0), "seed of training, finetuning and solvers (default: 0)",
-           metavar="N"),
+           metavar="N", run=True),
     Option("device", torch_device, "where to compute, such as cpu or cuda (default: the model's)",
-           metavar="DEVICE"),
+           metavar="DEVICE", run=True),
     Option("threads", integer(1), "torch CPU threads (default: torch's, capped by the CPUs the "
            "process may use and finds idle; 1 for the built-in model, whose layers are too small "
-           "to gain from more)", metavar="N"),
+           "to gain from more)", metavar="N", run=True),
     Option("workers", integer(1), "solve the layers on a local dask cluster of N worker "
            "processes, one thread each, started for the run (pip install 'l0prune[dask]')",
            metavar="N"),
@@ -155,10 +166,16 @@ OPTIONS: tuple[Option, ...] = (
 _BY_NAME = {option.name: option for option in OPTIONS}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """A resolved recipe: every option's value (see :data:`OPTIONS`)."""
+    """A resolved recipe: the run's :class:`~l0prune.PruneConfig` and the command line's own
+    options (see :data:`OPTIONS`).
 
+    Attributes:
+        config: the run's configuration (its finetuning without data: the task adds it).
+    """
+
+    config: object  # a PruneConfig, built once resolve has checked the flags
     model: str | None = None
     calibration: str | None = None
     validation: str | None = None
@@ -167,32 +184,41 @@ class Settings:
     seqlen: int | None = None
     trust_remote_code: bool | None = None
     save_format: str | None = None
-    method: str = "admm"
     baseline: str = "magnitude"
-    sparsity: float | None = None
-    alpha: float | None = None
-    budget: str = "unstructured"
-    targets: list[str] | None = None
-    ignore: list[str] | None = None
-    skip_incompatible: bool = False
     gradual: int | None = None
-    sequential: bool = True
-    blockwise: bool | None = None
-    resume: bool = False
-    rollback_dir: str | None = None
-    finetune_epochs: int | None = None
-    finetune_lr: float = 1e-3
-    finetune_optimizer: str = "adam"
-    seed: int = 0
-    device: str | None = None
-    threads: int | None = None
     workers: int | None = None
     scheduler: str | None = None
     retries: int | None = None
     save_problems: str | None = None
     apply_solutions: str | None = None
+    resume: bool = False
     quick: bool = False
     out: str = "l0prune-run"
+
+    def cli_values(self) -> dict[str, object]:
+        """The command line's own options that are set, keyed by their long flags."""
+        values = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)
+                  if f.name != "config"}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def as_recipe(self) -> dict[str, object]:
+        """Every setting keyed by its long flag (the configuration's, then the command
+        line's), unset ones left out, and no ``resume`` (a recipe repeats a run whatever folder
+        state it finds).
+
+        Example:
+            >>> from l0prune import PruneConfig
+            >>> Settings(PruneConfig(alpha=1.05)).as_recipe()["alpha"]
+            1.05
+        """
+        cli = {k: v for k, v in self.cli_values().items() if k != "resume"}
+        return {**self.config.to_flat(), **cli}
+
+    def to_toml(self) -> str:
+        """The recipe file: :meth:`as_recipe` as TOML, which :func:`resolve` reads back."""
+        lines = ["# l0prune prune --config this-file (flags given on the command line win)"]
+        lines += [f"{name} = {toml_value(value)}" for name, value in self.as_recipe().items()]
+        return "\n".join(lines) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_recipe(path: str) -> dict[str, object]:
+    """The keys of a recipe file by field name, each checked by its option when it has a flag
+    (other keys of the run's configuration are checked when it is built)."""
     try:
         with open(path, "rb") as file:
             data = tomllib.load(file)
@@ -218,68 +246,78 @@ def _read_recipe(path: str) -> dict[str, object]:
         raise UsageError(f"--config {path}: is a folder, not a TOML file") from None
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"--config {path}: not valid TOML ({err})") from None
+    from l0prune.config import recipe_keys
+
+    config_keys = recipe_keys()
     values = {}
     for key, value in data.items():
-        option = _BY_NAME.get(key.replace("_", "-"))
-        if option is None:
+        name = key.replace("_", "-")
+        option = _BY_NAME.get(name)
+        if option is not None:
+            values[option.field] = option.convert(value, f"{key} in {path}")
+        elif name in config_keys:
+            values[option_field(name)] = value
+        else:
             raise UsageError(
                 f"--config {path}: unknown key {key!r}; the keys are the long flags: "
-                f"{', '.join(_BY_NAME)}"
+                f"{', '.join(_BY_NAME)}, {', '.join(sorted(set(config_keys) - set(_BY_NAME)))}"
             )
-        values[option.field] = option.convert(value, f"{key} in {path}")
     return values
 
 
-def _check(settings: Settings) -> None:
-    if settings.sparsity is not None and settings.alpha is not None:
-        raise UsageError(
-            f"give --sparsity or --alpha, not both (got sparsity {settings.sparsity:g}, "
-            f"alpha {settings.alpha:g})"
-        )
-    if ":" in settings.budget and (settings.sparsity is not None or settings.alpha is not None):
-        raise UsageError(
-            f"--budget {settings.budget} fixes the sparsity: give it without --sparsity or "
-            "--alpha"
-        )
+def option_field(name: str) -> str:
+    """A recipe key as a field name (``finetune-epochs`` -> ``finetune_epochs``)."""
+    return name.replace("-", "_")
+
+
+def _check(values: Mapping[str, object]) -> None:
+    """The flags against each other, named as the user wrote them."""
+    sparsity, alpha = values.get("sparsity"), values.get("alpha")
+    if sparsity is not None and alpha is not None:
+        raise UsageError(f"give --sparsity or --alpha, not both (got sparsity {sparsity:g}, "
+                         f"alpha {alpha:g})")
+    nm = values.get("budget") is not None and values["budget"].sized
+    if nm and alpha is not None:
+        raise UsageError(f"--budget {values['budget'].text} fixes the sparsity: give it "
+                         "without --alpha")
     user = ("calibration", "validation", "loss")
-    if settings.model is None:
-        given = [f"--{name}" for name in user if getattr(settings, name) is not None]
+    if values.get("model") is None:
+        given = [f"--{name}" for name in user if values.get(name) is not None]
         if given:
             raise UsageError(f"{', '.join(given)} needs --model (your model); without it the "
                              "built-in digits CNN runs on its own data")
     else:
-        missing = [f"--{name}" for name in user[:2] if getattr(settings, name) is None]
+        missing = [f"--{name}" for name in user[:2] if values.get(name) is None]
         if missing:
             raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of batches)")
-    _check_hf(settings)
-    if settings.gradual is not None and ":" in settings.budget:
+    _check_hf(values)
+    if values.get("gradual") is not None and nm:
         raise UsageError(f"--gradual needs a budget the schedule can size (unstructured, "
-                         f"per-row or structured), got --budget {settings.budget}")
-    if settings.baseline == settings.method:
+                         f"per-row or structured), got --budget {values['budget'].text}")
+    if values.get("baseline", "magnitude") == values.get("method", "admm"):
         raise UsageError(
-            f"--baseline must differ from --method (both {settings.method}); use --baseline none "
-            "to skip the comparison"
+            f"--baseline must differ from --method (both {values.get('method', 'admm')}); use "
+            "--baseline none to skip the comparison"
         )
 
 
-def _check_hf(settings: Settings) -> None:
+def _check_hf(values: Mapping[str, object]) -> None:
     """Options that only an hf: model or text data take."""
-    hf = is_hf(settings.model)
+    hf = is_hf(values.get("model"))
     for name in ("calibration", "validation"):
-        value = getattr(settings, name)
+        value = values.get(name)
         if is_text(value) and not hf:
             raise UsageError(f"--{name} {value} needs --model hf:NAME_OR_DIR: text is tokenised "
                              "with the model's tokenizer")
-    if not (is_text(settings.calibration) or is_text(settings.validation)):
-        given = [f"--{name}" for name in ("nsamples", "seqlen")
-                 if getattr(settings, name) is not None]
+    if not (is_text(values.get("calibration")) or is_text(values.get("validation"))):
+        given = [f"--{name}" for name in ("nsamples", "seqlen") if values.get(name) is not None]
         if given:
             raise UsageError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
                              "text data (text:PATH or hf-dataset:NAME[:CONFIG]:SPLIT), which no "
                              "data flag names")
-    if not hf and settings.trust_remote_code:
+    if not hf and values.get("trust_remote_code"):
         raise UsageError("--trust-remote-code applies to --model hf:NAME_OR_DIR only")
-    if not hf and settings.save_format == "compressed":
+    if not hf and values.get("save_format") == "compressed":
         raise UsageError("--save-format compressed applies to --model hf:NAME_OR_DIR only (other "
                          "models get model.pt and model.sparse.pt)")
 
@@ -299,100 +337,77 @@ def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:
         values.pop("sparsity", None)
         values.pop("alpha", None)
     values.update(flags)
-    settings = Settings(**values)
-    _check(settings)
-    if settings.sparsity is None and settings.alpha is None and ":" not in settings.budget:
-        settings.alpha = DEFAULT_ALPHA
-    if settings.resume and (settings.alpha is not None or settings.blockwise is False):
-        given = "--no-blockwise" if settings.blockwise is False else f"alpha {settings.alpha:g}"
+    _check(values)
+    if values.get("sparsity") is None and values.get("alpha") is None and not (
+        values.get("budget") is not None and values["budget"].sized
+    ):
+        values["alpha"] = DEFAULT_ALPHA
+    if values.get("resume") and (values.get("alpha") is not None
+                                 or values.get("blockwise") is False):
+        what = ("--no-blockwise" if values.get("blockwise") is False
+                else f"alpha {values['alpha']:g}")
         raise UsageError(
             "--resume continues a block-by-block run with a fixed budget (--sparsity or an N:M "
-            f"--budget); got {given}"
+            f"--budget); got {what}"
         )
-    _check_scale_out(settings)
-    _check_gradual(settings)
-    if settings.finetune_epochs is None:
-        settings.finetune_epochs = 0 if is_hf(settings.model) else (
-            QUICK_FINETUNE_EPOCHS if settings.quick else FINETUNE_EPOCHS
+    _check_scale_out(values)
+    _check_gradual(values)
+    if values.get("finetune_epochs") is None:
+        values["finetune_epochs"] = 0 if is_hf(values.get("model")) else (
+            QUICK_FINETUNE_EPOCHS if values.get("quick") else FINETUNE_EPOCHS
         )
-    return settings
+    cli = {f.name for f in fields(Settings)} - {"config"}
+    from l0prune.config import PruneConfig  # the run's types: torch, solvers
+
+    try:
+        run_config = PruneConfig.from_flat(
+            {k.replace("_", "-"): v for k, v in values.items() if k not in cli},
+            where=f" in {config}" if config else "")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return Settings(config=run_config, **{k: v for k, v in values.items() if k in cli})
 
 
-def _check_scale_out(settings: Settings) -> None:
+def _check_scale_out(values: Mapping[str, object]) -> None:
     """The cluster and problem-file options, against each other and the run."""
-    if settings.workers is not None and settings.scheduler is not None:
-        raise UsageError(f"give --workers or --scheduler, not both (got --workers "
-                         f"{settings.workers}, --scheduler {settings.scheduler})")
-    if settings.retries is not None and settings.workers is None:
+    workers, scheduler = values.get("workers"), values.get("scheduler")
+    if workers is not None and scheduler is not None:
+        raise UsageError(f"give --workers or --scheduler, not both (got --workers {workers}, "
+                         f"--scheduler {scheduler})")
+    if values.get("retries") is not None and workers is None:
         raise UsageError("--retries applies to the cluster --workers N starts (a cluster joined "
                          "with --scheduler keeps its own distributed.scheduler.allowed-failures)")
-    if settings.save_problems is not None and settings.apply_solutions is not None:
+    if values.get("save_problems") is not None and values.get("apply_solutions") is not None:
         raise UsageError("give --save-problems or --apply-solutions, not both")
     for name in ("save_problems", "apply_solutions"):
-        folder = getattr(settings, name)
-        if folder is None:
+        if values.get(name) is None:
             continue
         flag_name = "--" + name.replace("_", "-")
-        if settings.sequential:
+        if values.get("sequential", True):
             raise UsageError(
                 f"{flag_name} needs --no-sequential: with --sequential each input group's "
                 "statistics depend on the solutions of the groups before it, so the problems "
                 "cannot be written up front (solve a sequential run on a cluster with --workers "
                 "or --scheduler instead)"
             )
-        if settings.alpha is not None:
+        if values.get("alpha") is not None:
             raise UsageError(f"{flag_name} needs a fixed budget (--sparsity S or an N:M "
-                             f"--budget), got alpha {settings.alpha:g}")
-    if settings.save_problems is not None and (settings.workers or settings.scheduler):
+                             f"--budget), got alpha {values['alpha']:g}")
+    if values.get("save_problems") is not None and (workers or scheduler):
         raise UsageError("--save-problems solves nothing: give --workers / --scheduler to "
                          "l0prune solve DIR instead")
 
 
-def _check_gradual(settings: Settings) -> None:
+def _check_gradual(values: Mapping[str, object]) -> None:
     """``--gradual`` prunes in this process, the whole model at every step."""
-    if settings.gradual is None:
+    if values.get("gradual") is None:
         return
     given = [f"--{name.replace('_', '-')}" for name in
              ("workers", "scheduler", "save_problems", "apply_solutions")
-             if getattr(settings, name) is not None]
-    given += ["--resume"] if settings.resume else []
-    given += ["--rollback-dir"] if settings.rollback_dir is not None else []
-    given += ["--blockwise"] if settings.blockwise else []
+             if values.get(name) is not None]
+    given += ["--resume"] if values.get("resume") else []
+    given += ["--rollback-dir"] if values.get("rollback_dir") is not None else []
+    given += ["--blockwise"] if values.get("blockwise") else []
     if given:
-        raise UsageError(f"--gradual {settings.gradual} prunes the whole model in this process "
-                         f"at every step; it does not take {', '.join(given)}")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
-def as_recipe(settings: Settings) -> dict[str, object]:
-    """``settings`` keyed by the long flag names, unset options left out (and ``resume``: a
-    recipe repeats a run, whatever folder state it finds).
-
-    Example:
-        >>> as_recipe(Settings(alpha=1.05))["alpha"]
-        1.05
-    """
-    values = {option.name: getattr(settings, option.field) for option in OPTIONS}
-    return {name: value for name, value in values.items()
-            if value is not None and name != "resume"}
-
-
-def to_toml(settings: Settings) -> str:
-    """``settings`` as a recipe file (see :func:`as_recipe`).
-
-    Example:
-        >>> print(to_toml(Settings(alpha=1.05, targets=["0"])).splitlines()[3])
-        alpha = 1.05
-    """
-    lines = ["# l0prune prune --config this-file (flags given on the command line win)"]
-    lines += [f"{name} = {_toml_value(value)}" for name, value in as_recipe(settings).items()]
-    return "\n".join(lines) + "\n"
+        raise UsageError(f"--gradual {values['gradual']} prunes the whole model in this "
+                         f"process at every step; it does not take {', '.join(given)}")

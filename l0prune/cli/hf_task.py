@@ -108,9 +108,9 @@ def hf_task(settings: Settings) -> Task:
     seqlen = _seqlen(settings, hf.max_length(model.config, tokenizer))
     nsamples = settings.nsamples or DEFAULT_NSAMPLES
     calibration = _data(settings.calibration, "--calibration", tokenizer, nsamples, seqlen,
-                        settings.seed, "random")
+                        settings.config.seed, "random")
     validation = _data(settings.validation, "--validation", tokenizer, nsamples, seqlen,
-                       settings.seed, "consecutive")
+                       settings.config.seed, "consecutive")
     loss_fn = load_callable(settings.loss, "--loss") if settings.loss is not None \
         else l0prune.next_token_nll
     use_cache = getattr(model.config, "use_cache", None)

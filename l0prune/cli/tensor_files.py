@@ -10,14 +10,17 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .output_dir import umask
 
 __all__ = ["SUFFIXES", "check_output", "load_tensor", "save_tensor"]
+
+# numpy and torch load in the functions that read or write: the command line's help lists
+# SUFFIXES without loading them.
+if TYPE_CHECKING:
+    import torch
 
 SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 
@@ -48,6 +51,9 @@ def _split(reference: str, label: str) -> tuple[Path, str | None]:
 
 
 def _read(path: Path, suffix: str, label: str):
+    import numpy as np
+    import torch
+
     if suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if suffix == ".safetensors":
@@ -56,6 +62,9 @@ def _read(path: Path, suffix: str, label: str):
 
 
 def _pick(content, key: str | None, where: str):
+    import numpy as np
+    import torch
+
     if not isinstance(content, Mapping):
         if key is not None:
             raise UsageError(f"{where}: holds one array, not named ones; drop :{key}")
@@ -90,6 +99,9 @@ def load_tensor(reference: str, label: str) -> torch.Tensor:
     Raises:
         UsageError: a missing file, an unknown suffix or key, or a file that does not read.
     """
+    import numpy as np
+    import torch
+
     path, key = _split(reference, label)
     where = f"{label} {reference}"
     try:
@@ -122,6 +134,9 @@ def check_output(path: Path, label: str) -> None:
 def save_tensor(tensor: torch.Tensor, path: Path, label: str, key: str = "weight") -> None:
     """Write ``tensor`` to ``path`` in the format of its suffix (a safetensors file names it
     ``key``), atomically."""
+    import numpy as np
+    import torch
+
     check_output(path, label)
     suffix = path.suffix.lower()
     tensor = tensor.detach().cpu().contiguous()

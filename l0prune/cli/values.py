@@ -3,6 +3,8 @@
 
 Each check is ``check(value, label) -> value``; ``label`` names the flag or the recipe key, and a
 bad value raises :class:`~l0prune.cli.errors.UsageError` saying what was expected and what came.
+The checks are those of :mod:`l0prune.validate`, after the text of a flag is read as a number;
+none imports torch or a solver before it is called.
 """
 
 from __future__ import annotations
@@ -12,20 +14,19 @@ import os
 import re
 from collections.abc import Callable
 
-from solvers import NM, Budget, PerRow, Structured, Unstructured, method_function, methods
+from solvers.registry import method_function, methods
 
 from .errors import UsageError
 
 __all__ = [
+    "budget",
     "choice",
     "existing_folder",
     "flag",
     "fraction",
     "integer",
-    "make_budget",
     "non_negative",
     "nonempty",
-    "parse_budget",
     "patterns",
     "positive",
     "reference",
@@ -173,32 +174,19 @@ def patterns(value, label: str) -> list[str]:
     return list(items)
 
 
-_FAMILIES = {"unstructured": Unstructured, "per-row": PerRow, "structured": Structured}
+def budget(value, label: str):
+    """A sparsity pattern (:func:`solvers.parse_budget`): ``unstructured``, ``per-row``,
+    ``structured`` or ``N:M`` such as ``2:4``; the :class:`~solvers.Budget` it names."""
+    from solvers.budgets import parse_budget
 
-
-def parse_budget(value, label: str) -> str:
-    """A budget: ``unstructured``, ``per-row``, ``structured`` or ``N:M`` (such as ``2:4``)."""
-    text = nonempty(value, label).strip().lower()
-    match = re.fullmatch(r"(\d+):(\d+)", text)
-    if match:
-        n, m = int(match[1]), int(match[2])
-        if not 0 < n <= m:
-            raise UsageError(f"{label} N:M needs 0 < N <= M, got {_show(value)}")
-        return f"{n}:{m}"
-    if text not in _FAMILIES:
-        raise UsageError(
-            f"{label} must be one of {', '.join(_FAMILIES)} or N:M such as 2:4; "
-            f"got {_show(value)}"
-        )
-    return text
-
-
-def make_budget(text: str, sparsity: float | None = None) -> Budget:
-    """The :class:`~solvers.Budget` of a :func:`parse_budget` text, sized by ``sparsity``."""
-    if ":" in text:
-        n, m = (int(part) for part in text.split(":"))
-        return NM(n, m)
-    return _FAMILIES[text](sparsity=sparsity)
+    text = nonempty(value, label)
+    try:
+        return parse_budget(text)
+    except ValueError:
+        if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", text):
+            raise UsageError(f"{label} N:M needs 0 < N <= M, got {_show(value)}") from None
+        raise UsageError(f"{label} must be one of unstructured, per-row, structured or N:M "
+                         f"such as 2:4; got {_show(value)}") from None
 
 
 def torch_device(value, label: str) -> str:

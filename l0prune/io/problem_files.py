@@ -37,7 +37,6 @@ The folder::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -49,13 +48,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from l0prune.config import PruneConfig
 from l0prune.model.targets import Target
 from l0prune.pipeline.executors import LayerSolves, LayerTask
-from l0prune.pipeline.layerwise import method_options
 from l0prune.pipeline.progress import progress
-from l0prune.pipeline.solves import TargetSolution, solve_target
+from l0prune.pipeline.solves import TargetSolution, options_with_seed, solve_target
+from l0prune.pipeline.workflow import configured
 from l0prune.report import PruneReport
-from solvers import NM, Budget, PerRow, Structured, Unstructured
+from l0prune.validate import first_line
+from solvers import Budget
 from solvers.many import run_tasks
 
 __all__ = ["ProblemWriter", "SavedSolutions", "apply_solutions", "check_new_folder",
@@ -63,19 +64,6 @@ __all__ = ["ProblemWriter", "SavedSolutions", "apply_solutions", "check_new_fold
            "save_problems", "solve_folder", "table"]
 
 FORMAT, VERSION = "l0prune-problems", 1
-_BUDGETS = {cls.__name__: cls for cls in (Unstructured, PerRow, NM, Structured)}
-
-
-def _budget_json(budget: Budget) -> dict:
-    return {"type": type(budget).__name__,
-            **{f.name: getattr(budget, f.name) for f in dataclasses.fields(budget)}}
-
-
-def _budget_from(data: Mapping) -> Budget:
-    cls = _BUDGETS[data["type"]]
-    if cls is NM:
-        return NM(data["n"], data["m"])
-    return cls(**{k: v for k, v in data.items() if k != "type"})
 
 
 def _sha256(tensor: torch.Tensor) -> str:
@@ -84,11 +72,6 @@ def _sha256(tensor: torch.Tensor) -> str:
     digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     digest.update(flat.numpy().tobytes())
     return digest.hexdigest()
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def read_index(folder: str | os.PathLike) -> dict:
@@ -110,7 +93,7 @@ def read_index(folder: str | os.PathLike) -> dict:
         raise ValueError(f"{folder} is not a problem folder: no index.json (write one with "
                          "l0prune prune --save-problems DIR)") from None
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot be read ({_first_line(err)})") from None
+        raise ValueError(f"{path}: cannot be read ({first_line(err)})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise ValueError(f"{path}: not an l0prune problem index (format {FORMAT!r})")
     if index.get("version") != VERSION:
@@ -143,7 +126,7 @@ class ProblemWriter(LayerSolves):
         folder: an existing empty folder.
     """
 
-    placeholder = True
+    solves_nothing = True
 
     def __init__(self, folder: str | os.PathLike):
         super().__init__(None)
@@ -174,7 +157,7 @@ class ProblemWriter(LayerSolves):
             save_file({"W": W}, self.folder / name)
             self.problems.append({
                 "name": task.name, "shape": list(W.shape),
-                "budget": _budget_json(task.budgets[0]),
+                "budget": task.budgets[0].to_json(),
                 "W": name, "H": moments[id(task.moments)][0], "W_sha256": _sha256(W),
                 "H_sha256": moments[id(task.moments)][1],
             })
@@ -213,7 +196,7 @@ class SavedSolutions(LayerSolves):
             raise ValueError(f"{folder} has no solutions: solve it first (l0prune solve "
                              f"{folder})") from None
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: cannot be read ({_first_line(err)})") from None
+            raise ValueError(f"{path}: cannot be read ({first_line(err)})") from None
         self.method, self.options = self.solved["method"], self.solved["options"]
         problems, solutions = self.index["problems"], self.solved["solutions"]
         if [p["name"] for p in problems] != [s["name"] for s in solutions]:
@@ -260,9 +243,9 @@ class SavedSolutions(LayerSolves):
 
     def _differs(self, task: LayerTask, problem: Mapping) -> str | None:
         """What of ``task`` differs from the saved problem and solve, or ``None``."""
-        budget = _budget_from(problem["budget"])
+        budget = Budget.from_json(problem["budget"])
         if [budget] != list(task.budgets):
-            return f"budget {budget!r} there, {task.budgets[0]!r} here"
+            return f"budget {budget.text} there, {task.budgets[0].text} here"
         if task.method != self.method:
             return f"method {self.method} there, {task.method} here"
         options = json.loads(json.dumps(dict(task.options), default=repr))
@@ -289,7 +272,8 @@ def check_new_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def save_problems(model, calibration: Iterable, folder: str | os.PathLike, **settings) -> dict:
+def save_problems(model, calibration: Iterable, folder: str | os.PathLike,
+                  config: PruneConfig | None = None, **settings) -> dict:
     """Write every target's layer problem into ``folder`` (see the module docstring).
 
     The run is :func:`l0prune.prune` with ``sequential=False`` and a fixed budget, every solve
@@ -300,9 +284,10 @@ def save_problems(model, calibration: Iterable, folder: str | os.PathLike, **set
         model: the model.
         calibration: its calibration batches.
         folder: a folder that does not exist yet (or is empty).
-        **settings: :func:`l0prune.prune`'s keywords (``sparsity`` or a sized ``budget``,
-            ``targets``, ``ignore``, ``device``, ``blockwise``, ...); ``sequential`` defaults to
-            ``False`` (``True`` is refused).
+        config: the run's settings (:class:`~l0prune.PruneConfig`: ``sparsity`` or a sized
+            ``budget``, ``targets``, ``ignore``, ``device``, ``blockwise``, ...); ``sequential``
+            defaults to ``False`` (``True`` is refused).
+        **settings: fields of :class:`~l0prune.PruneConfig` in place of ``config``'s.
 
     Returns:
         The index written (``index["problems"]``: one entry per target).
@@ -310,19 +295,22 @@ def save_problems(model, calibration: Iterable, folder: str | os.PathLike, **set
     Example:
         >>> index = save_problems(model, data, "problems/", sparsity=0.5)   # doctest: +SKIP
     """
-    from l0prune.pruning import prune
+    from l0prune import pruning
 
     folder = check_new_folder(folder)
-    for name in ("executor", "alpha", "finetune", "checkpoint"):
-        if settings.get(name) is not None:
+    if config is None:
+        settings.setdefault("sequential", False)
+    config = configured(config, settings, "save_problems")
+    for name in ("alpha", "finetune", "checkpoint"):
+        if getattr(config, name) is not None:
             raise ValueError(f"save_problems takes no {name}= (it writes the problems of a "
                              "run at a fixed budget, solving none)")
-    settings.setdefault("sequential", False)
+    pruning.check_inputs(model, calibration, None, None, config)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
         writer = ProblemWriter(staging)
-        prune(model, calibration, executor=writer, **settings)
+        pruning.run(model, calibration, config, validation=None, loss_fn=None, solves=writer)
         index = writer.finish()
         if folder.exists():
             folder.rmdir()
@@ -347,7 +335,7 @@ def load_problem(folder: str | os.PathLike, problem: Mapping) -> tuple[torch.Ten
         try:
             tensor = load_file(path)[key]
         except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read {key} ({_first_line(err)})") from None
+            raise ValueError(f"{path}: cannot read {key} ({first_line(err)})") from None
         if _sha256(tensor) != problem[f"{key}_sha256"]:
             raise ValueError(f"{path}: {key} is not the one the index names (changed since it "
                              "was written)")
@@ -389,13 +377,13 @@ def solve_folder(
     solves = layer_solves(executor)
     index = read_index(folder)
     folder = Path(folder)
-    options = method_options(method, options, seed)
+    options = options_with_seed(method, options, seed)
     shared: dict[str, torch.Tensor] = {}
     calls, labels = [], []
     for problem in index["problems"]:
         W, H = load_problem(folder, problem)
         H = shared.setdefault(problem["H"], H)
-        calls.append((W, H, None, None, [_budget_from(problem["budget"])], method, options))
+        calls.append((W, H, None, None, [Budget.from_json(problem["budget"])], method, options))
         labels.append(f"layer {problem['name']!r}")
     with progress("solves", "layer", total=len(calls), enabled=show_progress,
                   transient=True) as bar:
@@ -450,27 +438,35 @@ def table(rows: Sequence[Mapping], method: str) -> str:
 
 
 def apply_solutions(model, calibration: Iterable, folder: str | os.PathLike,
-                    **settings) -> PruneReport:
+                    config: PruneConfig | None = None, *, validation: Iterable | None = None,
+                    loss_fn=None, **settings) -> PruneReport:
     """Prune ``model`` with the solutions in ``folder`` (see the module docstring).
 
     Args:
         model: the model the problems were saved from (dense).
         calibration: the same calibration batches.
         folder: a problem folder solved by :func:`solve_folder`.
-        **settings: the :func:`l0prune.prune` keywords of the saving run; ``method`` and
-            ``options`` default to those of the solves, ``sequential`` to ``False``.
+        config: the settings of the saving run (:class:`~l0prune.PruneConfig`); without one,
+            ``method`` and ``options`` default to those of the solves and ``sequential`` to
+            ``False``.
+        validation: batches for the losses of the report, as :func:`l0prune.prune` takes them.
+        loss_fn: the loss, as :func:`l0prune.prune` takes it.
+        **settings: fields of :class:`~l0prune.PruneConfig` in place of ``config``'s.
 
     Returns:
         The :class:`~l0prune.report.PruneReport`, as a direct run gives it.
     """
-    from l0prune.pruning import prune
+    from l0prune import pruning
 
     solutions = SavedSolutions(folder)
-    if settings.get("executor") is not None:
-        raise ValueError("apply_solutions takes no executor= (the solutions are read)")
-    settings.setdefault("method", solutions.method)
-    settings.setdefault("options", {k: v for k, v in solutions.options.items() if k != "seed"})
-    if "seed" in solutions.options:
-        settings.setdefault("seed", solutions.options["seed"])
-    settings.setdefault("sequential", False)
-    return prune(model, calibration, executor=solutions, **settings)
+    if config is None:
+        settings.setdefault("method", solutions.method)
+        settings.setdefault("options", {k: v for k, v in solutions.options.items()
+                                        if k != "seed"})
+        if "seed" in solutions.options:
+            settings.setdefault("seed", solutions.options["seed"])
+        settings.setdefault("sequential", False)
+    config = configured(config, settings, "apply_solutions")
+    pruning.check_inputs(model, calibration, validation, loss_fn, config)
+    return pruning.run(model, calibration, config, validation=validation, loss_fn=loss_fn,
+                       solves=solutions)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "layer_types", "prunable_layers", "select_targets"]
+__all__ = ["Target", "layer_types", "prunable_layers", "select_targets", "targets_by_name"]
 
 
 def layer_types() -> tuple[type, ...]:
@@ -330,3 +330,30 @@ def _check_weights(targets: list[Target]) -> None:
                 f"targets {owners[key]!r} and {t.name!r} share one weight tensor; prune one of them"
             )
         owners[key] = t.name
+
+
+def targets_by_name(model: nn.Module, executed: Sequence[str], sparsity: Mapping[str, float],
+                    targets=None, ignore=None) -> list[Target]:
+    """The targets of a sparsity given per layer: the dict's keys (or the layers ``targets``
+    selects, which must be exactly the keys), each a prunable layer that runs.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 2))
+        >>> [t.name for t in targets_by_name(model, ["0", "1"], {"1": 0.5})]
+        ['1']
+    """
+    unknown = [name for name in sparsity if name not in executed]
+    if unknown:
+        raise ValueError(
+            f"sparsity names {unknown}, which are not prunable layers that run in the model "
+            f"(those are {executed[:8]}{'...' if len(executed) > 8 else ''})"
+        )
+    patterns = targets if targets is not None else [re.escape(name) for name in sparsity]
+    chosen = select_targets(model, executed, patterns, ignore)
+    missing = [t.name for t in chosen if t.name not in sparsity]
+    extra = sorted(set(sparsity) - {t.name for t in chosen})
+    if missing or extra:
+        raise ValueError(
+            f"sparsity must have one entry per target: missing {missing}, not targets {extra}"
+        )
+    return chosen

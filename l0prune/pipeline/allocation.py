@@ -15,6 +15,7 @@ member of it, sized per problem (per convolution group). Two ways to size them:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,8 +23,8 @@ from l0prune.model.targets import Target
 from solvers import Budget, Structured
 
 __all__ = [
-    "Curve", "given", "kept", "layer_family", "least_count", "per_layer", "sized", "spread",
-    "uniform",
+    "Curve", "IncompatibleBudget", "fitting", "given", "kept", "layer_family", "least_count",
+    "per_layer", "sized", "spread", "uniform",
 ]
 
 
@@ -246,3 +247,49 @@ def per_layer(
         4
     """
     return {t.name: sized(t, family, sparsity[t.name]) for t in targets}
+
+
+class IncompatibleBudget(ValueError):
+    """The budget cannot apply to a target layer (an N:M budget on an input width that M does
+    not divide, a structured group that does not divide it).
+
+    Attributes:
+        layer: the layer's name.
+        budget: the budget, as text (``NM(n=2, m=4)``).
+        shape: the weight's shape, out x in (x kernel).
+        reason: why, from the budget.
+    """
+
+    def __init__(self, layer: str, budget: str, shape: tuple[int, ...], reason: str):
+        self.layer, self.budget, self.shape, self.reason = layer, budget, shape, reason
+        super().__init__(
+            f"budget {budget} does not fit layer {layer!r} (weight "
+            f"{'x'.join(map(str, shape))}): {reason}; leave it dense with ignore=[{layer!r}], "
+            "or every such layer with skip_incompatible=True"
+        )
+
+
+def fitting(targets: Sequence[Target], family: Budget,
+            skip: bool) -> tuple[list[Target], dict[str, str]]:
+    """The targets ``family`` fits, and why each other one does not (by name); without
+    ``skip`` the first misfit raises :class:`IncompatibleBudget`."""
+    fit, skipped = [], {}
+    for t in targets:
+        try:
+            layer_family(t, family).max_count(t.shape)
+            if family.sized:
+                layer_family(t, family).check(t.shape)
+        except ValueError as err:
+            misfit = IncompatibleBudget(t.name, family.text, t.out_in_shape, str(err))
+            if not skip:
+                raise misfit from None
+            warnings.warn(f"layer {t.name!r} left dense: {misfit.reason}", stacklevel=3)
+            skipped[t.name] = misfit.reason
+        else:
+            fit.append(t)
+    if not fit:
+        raise ValueError(
+            f"budget {family.text} fits none of the target layers "
+            f"({', '.join(skipped)}): nothing to prune"
+        )
+    return fit, skipped

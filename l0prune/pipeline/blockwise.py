@@ -57,7 +57,6 @@ them back by one more sweep over the blocks at that trial's budgets, from the ca
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -65,6 +64,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from l0prune.config import PruneConfig
 from l0prune.model.blocks import BlockInputs, Stack, capture, run_block
 from l0prune.model.masks import attach
 from l0prune.model.rollback import Rollback
@@ -83,7 +83,8 @@ from solvers import Budget
 
 from .allocation import Curve
 from .executors import LayerSolves
-from .layerwise import LayerPruner, LayerResult
+from .interface import LayerResult
+from .layerwise import LayerPruner
 from .progress import progress
 from .resume import Checkpoint, weights_digest
 
@@ -197,8 +198,9 @@ def dense_runs(groups: Sequence[list[Target]], width: int,
 class BlockPruner:
     """Prunes the targets of a block-stack model block by block (see the module docstring).
 
-    The same interface as :class:`~l0prune.pipeline.layerwise.LayerPruner`: :meth:`run` prunes and
-    attaches the masks, :meth:`curves` gives the error curves of the last run.
+    A :class:`~l0prune.pipeline.interface.Pipeline`, as
+    :class:`~l0prune.pipeline.layerwise.LayerPruner`: :meth:`run` prunes and attaches the
+    masks, :meth:`curves` gives the error curves of a run.
 
     Args:
         model: the model; its targets must be dense when :meth:`run` starts.
@@ -208,11 +210,9 @@ class BlockPruner:
         rollback: the run's :class:`~l0prune.model.rollback.Rollback`; each block is captured in it
             just before it changes.
         stack: the model's stack.
-        method: a :func:`solvers.methods` name.
-        options: the method's options.
-        sequential: see the module docstring.
+        config: the run's configuration (its method, options and seed, ``sequential``: see the
+            module docstring, ``progress``: a progress bar over blocks).
         device: where blocks, cached activations, statistics and solves go.
-        progress: show a progress bar over blocks.
         keep_inputs: keep block 0's inputs for later runs (the search) instead of freeing them
             as the first run moves past block 0.
         checkpoint: write each finished block there, and take the finished ones from there on
@@ -226,9 +226,12 @@ class BlockPruner:
 
     Attributes:
         passes: passes over the calibration data so far.
-        moments: the budgets of the last run, from which :meth:`curves` recomputes its
-            statistics (named as in :class:`~l0prune.pipeline.layerwise.LayerPruner`, whose search
-            code saves and restores it).
+        last_budgets: the budgets of the last run, from which :meth:`curves` recomputes its
+            statistics (its :meth:`curve_basis`).
+        curves_reset_model: ``True``: :meth:`curves` prunes the blocks again to get their
+            statistics back and leaves the model dense.
+        model_device: where the model is (only the blocks visit ``device``).
+        blocks: the stack's name and block count.
 
     Example:
         >>> from solvers import Unstructured
@@ -247,13 +250,15 @@ class BlockPruner:
         >>> stack = find_stack(net)
         >>> discovery, problem = discover(net, stack, data[0], cpu)
         >>> targets = [Target(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-        >>> pruner = BlockPruner(net, data, targets, discovery, Rollback(net), stack,
-        ...                      method="obs", options={}, sequential=True, device=cpu,
-        ...                      progress=False)
+        >>> config = PruneConfig(sparsity=0.5, method="obs", progress=False)
+        >>> pruner = BlockPruner(net, data, targets, discovery, Rollback(net), stack, config,
+        ...                      device=cpu)
         >>> results = pruner.run(uniform(targets, Unstructured(), 0.5))
         >>> [r.kept for r in results.values()], pruner.passes
         ([8, 8, 8], 1)
     """
+
+    curves_reset_model = True
 
     def __init__(
         self,
@@ -263,12 +268,9 @@ class BlockPruner:
         discovery: Discovery,
         rollback: Rollback,
         stack: Stack,
+        config: PruneConfig,
         *,
-        method: str,
-        options: Mapping,
-        sequential: bool,
         device: torch.device,
-        progress: bool,
         keep_inputs: bool = False,
         checkpoint: Checkpoint | None = None,
         solves: LayerSolves | None = None,
@@ -276,15 +278,14 @@ class BlockPruner:
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
         self.discovery, self.rollback, self.stack = discovery, rollback, stack
-        self.method, self.options, self.sequential = method, dict(options), sequential
-        self.device, self.progress = device, progress
+        self.config, self.sequential, self.device = config, config.sequential, device
         self.keep_inputs, self.checkpoint = keep_inputs, checkpoint
         self.dense_row_widths = DENSE_ROW_WIDTHS if dense_row_widths is None else dense_row_widths
-        self.home = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.layers = LayerPruner(
-            model, calibration, targets, discovery, rollback, method=method, options=options,
-            sequential=sequential, device=device, progress=False, solves=solves,
-        )
+        self.home = self.model_device = next((p.device for p in model.parameters()),
+                                             torch.device("cpu"))
+        self.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
+        self.layers = LayerPruner(model, calibration, targets, discovery, rollback,
+                                  config.replace(progress=False), device=device, solves=solves)
         self.groups = input_groups(self.targets, discovery)
         self.block_groups: list[list[list[Target]]] = [[] for _ in stack.blocks]
         self.suffix: list[list[Target]] = []
@@ -292,7 +293,7 @@ class BlockPruner:
             index = stack.index(group[0].module)
             (self.suffix if index is None else self.block_groups[index]).append(group)
         self.passes = 0
-        self.moments: dict[str, Budget] = {}
+        self.last_budgets: dict[str, Budget] = {}
         self._inputs: BlockInputs | None = None
 
     # --- the public interface --------------------------------------------------------------
@@ -308,22 +309,30 @@ class BlockPruner:
             layers run; each ``weight`` is the layer's own ``weight_orig`` (not a copy), each
             mask on the model's device.
         """
-        self.moments = dict(budgets)
+        self.last_budgets = dict(budgets)
         results = self._sweep(budgets, self.checkpoint, None)
         for target in self.targets:
             result = results[target.name]
             attach(target.module, result.weight, result.mask)
         return results
 
-    def curves(self, family: Budget, grid: Sequence[float]) -> list[Curve]:
-        """Each target's error curve at the sparsities in ``grid``, on the last run's statistics.
+    def curve_basis(self) -> dict[str, Budget]:
+        """The budgets of the run just done: :meth:`curves` recomputes its statistics from
+        them (at LLM scale all layers' statistics would take more memory than the model)."""
+        return dict(self.last_budgets)
 
-        The statistics are recomputed by a sweep at the last run's budgets (:attr:`moments`);
-        the model is dense when this returns.
+    def curves(self, family: Budget, grid: Sequence[float],
+               basis: Mapping[str, Budget]) -> list[Curve]:
+        """Each target's error curve at the sparsities in ``grid``, on the statistics of the
+        run at the budgets ``basis`` (from :meth:`curve_basis`).
+
+        The statistics are recomputed by a sweep at those budgets; the model is dense when
+        this returns.
 
         Args:
             family: the run's budget family.
             grid: sparsities in [0, 1).
+            basis: the budgets per target.
 
         Returns:
             One :class:`~l0prune.pipeline.allocation.Curve` per target.
@@ -332,7 +341,7 @@ class BlockPruner:
         self.rollback.restore()
         self.model.eval()
         try:
-            self._sweep(self.moments, None, (family, grid, found))
+            self._sweep(basis, None, (family, grid, found))
         finally:
             self.rollback.restore()
             self.model.eval()
@@ -348,10 +357,8 @@ class BlockPruner:
 
     def _settings(self, budgets: Mapping[str, Budget], digest: str) -> dict:
         return {
-            "method": self.method,
-            "options": json.dumps(self.options, sort_keys=True, default=repr),
-            "sequential": self.sequential,
-            "budgets": {name: repr(budget) for name, budget in sorted(budgets.items())},
+            "config": self.config.result_settings(),
+            "budgets": {name: budget.text for name, budget in sorted(budgets.items())},
             "targets": {t.name: list(t.weight_shape) for t in self.targets},
             "stack": f"{self.stack.name} ({len(self.stack.blocks)} blocks)",
             "device": str(self.device),
@@ -369,7 +376,8 @@ class BlockPruner:
             inputs.hidden = None
         data = [{"index": i, "attention_mask": mask} for i, mask in enumerate(inputs.masks)]
         results: dict[str, LayerResult] = {}
-        with progress("blocks", "block", total=len(self.stack.blocks), enabled=self.progress,
+        with progress("blocks", "block", total=len(self.stack.blocks),
+                      enabled=self.config.progress,
                       transient=True) as bar:
             for index, block in enumerate(self.stack.blocks):
                 groups = self.block_groups[index]

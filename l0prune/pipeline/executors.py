@@ -9,6 +9,12 @@ gives the solutions back in order. Each task ships its weight, its statistics (s
 layers that read one input, and sent once to a dask cluster), the budget, the method and its
 options; never the model or the data.
 
+:class:`LayerSolves` is the one narrow interface the pipelines hand their tasks to: ``check``
+before any work, then ``solves(tasks, on_done)``. The problem files of
+:mod:`l0prune.io.problem_files` plug in the same way, as a sink that writes the problems
+(solving none) and as a source of solutions read back; they are not executors, and
+``executor=`` takes executors only.
+
 What goes out together: with ``sequential=False`` every layer (the whole-model path) or every
 layer of a block (block by block); with ``sequential=True`` the layers that read one input
 (query / key / value, gate / up), whose statistics are taken together; the error curves of the
@@ -78,8 +84,8 @@ class LayerSolves:
             ``dask.distributed.Client`` (checked by :func:`layer_solves`).
 
     Attributes:
-        placeholder: whether the solutions given back are stand-ins, not solves (then
-            :func:`l0prune.prune` puts the model back when the run ends).
+        solves_nothing: whether the solutions given back are stand-ins, not solves (a sink;
+            then the run puts the model back when it ends).
 
     Example:
         >>> from solvers import Unstructured
@@ -90,7 +96,7 @@ class LayerSolves:
         4
     """
 
-    placeholder = False
+    solves_nothing = False
 
     def __init__(self, executor=None):
         self.executor = executor
@@ -145,8 +151,8 @@ def layer_solves(executor) -> LayerSolves:
     """``executor`` as the :class:`LayerSolves` of a run, checked.
 
     Args:
-        executor: ``None``, a :class:`concurrent.futures.Executor`, a
-            ``dask.distributed.Client`` (running) or a :class:`LayerSolves`.
+        executor: ``None``, a :class:`concurrent.futures.Executor` or a
+            ``dask.distributed.Client`` (running).
 
     Returns:
         The :class:`LayerSolves`.
@@ -159,8 +165,6 @@ def layer_solves(executor) -> LayerSolves:
         >>> layer_solves(None).executor is None
         True
     """
-    if isinstance(executor, LayerSolves):
-        return executor
     if is_dask_client(executor):
         _check_running(executor)
     elif executor is not None and not isinstance(executor, cf.Executor):

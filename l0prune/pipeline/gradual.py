@@ -29,39 +29,30 @@ References:
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from l0prune.data.batches import LossFn, cross_entropy, mean_loss, unchanged_generators
+from l0prune import validate
+from l0prune.config import PruneConfig
+from l0prune.data.batches import LossFn, cross_entropy, mean_loss
 from l0prune.model.input_check import explained
-from l0prune.model.snapshot import Snapshot, move
+from l0prune.model.snapshot import Snapshot
 from l0prune.model.targets import Target
 from l0prune.report import LayerReport, PruneReport, Trial
-from solvers import Budget, PerRow, Structured, Unstructured, methods
+from solvers import NM, Budget
 
 from . import allocation
-from .finetune import Finetune, masked_finetune
-from .layerwise import LayerPruner, method_options
+from .finetune import masked_finetune
+from .layerwise import LayerPruner
 from .progress import progress as progress_bar
 from .restricted import within
 from .schedules import SCHEDULES, scheduled_sparsity
 from .search import MAX_SPARSITY, SCAN_FACTOR
-from .threads import using_threads
-from .workflow import (
-    Kept,
-    budget_text,
-    check_common,
-    finetune_config,
-    fraction,
-    run_device,
-    sparsity_of,
-    targets_of,
-)
+from .session import RunSession
+from .workflow import Kept, check_workflow, configured, sparsity_of, targets_of
 
 __all__ = ["RETRIES", "gradual"]
 
@@ -74,25 +65,14 @@ _RESTRICTABLE = ("magnitude", "wanda", "obs", "iht", "admm", "hard_concrete")
 def gradual(
     model: nn.Module,
     train: Iterable,
+    config: PruneConfig | None = None,
     *,
-    sparsity: float | None = None,
-    alpha: float | None = None,
     validation: Iterable | None = None,
+    loss_fn: LossFn | None = None,
     steps: int = 10,
     schedule: str = "cubic",
     initial_sparsity: float = 0.0,
-    method: str = "admm",
-    finetune: Finetune | Mapping | None = None,
-    loss_fn: LossFn | None = None,
-    budget: Budget | None = None,
-    targets: str | Sequence[str] | None = None,
-    ignore: str | Sequence[str] | None = None,
-    sequential: bool = True,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    options: Mapping | None = None,
-    progress: bool = True,
-    threads: int | None = None,
+    **settings,
 ) -> PruneReport:
     """Prune ``model`` in place in ``steps`` steps of a sparsity schedule, finetuning between.
 
@@ -100,28 +80,21 @@ def gradual(
         model: a trained torch model, not pruned yet (changed in place).
         train: re-iterable batches: each step's layer statistics, and finetuning unless
             ``finetune.data`` is given.
-        sparsity: the planned final sparsity ``s_f`` of every target, in [0, 1); default with
-            ``alpha``: :data:`~l0prune.pipeline.search.MAX_SPARSITY`.
-        alpha: loss tolerance ``>= 1``: continue past ``s_f`` while ``L <= alpha L(dense)`` and
-            return the sparsest passing step (see the module docstring).
+        config: the settings (:class:`~l0prune.PruneConfig`) shared with :func:`l0prune.prune`:
+            ``sparsity`` is the planned final sparsity ``s_f`` of every target (default with
+            ``alpha``: :data:`~l0prune.pipeline.search.MAX_SPARSITY`); ``alpha`` continues
+            past ``s_f`` while ``L <= alpha L(dense)`` and returns the sparsest passing step
+            (see the module docstring); ``method`` solves each step (not ``"exact"``);
+            ``finetune`` runs after every step (``None``: iterative layerwise pruning);
+            ``budget`` is ``"unstructured"``, ``"per-row"`` or ``"structured"``, unsized;
+            ``targets``, ``ignore``, ``sequential``, ``seed``, ``device``, ``options``,
+            ``progress`` (over the steps) and ``threads`` as for :func:`l0prune.prune`.
         validation: held-out batches; the loss of every step is measured on them (required).
+        loss_fn: ``loss_fn(outputs, batch) -> scalar`` (default: cross-entropy).
         steps: ``T``, the steps of the schedule.
         schedule: ``"cubic"`` (Zhu & Gupta; tfmot's ``PolynomialDecay``) or ``"linear"``.
         initial_sparsity: ``s_0``, where the schedule starts (the model itself is dense).
-        method: the layer solver of each step (:func:`solvers.methods`; not ``"exact"``).
-        finetune: masked finetuning after every step (:class:`~l0prune.pipeline.finetune.Finetune`
-            or a dict of its fields); ``None``: none (iterative layerwise pruning).
-        loss_fn: ``loss_fn(outputs, batch) -> scalar`` (default: cross-entropy).
-        budget: the pattern family: ``Unstructured()`` (default), ``PerRow()`` or
-            ``Structured(group=g)``, unsized.
-        targets: regex (or list) of layer names to prune (default: as :func:`l0prune.prune`).
-        ignore: regex (or list) of layer names left dense.
-        sequential: statistics layer after layer (see :mod:`l0prune.pipeline.layerwise`).
-        seed: seeds finetuning and solvers that draw random numbers.
-        device: where the run computes (default: the model's).
-        options: the solver method's options.
-        progress: show a progress bar over the steps.
-        threads: torch CPU threads for the run, as :func:`l0prune.prune` takes them.
+        **settings: fields of :class:`~l0prune.PruneConfig` in place of ``config``'s.
 
     Returns:
         A :class:`~l0prune.report.PruneReport`: the returned model's layers (each with the
@@ -142,78 +115,56 @@ def gradual(
         >>> [round(t.sparsity, 3) for t in report.trials]
         [0.531, 0.719, 0.75]
     """
-    start = time.perf_counter()
-    check_common(model, train, sparsity, alpha, validation, needs_validation=True)
-    _check_settings(steps, schedule, initial_sparsity, sparsity, method, budget)
-    config = finetune_config(finetune)
-    family = budget if budget is not None else Unstructured()
-    final = sparsity if sparsity is not None else MAX_SPARSITY
-    device = run_device(model, device)
-    snapshot = Snapshot(model)
-    reading = ExitStack()  # reading shuffled loaders leaves their generators as they were
-    count = reading.enter_context(using_threads(threads))
-    reading.enter_context(unchanged_generators(train, validation))
-    try:
-        move(model, device)
-        model.eval()
-        chosen, discovery = targets_of(model, train, targets, ignore, device)
+    config = configured(config, settings, "gradual")
+    check_workflow(model, train, validation, loss_fn, config, "gradual", needs_validation=True)
+    _check_settings(steps, schedule, initial_sparsity, config)
+    final = config.sparsity if config.sparsity is not None else MAX_SPARSITY
+    with RunSession(model, config, (train, validation)) as session:
+        chosen, discovery = targets_of(model, train, config, session.device)
         for t in chosen:
-            allocation.layer_family(t, family).max_count(t.shape)
-        run = _Gradual(
-            model, train, chosen, discovery, snapshot, family=family, method=method,
-            options=method_options(method, options, seed), sequential=sequential,
-            finetune=config, loss_fn=loss_fn or cross_entropy, validation=validation,
-            device=device, seed=seed, progress=progress,
-        )
+            allocation.layer_family(t, config.budget).max_count(t.shape)
+        run = _Gradual(model, train, chosen, discovery, session.snapshot, config,
+                       loss_fn=loss_fn or cross_entropy, validation=validation,
+                       device=session.device)
         plan = [scheduled_sparsity(t, steps, initial_sparsity, final, schedule)
                 for t in range(1, steps + 1)]
-        run.go(plan, alpha)
-        report = run.report(method, budget_text(family), sequential, alpha, start)
+        run.go(plan, config.alpha)
+        report = session.finish(run.report())
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
-        report.threads = count
-    except BaseException:
-        snapshot.restore()
-        raise
-    finally:
-        reading.close()
-    snapshot.restore_modes()
     return report
 
 
-def _check_settings(steps, schedule, initial, final, method, budget) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-    fraction(initial, "initial_sparsity")
-    if final is not None and initial > final:
-        raise ValueError(f"initial_sparsity must be at most sparsity, got {initial!r} > {final!r}")
-    if method not in methods():
-        raise ValueError(f"method must be one of {methods()}, got {method!r}")
-    if method not in _RESTRICTABLE:
+def _check_settings(steps, schedule, initial, config: PruneConfig) -> None:
+    validate.integer(steps, "steps", 1)
+    validate.choice(schedule, "schedule", sorted(SCHEDULES))
+    validate.fraction(initial, "initial_sparsity")
+    if isinstance(config.sparsity, Mapping):
+        raise ValueError("gradual takes one sparsity for every target, not a dict by layer")
+    if config.sparsity is not None and initial > config.sparsity:
+        raise ValueError(f"initial_sparsity must be at most sparsity, got {initial!r} > "
+                         f"{config.sparsity!r}")
+    if config.method not in _RESTRICTABLE:
         raise ValueError(
-            f"method {method!r} cannot keep pruned weights pruned; gradual takes one of "
+            f"method {config.method!r} cannot keep pruned weights pruned; gradual takes one of "
             f"{list(_RESTRICTABLE)}"
         )
-    if budget is not None and (
-        not isinstance(budget, (Unstructured, PerRow, Structured)) or budget.sized
-    ):
+    if config.budget.sized or isinstance(config.budget, NM):
         raise ValueError(
-            "budget must be an unsized Unstructured(), PerRow() or Structured(group=...) (the "
-            f"schedule sizes it at every step), got {budget!r}"
+            "budget must be an unsized unstructured, per-row or structured budget (the schedule "
+            f"sizes it at every step), got {config.budget.text!r}"
         )
 
 
 class _Gradual:
     """One gradual run's steps, bookkeeping and best passing model."""
 
-    def __init__(self, model, train, targets, discovery, snapshot, *, family, method, options,
-                 sequential, finetune, loss_fn, validation, device, seed, progress):
+    def __init__(self, model, train, targets, discovery, snapshot, config: PruneConfig, *,
+                 loss_fn, validation, device):
         self.model, self.train, self.targets = model, train, list(targets)
-        self.discovery, self.snapshot, self.family = discovery, snapshot, family
-        self.method, self.options, self.sequential = method, options, sequential
-        self.finetune, self.loss_fn, self.validation = finetune, loss_fn, validation
-        self.device, self.seed, self.progress = device, seed, progress
+        self.discovery, self.snapshot, self.config = discovery, snapshot, config
+        self.family, self.method, self.finetune = config.budget, config.method, config.finetune
+        self.loss_fn, self.validation = loss_fn, validation
+        self.device, self.seed, self.progress = device, config.seed, config.progress
         self.trials: list[Trial] = []
         self.calibration_passes = self.validation_passes = self.finetune_steps = 0
         self.limit = math.inf
@@ -278,11 +229,8 @@ class _Gradual:
     def step(self, target: float, stage: str) -> bool:
         """Prune every target to ``target`` from the current weights, finetune, evaluate."""
         allowed = self._make_permanent()
-        pruner = LayerPruner(
-            self.model, self.train, self.targets, self.discovery, Snapshot(self.model),
-            method=self.method, options=self.options, sequential=self.sequential,
-            device=self.device, progress=self.progress,
-        )
+        pruner = LayerPruner(self.model, self.train, self.targets, self.discovery,
+                             Snapshot(self.model), self.config, device=self.device)
         results = pruner.run({t.name: self._budget(t, target, allowed[t.name])
                               for t in self.targets})
         self.calibration_passes += pruner.passes
@@ -327,9 +275,11 @@ class _Gradual:
         budget = allocation.sized(target, self.family, sparsity)
         return budget if allowed is None else within(budget, allowed)
 
-    def report(self, method: str, budget: str, sequential: bool, alpha: float | None,
-               start: float) -> PruneReport:
-        kept = self.best if alpha is not None else self.last
+    def report(self) -> PruneReport:
+        """The report of the model left (the sparsest passing step with ``alpha``, else the
+        last); the run's session adds its time and threads."""
+        config = self.config
+        kept = self.best if config.alpha is not None else self.last
         if kept is None:  # nothing passed: the model as given
             layers = [LayerReport(t.name, list(t.out_in_shape), t.total, t.total, 0.0, 0.0)
                       for t in self.targets]
@@ -340,9 +290,9 @@ class _Gradual:
                       for t in self.targets]
             loss, before = kept.loss, kept.loss_before_finetune
         return PruneReport(
-            layers=layers, method=method, budget=budget, sequential=sequential,
-            dense_loss=self.dense_loss, pruned_loss=loss, loss_before_finetune=before,
-            alpha=alpha, seconds=time.perf_counter() - start,
+            layers=layers, method=config.method, budget=config.budget.text,
+            sequential=config.sequential, dense_loss=self.dense_loss, pruned_loss=loss,
+            loss_before_finetune=before, alpha=config.alpha,
             calibration_passes=self.calibration_passes, validation_passes=self.validation_passes,
             finetune_steps=self.finetune_steps, trials=self.trials,
         )

@@ -57,18 +57,17 @@ References:
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from l0prune.data.batches import LossFn, cross_entropy, forward, mean_loss, unchanged_generators
+from l0prune import validate
+from l0prune.config import PruneConfig
+from l0prune.data.batches import LossFn, cross_entropy, forward, mean_loss
 from l0prune.model.input_check import explained
 from l0prune.model.masks import attach
-from l0prune.model.snapshot import Snapshot, move
 from l0prune.model.targets import Target
 from l0prune.report import LayerReport, PruneReport, Trial
 from solvers import Budget, Structured, Unstructured
@@ -79,7 +78,8 @@ from .finetune import Finetune, masked_finetune
 from .progress import progress as progress_bar
 from .schedules import scheduled_sparsity
 from .search import MAX_SPARSITY
-from .workflow import budget_text, check_common, finetune_config, run_device, targets_of
+from .session import RunSession
+from .workflow import check_workflow, configured, targets_of
 
 __all__ = ["L0Report", "train_l0"]
 
@@ -116,46 +116,37 @@ class L0Report(PruneReport):
 def train_l0(
     model: nn.Module,
     train: Iterable,
+    config: PruneConfig | None = None,
     *,
-    sparsity: float | None = None,
-    alpha: float | None = None,
     validation: Iterable | None = None,
+    loss_fn: LossFn | None = None,
     epochs: int = 10,
     lr: float = 1e-3,
     gate_lr: float = 0.1,
     warmup: float = 0.5,
-    budget: Budget | None = None,
-    finetune: Finetune | Mapping | None = None,
-    loss_fn: LossFn | None = None,
-    targets: str | Sequence[str] | None = None,
-    ignore: str | Sequence[str] | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    **settings,
 ) -> L0Report:
     """Train ``model`` with hard-concrete gates on its targets to a sparsity, then prune it.
 
     Args:
         model: a trained torch model, not pruned yet (changed in place).
         train: re-iterable training batches (and finetuning's, unless ``finetune.data``).
-        sparsity: the fraction of the targets' weights removed, in [0, 1).
-        alpha: loss tolerance ``>= 1`` instead: the sparsest projection within
-            ``alpha L(W)`` on ``validation`` (see the module docstring).
+        config: the settings (:class:`~l0prune.PruneConfig`) shared with :func:`l0prune.prune`:
+            ``sparsity`` the fraction of the targets' weights removed, or ``alpha`` the loss
+            tolerance instead (the sparsest projection within ``alpha L(W)`` on
+            ``validation``; see the module docstring); ``budget`` ``"unstructured"`` (a gate
+            per weight) or ``"structured"`` (a gate per input feature group; whole input
+            channels on a convolution), unsized; ``finetune`` after the projection;
+            ``targets``, ``ignore``, ``seed`` (the gate draws, training's shuffling and
+            finetuning), ``device``, ``threads`` and ``progress`` (over the epochs). It takes
+            no ``method``, ``options`` or ``sequential``: no layer problem is solved.
         validation: held-out batches; needed with ``alpha``; with them every epoch is reported.
+        loss_fn: ``loss_fn(outputs, batch) -> scalar`` (default: cross-entropy).
         epochs: passes over ``train`` with the gates.
         lr: Adam learning rate of the model's parameters.
         gate_lr: Adam learning rate of the gates' ``log_alpha``.
         warmup: fraction of the steps over which the target sparsity falls to ``sparsity``.
-        budget: ``Unstructured()`` (default: a gate per weight) or ``Structured(group=g)`` (a
-            gate per ``g`` input features; whole input channels on a convolution), unsized.
-        finetune: masked finetuning after the projection (a
-            :class:`~l0prune.pipeline.finetune.Finetune` or a dict of its fields), or ``None``.
-        loss_fn: ``loss_fn(outputs, batch) -> scalar`` (default: cross-entropy).
-        targets: regex (or list) of layer names to gate (default: as :func:`l0prune.prune`).
-        ignore: regex (or list) of layer names left dense.
-        seed: seeds the gate draws, training's shuffling and finetuning.
-        device: where the run computes (default: the model's).
-        progress: show a progress bar over the epochs.
+        **settings: fields of :class:`~l0prune.PruneConfig` in place of ``config``'s.
 
     Returns:
         An :class:`L0Report`: the layers as pruned, the losses, the trials (stage ``"l0"``:
@@ -173,49 +164,37 @@ def train_l0(
         >>> report.kept, round(report.expected_sparsity, 2)
         (128, 0.5)
     """
-    start = time.perf_counter()
-    check_common(model, train, sparsity, alpha, validation, needs_validation=False)
-    _check_settings(epochs, lr, gate_lr, warmup, budget)
-    config = finetune_config(finetune)
-    family = budget if budget is not None else Unstructured()
-    device = run_device(model, device)
-    snapshot = Snapshot(model)
-    reading = ExitStack()  # reading shuffled loaders leaves their generators as they were
-    reading.enter_context(unchanged_generators(train, validation))
-    try:
-        move(model, device)
-        model.eval()
-        chosen, _ = targets_of(model, train, targets, ignore, device)
-        run = _L0Run(model, chosen, family, loss_fn=loss_fn or cross_entropy, device=device,
-                     validation=validation, seed=seed)
-        run.train(train, sparsity, alpha, epochs=epochs, lr=lr, gate_lr=gate_lr, warmup=warmup,
-                  progress=progress)
-        report = run.finish(config, train, budget_text(family), alpha, start)
+    config = configured(config, settings, "train_l0")
+    check_workflow(model, train, validation, loss_fn, config, "train_l0",
+                   needs_validation=False, unused=_UNUSED)
+    _check_settings(epochs, lr, gate_lr, warmup, config)
+    with RunSession(model, config, (train, validation)) as session:
+        chosen, _ = targets_of(model, train, config, session.device)
+        run = _L0Run(model, chosen, config.budget, loss_fn=loss_fn or cross_entropy,
+                     device=session.device, validation=validation, seed=config.seed)
+        run.train(train, config.sparsity, config.alpha, epochs=epochs, lr=lr, gate_lr=gate_lr,
+                  warmup=warmup, progress=config.progress)
+        report = session.finish(run.finish(config.finetune, train, config), unused=_UNUSED)
         report.perplexity = getattr(loss_fn, "perplexity", False) is True
-    except BaseException:
-        snapshot.restore()
-        raise
-    finally:
-        reading.close()
-    snapshot.restore_modes()
     return report
 
 
-def _check_settings(epochs, lr, gate_lr, warmup, budget) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    for name, value in (("lr", lr), ("gate_lr", gate_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value > 0
-        ):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+#: Settings of a prune that train_l0 does not take: it solves no layer problem.
+_UNUSED = ("method", "options", "sequential")
+
+
+def _check_settings(epochs, lr, gate_lr, warmup, config: PruneConfig) -> None:
+    validate.integer(epochs, "epochs", 1)
+    validate.positive(lr, "lr")
+    validate.positive(gate_lr, "gate_lr")
     if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup <= 1:
         raise ValueError(f"warmup must be a fraction in [0, 1], got {warmup!r}")
-    if budget is not None and (
-        not isinstance(budget, (Unstructured, Structured)) or budget.sized
-    ):
-        raise ValueError("budget must be an unsized Unstructured() or Structured(group=...) "
-                         f"(the gates are trained to the sparsity asked), got {budget!r}")
+    if isinstance(config.sparsity, Mapping):
+        raise ValueError("train_l0 takes one sparsity for all targets, not a dict by layer")
+    budget = config.budget
+    if not isinstance(budget, (Unstructured, Structured)) or budget.sized:
+        raise ValueError("budget must be an unsized unstructured or structured budget (the "
+                         f"gates are trained to the sparsity asked), got {budget.text!r}")
 
 
 class _Gates:
@@ -449,7 +428,7 @@ class _L0Run:
                 used += self.gates[i].per_gate
         return [g.spread(c) for g, c in zip(self.gates, chosen, strict=True)]
 
-    def finish(self, config, data, budget: str, alpha, start: float) -> L0Report:
+    def finish(self, finetune: Finetune | None, data, config: PruneConfig) -> L0Report:
         """Project, write the masks, finetune and report (with ``alpha`` and no passing
         projection: the model as given, every weight kept, not finetuned)."""
         with torch.no_grad():
@@ -459,7 +438,7 @@ class _L0Run:
                                                                          strict=True))
         if self.none_passed:
             z = [torch.ones_like(zi) for zi in z]
-            config = None
+            finetune = None
         masks = self.project(self.count)
         layers = []
         for g, zi, mask in zip(self.gates, z, masks, strict=True):
@@ -474,16 +453,16 @@ class _L0Run:
         validate = self._plain_loss if self.validation is not None else None
         if self.none_passed:
             loss = self.dense_loss
-        elif config is not None:
-            done = masked_finetune(self.model, config, self.loss_fn, self.device, data=data,
+        elif finetune is not None:
+            done = masked_finetune(self.model, finetune, self.loss_fn, self.device, data=data,
                                    validate=validate, seed=self.seed)
             steps, before, loss = done.steps, done.loss_before, done.loss
         elif validate is not None:
             loss = validate()
         return L0Report(
-            layers=layers, method="l0", budget=budget, sequential=False,
+            layers=layers, method="l0", budget=config.budget.text, sequential=False,
             dense_loss=self.dense_loss, pruned_loss=loss, loss_before_finetune=before,
-            alpha=alpha, seconds=time.perf_counter() - start, calibration_passes=0,
+            alpha=config.alpha, calibration_passes=0,
             validation_passes=self.validation_passes, finetune_steps=steps, trials=self.trials,
             expected_sparsity=expected, gate_sparsity=closed / self.total,
             multiplier=self.multiplier, epochs=self.epochs,

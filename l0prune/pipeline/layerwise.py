@@ -24,80 +24,33 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
+from l0prune.config import PruneConfig
 from l0prune.model.masks import attach
 from l0prune.model.snapshot import Snapshot
 from l0prune.model.statistics import Discovery, Moments, collect, input_groups
 from l0prune.model.targets import Target
-from solvers import Budget, LayerProblem, method_function
+from solvers import Budget, LayerProblem, kept_at
 
 from .allocation import Curve, layer_family, least_count
 from .executors import LayerSolves, LayerTask
+from .interface import LayerResult
 from .progress import progress
 from .solves import TargetSolution, target_problems
 
-__all__ = ["LayerPruner", "LayerResult", "method_options"]
-
-
-def method_options(method: str, options: Mapping | None, seed: int) -> dict:
-    """``options`` for ``method``, with ``seed`` added when the method takes one.
-
-    Args:
-        method: a :func:`solvers.methods` name.
-        options: the user's options, or ``None``.
-        seed: the run's seed.
-
-    Returns:
-        The options to pass to :func:`solvers.solve`.
-
-    Example:
-        >>> method_options("magnitude", {"refit": True}, seed=0)
-        {'refit': True}
-    """
-    options = dict(options or {})
-    if "seed" in inspect.signature(method_function(method)).parameters:
-        options.setdefault("seed", seed)
-    return options
-
-
-@dataclass
-class LayerResult:
-    """One layer's solution.
-
-    Attributes:
-        name: the layer's name.
-        shape: the stored weight's shape.
-        kept: weights kept.
-        total: weights in the layer.
-        relative_error: ``||X W'^T - X_0 W^T||^2 / ||X_0 W^T||^2`` over all its groups.
-        seconds: solver time.
-        weight: the pruned weight, in the stored shape.
-        mask: its support, boolean.
-
-    Example: see :class:`LayerPruner`.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    kept: int
-    total: int
-    relative_error: float
-    seconds: float
-    weight: torch.Tensor
-    mask: torch.Tensor
+__all__ = ["LayerPruner"]
 
 
 class LayerPruner:
-    """Prunes the target layers of one model at given budgets.
+    """Prunes the target layers of one model at given budgets: the whole-model
+    :class:`~l0prune.pipeline.interface.Pipeline`.
 
     Args:
         model: the model; its targets must be dense when :meth:`run` starts.
@@ -105,17 +58,18 @@ class LayerPruner:
         targets: the layers to prune.
         discovery: the model's :class:`~l0prune.model.statistics.Discovery`.
         snapshot: holds the dense weights.
-        method: a :func:`solvers.methods` name.
-        options: the method's options.
-        sequential: see the module docstring.
+        config: the run's configuration (its method, options and seed, ``sequential``,
+            ``progress``: a progress bar over layers).
         device: where statistics and solves run.
-        progress: show a progress bar over layers.
         solves: where the solves run (:class:`~l0prune.pipeline.executors.LayerSolves`; default:
-        here).
+            here).
 
     Attributes:
         passes: passes over the calibration data so far.
-        moments: :class:`~l0prune.model.statistics.Moments` per target from the last run.
+        statistics: :class:`~l0prune.model.statistics.Moments` per target from the last run.
+        curves_reset_model: ``False``: :meth:`curves` leaves the model as it is.
+        model_device: ``device``: the model runs there.
+        blocks: ``None``.
 
     Example:
         >>> from torch import nn
@@ -128,12 +82,15 @@ class LayerPruner:
         >>> data = [torch.randn(64, 8)]
         >>> discovery = discover(model, data[0], torch.device("cpu"))
         >>> targets = select_targets(model, discovery.order)
-        >>> pruner = LayerPruner(model, data, targets, discovery, Snapshot(model),
-        ...                      method="wanda", options={}, sequential=True,
-        ...                      device=torch.device("cpu"), progress=False)
+        >>> config = PruneConfig(sparsity=0.75, method="wanda", progress=False)
+        >>> pruner = LayerPruner(model, data, targets, discovery, Snapshot(model), config,
+        ...                      device=torch.device("cpu"))
         >>> pruner.run(uniform(targets, Unstructured(), 0.75))["0"].kept
         32
     """
+
+    curves_reset_model = False
+    blocks = None
 
     def __init__(
         self,
@@ -142,23 +99,21 @@ class LayerPruner:
         targets: Sequence[Target],
         discovery: Discovery,
         snapshot: Snapshot,
+        config: PruneConfig,
         *,
-        method: str,
-        options: Mapping,
-        sequential: bool,
         device: torch.device,
-        progress: bool,
         solves: LayerSolves | None = None,
     ):
         self.model, self.calibration, self.targets = model, calibration, list(targets)
-        self.discovery, self.snapshot = discovery, snapshot
+        self.discovery, self.snapshot, self.config = discovery, snapshot, config
         self.solves = solves if solves is not None else LayerSolves()
-        self.method, self.options = method, dict(options)
-        self.sequential, self.device, self.progress = sequential, device, progress
+        self.options = config.solver_options
+        self.sequential, self.device = config.sequential, device
+        self.model_device = device
         self.groups = input_groups(self.targets, discovery)
         self.weights = {t.name: t.module.weight for t in self.targets}
         self.passes = 0
-        self.moments: dict[str, Moments] = {}
+        self.statistics: dict[str, Moments] = {}
         self._first: dict[str, Moments] = {}
         self._cache: dict[str, tuple[weakref.ref, list[LayerProblem]]] = {}
 
@@ -222,7 +177,7 @@ class LayerPruner:
     def _task(self, target: Target, budgets: list[Budget], moments: Moments,
               errors_only: bool = False) -> LayerTask:
         return LayerTask(target.name, self._dense_matrix(target), moments, budgets,
-                         self.method, self.options, errors_only,
+                         self.config.method, self.options, errors_only,
                          partial(self._problems, target, moments))
 
     def solve_all(self, jobs: Sequence[tuple[Target, Budget, Moments]],
@@ -252,21 +207,21 @@ class LayerPruner:
         """
         results: dict[str, LayerResult] = {}
         plan = [[group] for group in self.groups] if self.sequential else [self.groups]
-        if not self.sequential and not self.moments:
-            self.moments = self._collect(self.groups)
-        with progress("layers", "layer", total=len(self.targets), enabled=self.progress,
-                      transient=True) as bar:
+        if not self.sequential and not self.statistics:
+            self.statistics = self._collect(self.groups)
+        with progress("layers", "layer", total=len(self.targets),
+                      enabled=self.config.progress, transient=True) as bar:
             for index, level in enumerate(plan):
                 if self.sequential and index == 0:
                     self._first = self._first or self._collect(level)
-                    self.moments.update(self._first)
+                    self.statistics.update(self._first)
                 elif self.sequential:
-                    self.moments.update(
+                    self.statistics.update(
                         self._collect(level, reference=lambda: self._dense(results))
                     )
                 members = [t for group in level for t in group]
                 solved = self.solve_all(
-                    [(t, budgets[t.name], self.moments[t.name]) for t in members],
+                    [(t, budgets[t.name], self.statistics[t.name]) for t in members],
                     on_done=lambda i: bar.update(),
                 )
                 for target, result in zip(members, solved, strict=True):
@@ -278,19 +233,27 @@ class LayerPruner:
             attach(target.module, result.weight, result.mask)
         return results
 
-    def curves(self, family: Budget, grid: Sequence[float]) -> list[Curve]:
-        """Each target's error curve at the sparsities in ``grid``, on the last run's ``H``.
+    def curve_basis(self) -> dict[str, Moments]:
+        """The statistics of the run just done (what :meth:`curves` solves on)."""
+        return dict(self.statistics)
+
+    def curves(self, family: Budget, grid: Sequence[float],
+               basis: Mapping[str, Moments]) -> list[Curve]:
+        """Each target's error curve at the sparsities in ``grid``, on the statistics of
+        ``basis`` (from :meth:`curve_basis`).
 
         Args:
             family: the run's budget family.
             grid: sparsities in [0, 1).
+            basis: the statistics per target.
 
         Returns:
             One :class:`~l0prune.pipeline.allocation.Curve` per target.
         """
-        with progress("error curves", "layer", total=len(self.targets), enabled=self.progress,
-                      transient=True) as bar:
-            return self.curve_all([(t, self.moments[t.name]) for t in self.targets], family,
+        self.statistics = dict(basis)
+        with progress("error curves", "layer", total=len(self.targets),
+                      enabled=self.config.progress, transient=True) as bar:
+            return self.curve_all([(t, self.statistics[t.name]) for t in self.targets], family,
                                   grid, on_done=lambda i: bar.update())
 
     def curve(self, target: Target, family: Budget, grid: Sequence[float],
@@ -328,9 +291,7 @@ class LayerPruner:
             fam = layer_family(target, family)
             top = fam.max_count(target.shape)
             least = least_count(fam)
-            found = sorted(
-                {max(int(round((1 - s) * top)), least) for s in grid} | {top}, reverse=True
-            )
+            found = sorted({max(kept_at(top, s), least) for s in grid} | {top}, reverse=True)
             families.append(fam)
             counts.append(found)
             tasks.append(self._task(target, [fam.with_count(c) for c in found[1:]], moments,

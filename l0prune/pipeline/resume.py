@@ -7,7 +7,7 @@ A checkpoint folder holds
   SHA-256 of the calibration data;
 - ``block-NNNN.safetensors`` per finished block: each target's pruned ``weight`` and boolean
   ``mask`` (``NAME.weight``, ``NAME.mask``), with the figures of its
-  :class:`~l0prune.pipeline.layerwise.LayerResult` and the SHA-256 of the block's dense weights in
+  :class:`~l0prune.pipeline.interface.LayerResult` and the SHA-256 of the block's dense weights in
   the file's metadata.
 
 Files are written to a temporary name and renamed, so a run killed mid-write leaves no torn
@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from l0prune.model.targets import Target
 
-from .layerwise import LayerResult
+from .interface import LayerResult
 
 __all__ = ["Checkpoint", "foreign_entry", "remove_checkpoints", "weights_digest"]
 
@@ -227,7 +227,7 @@ class Checkpoint:
             dense: :func:`weights_digest` of the model's block now (dense).
 
         Returns:
-            A :class:`~l0prune.pipeline.layerwise.LayerResult` per target name (tensors on the CPU).
+            A :class:`~l0prune.pipeline.interface.LayerResult` per target name (tensors on the CPU).
 
         Raises:
             ValueError: when the model's dense weights differ from those the block was

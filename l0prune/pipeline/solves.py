@@ -22,10 +22,26 @@ from dataclasses import dataclass
 
 import torch
 
-from solvers import Budget, LayerProblem, solve
+from solvers import Budget, LayerProblem, MethodInfo, method_info, solve
 from solvers.many import ensure_method
 
-__all__ = ["TargetSolution", "solve_problems", "solve_target", "target_problems"]
+__all__ = ["TargetSolution", "options_with_seed", "solve_problems", "solve_target",
+           "target_problems"]
+
+
+def options_with_seed(method: str, options: Mapping | None, seed: int) -> dict:
+    """``options`` for ``method``, with ``seed`` added when the method takes one (its registry
+    entry says so: :func:`solvers.method_info`).
+
+    Example:
+        >>> options_with_seed("magnitude", {"refit": True}, 0), options_with_seed(
+        ...     "hard_concrete", {}, 3)
+        ({'refit': True}, {'seed': 3})
+    """
+    options = dict(options or {})
+    if method_info(method).seed:
+        options.setdefault("seed", seed)
+    return options
 
 
 @dataclass
@@ -116,15 +132,16 @@ def solve_target(
     method: str,
     options: Mapping,
     errors_only: bool = False,
-    method_fn: Callable | None = None,
+    method_fn: tuple[Callable, MethodInfo] | None = None,
 ) -> list[TargetSolution]:
     """Solve a target under each budget, from its tensors (see the module docstring).
 
     Args:
         W, H, cross, energy: as for :func:`target_problems`.
         budgets, method, options, errors_only: as for :func:`solve_problems`.
-        method_fn: the function of a method registered where the task was made, registered
-            here too (:func:`solvers.many.portable`); ``None`` for a built-in.
+        method_fn: the function and registry entry of a method registered where the task was
+            made, registered here too (:func:`solvers.many.portable`); ``None`` for a
+            built-in.
 
     Returns:
         One :class:`TargetSolution` per budget.

@@ -4,7 +4,7 @@ Torch starts one thread per core it sees. In a container it may see the host's c
 the CPU quota, and its OpenMP threads spin while they wait for each other: on a machine whose
 cores are busy with other work a waiting thread burns the time slice its partner needs, and the
 layer solvers' many small operations (factorisations, selections) each pay that wait. Measured
-(``python -m l0prune.bench threads``): a small BERT-class prune took 22x as long on torch's two
+(``l0prune bench threads``): a small BERT-class prune took 22x as long on torch's two
 threads as on one on a busy two-core machine; with OpenMP threads that sleep instead of spin
 (``OMP_WAIT_POLICY=PASSIVE``, which ``import l0prune`` sets unless it is set or torch is
 already loaded) 2.4x; and no thread count beats one thread on a core another process keeps busy.

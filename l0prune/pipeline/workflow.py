@@ -1,100 +1,84 @@
-"""What the prune-retrain workflows (:mod:`l0prune.pipeline.gradual`,
-:mod:`l0prune.pipeline.l0_training`) share: checking their common arguments, the run's device, the
-targets, and the model's state held off the run (a passing step kept while the run goes on).
+"""What the three runs (:func:`l0prune.prune`, :func:`l0prune.gradual`,
+:func:`l0prune.train_l0`) share besides their :class:`~l0prune.pipeline.session.RunSession`:
+their settings as a :class:`~l0prune.PruneConfig`, the checks of the arguments that are not
+settings, the run's device, the targets, and a model state held off the run (a passing step
+kept while the run goes on).
 
-The workflows train the model, so they validate on held-out data and report every step as a
-:class:`~l0prune.report.Trial`; the report is a :class:`~l0prune.report.PruneReport` like
-:func:`l0prune.prune`'s, so everything that reads one (tables, JSON, the command line's plots)
-reads theirs.
+The prune-retrain workflows train the model, so they validate on held-out data and report every
+step as a :class:`~l0prune.report.Trial`; the report is a :class:`~l0prune.report.PruneReport`
+like :func:`l0prune.prune`'s, so everything that reads one (tables, JSON, the command line's
+plots) reads theirs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 import torch
 from torch import nn
 
+from l0prune.config import PruneConfig
 from l0prune.data.batches import check_data
 from l0prune.model.masks import refresh
 from l0prune.model.statistics import discover
 from l0prune.model.targets import Target, select_targets
-from solvers import Budget
 
-from .finetune import Finetune
-
-__all__ = [
-    "Kept", "budget_text", "check_common", "finetune_config", "fraction", "run_device",
-    "sparsity_of", "targets_of",
-]
+__all__ = ["Kept", "check_inputs", "check_workflow", "configured", "run_device", "sparsity_of",
+           "targets_of"]
 
 
-def fraction(value, name: str) -> None:
-    """Raise ``ValueError`` unless ``value`` is a number in [0, 1).
+def configured(config: PruneConfig | None, settings: Mapping, caller: str) -> PruneConfig:
+    """``config`` with ``settings`` (keyword arguments of ``caller``) in place of its fields.
 
     Example:
-        >>> fraction(0.5, "sparsity")
+        >>> configured(None, {"sparsity": 0.5}, "prune").sparsity
+        0.5
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and 0 <= value < 1
-    ):
-        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    if config is not None and not isinstance(config, PruneConfig):
+        raise ValueError(f"config must be a PruneConfig or None, got {type(config).__name__}")
+    try:
+        return PruneConfig(**settings) if config is None else config.replace(**settings)
+    except TypeError as err:
+        raise TypeError(f"{caller}() got an unknown setting ({err}); the settings are the "
+                        "fields of l0prune.PruneConfig") from None
 
 
-def check_common(model, train, sparsity, alpha, validation, *, needs_validation: bool) -> None:
-    """The arguments every workflow takes: the model, its data, the target or tolerance.
-
-    Args:
-        model: must be an ``nn.Module``.
-        train: re-iterable training batches.
-        sparsity: a fraction in [0, 1), or ``None``.
-        alpha: a tolerance ``>= 1``, or ``None``; one of the two must be given.
-        validation: re-iterable batches; needed with ``alpha`` (and by ``needs_validation``).
-        needs_validation: the workflow reports the validation loss of every step.
-
-    Returns:
-        None; raises ``ValueError`` naming the argument, the expected form and the value.
-    """
+def check_inputs(model, data: Iterable, validation, loss_fn, config: PruneConfig,
+                 data_name: str = "calibration") -> None:
+    """The arguments of a run that are not settings: the model, its data and its loss."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    check_data(train, "train")
-    if sparsity is None and alpha is None:
-        raise ValueError("give sparsity= (a fraction in [0, 1)) or alpha= (a loss tolerance >= 1, "
-                         "with validation=)")
-    if sparsity is not None:
-        fraction(sparsity, "sparsity")
-    if alpha is not None and (
-        isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-        or not (math.isfinite(alpha) and alpha >= 1)
-    ):
-        raise ValueError(f"alpha must be a number >= 1, got {alpha!r}")
-    if validation is None and (alpha is not None or needs_validation):
-        why = "alpha" if alpha is not None else "the loss of every step"
-        raise ValueError(f"validation= is needed for {why}: give held-out batches")
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable (outputs, batch) -> scalar, got {loss_fn!r}")
+    if config.alpha is not None and validation is None:
+        raise ValueError("alpha needs validation= batches to measure the loss on")
+    check_data(data, data_name)
     if validation is not None:
         check_data(validation, "validation")
 
 
-def finetune_config(finetune) -> Finetune | None:
-    """A :class:`~l0prune.pipeline.finetune.Finetune` from itself, a dict of its fields, or
-    ``None``.
+#: Settings of a prune that the prune-retrain workflows do not take (block by block, resume,
+#: layers left dense), with their defaults.
+_PRUNE_ONLY = ("blockwise", "checkpoint", "resume", "rollback_dir", "skip_incompatible")
 
-    Example:
-        >>> finetune_config({"epochs": 2}).epochs
-        2
-    """
-    if finetune is None or isinstance(finetune, Finetune):
-        return finetune
-    if isinstance(finetune, Mapping):
-        try:
-            return Finetune(**finetune)
-        except TypeError as err:
-            raise ValueError(f"finetune has an unknown field: {err}") from None
-    raise ValueError(
-        f"finetune must be a Finetune, a dict of its fields or None, got {type(finetune).__name__}"
-    )
+
+def check_workflow(model, train: Iterable, validation, loss_fn, config: PruneConfig,
+                   caller: str, *, needs_validation: bool, unused: Sequence[str] = ()) -> None:
+    """:func:`check_inputs` for a prune-retrain workflow, which also refuses the settings it
+    does not take (set away from their defaults) and, with ``needs_validation``, runs
+    without validation data."""
+    check_inputs(model, train, validation, loss_fn, config, "train")
+    defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
+                for f in fields(PruneConfig)}
+    given = [name for name in (*_PRUNE_ONLY, *unused)
+             if getattr(config, name) != defaults[name]]
+    if given:
+        raise ValueError(f"{caller} does not take {', '.join(given)} (settings of "
+                         "l0prune.prune); leave them out")
+    if needs_validation and validation is None:
+        raise ValueError("validation= is needed for the loss of every step: give held-out "
+                         "batches")
 
 
 def run_device(model: nn.Module, device) -> torch.device:
@@ -126,7 +110,7 @@ def run_device(model: nn.Module, device) -> torch.device:
     return device
 
 
-def targets_of(model: nn.Module, train: Iterable, targets, ignore,
+def targets_of(model: nn.Module, train: Iterable, config: PruneConfig,
                device: torch.device) -> tuple[list[Target], object]:
     """The layers a workflow prunes (as :func:`l0prune.prune` chooses them) and the model's
     :class:`~l0prune.model.statistics.Discovery`, from one forward pass on a training batch.
@@ -134,24 +118,12 @@ def targets_of(model: nn.Module, train: Iterable, targets, ignore,
     Grouped convolutions are refused: a workflow's masks are per layer.
     """
     discovery = discover(model, next(iter(train)), device)
-    chosen = select_targets(model, discovery.order, targets, ignore)
+    chosen = select_targets(model, discovery.order, config.targets, config.ignore)
     grouped = [t.name for t in chosen if t.groups > 1]
     if grouped:
         raise ValueError(f"targets {grouped} are grouped convolutions, which this workflow does "
                          "not prune; leave them out with ignore=")
     return chosen, discovery
-
-
-def budget_text(family: Budget) -> str:
-    """``Unstructured()``, ``Structured(group=1)``: the budget without its unset fields.
-
-    Example:
-        >>> from solvers import Structured
-        >>> budget_text(Structured(group=1))
-        'Structured(group=1)'
-    """
-    values = (f"{f.name}={getattr(family, f.name)!r}" for f in fields(family))
-    return f"{type(family).__name__}({', '.join(v for v in values if not v.endswith('=None'))})"
 
 
 def sparsity_of(targets: Sequence[Target]) -> float:

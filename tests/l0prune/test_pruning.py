@@ -179,7 +179,7 @@ def test_budget_families(cnn, mlp):
     report = l0prune.prune(model, _calibration(data), budget=NM(2, 4), progress=False)
     groups = model[1].weight_mask.reshape(256, 16, 4).sum(dim=-1)
     assert torch.equal(groups, torch.full((256, 16), 2.0)) and report.sparsity == 0.5
-    assert report.budget == "NM(n=2, m=4)"
+    assert report.budget == "2:4"
 
 
 def test_sparsity_per_layer(mlp):
@@ -313,8 +313,8 @@ def test_a_failed_run_leaves_the_model_exactly_as_it_was(mlp, when):
         ({"sparsity": {}}, "empty dict"),
         ({"sparsity": 0.5, "targets": "nope"}, "targets pattern 'nope' matches no module"),
         ({"sparsity": 0.5, "targets": "0"}, "matches no prunable layer"),
-        ({"sparsity": 0.5, "budget": NM(2, 4)}, "already fixes the sparsity"),
-        ({"sparsity": 0.5, "budget": "2:4"}, "budget must be a solvers Budget"),
+        ({"sparsity": 0.6, "budget": NM(2, 4)}, "already fixes the sparsity"),
+        ({"sparsity": 0.5, "budget": "2:4:8"}, "budget must be unstructured, per-row"),
         ({"sparsity": 0.5, "method": "best"}, "method must be one of"),
         ({"sparsity": 0.5, "finetune": {"epochs": 1, "rate": 0.1}}, "unknown field"),
         ({"sparsity": 0.5, "finetune": 3}, "finetune must be a Finetune"),

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import l0prune
-import l0prune.pruning
+import l0prune.pipeline.session
 from l0prune import Structured
 
 
@@ -56,7 +56,7 @@ def test_a_run_that_fails_after_the_move_puts_the_model_back(monkeypatch):
         for tensor in (*module.parameters(), *module.buffers()):
             tensor.data = torch.full_like(tensor, float("nan"))
 
-    monkeypatch.setattr(l0prune.pruning, "move", lossy_move)
+    monkeypatch.setattr(l0prune.pipeline.session, "move", lossy_move)
     with pytest.raises(ValueError, match="must be finite"):
         l0prune.prune(model, data, sparsity=0.5, progress=False)
     _assert_as_before(model, values, ids)
@@ -127,7 +127,7 @@ def test_an_nm_budget_that_does_not_fit_names_the_layer_and_the_ways_out():
     with pytest.raises(l0prune.pruning.IncompatibleBudget) as caught:
         l0prune.prune(model, data, budget=l0prune.NM(2, 4), progress=False)
     message = str(caught.value)
-    assert message.startswith("budget NM(n=2, m=4) does not fit layer '0' (weight 16x6): ")
+    assert message.startswith("budget 2:4 does not fit layer '0' (weight 16x6): ")
     assert "ignore=['0']" in message and "skip_incompatible=True" in message
     assert "sparsity=None" not in message
     _assert_as_before(model, values, ids)

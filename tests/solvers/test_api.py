@@ -143,3 +143,27 @@ def test_errors_are_computed_on_first_use_and_travel_without_the_problem(monkeyp
     detached = pickle.loads(pickle.dumps(solution.detach()))
     assert detached.problem is None
     assert (detached.objective, detached.relative_error) == (objective, solution.relative_error)
+
+
+def test_the_registry_says_what_each_method_takes_and_needs():
+    from solvers import method_info
+    from solvers.many import portable
+
+    assert {m: method_info(m).statistics for m in ("magnitude", "wanda", "obs", "admm")} == {
+        "magnitude": "none", "wanda": "diagonal", "obs": "full", "admm": "full"}
+    assert [m for m in methods() if method_info(m).seed] == ["hard_concrete"]
+    assert sorted(m for m in methods() if method_info(m).start) == ["admm", "iht"]
+    assert method_info("magnitude").statistics_for({"refit": True}) == "full"
+
+    def keep_all(problem, *, seed=0):
+        return problem.W, torch.ones_like(problem.W, dtype=torch.bool), {}
+
+    register_method("keep_all_seeded", keep_all, statistics="none", seed=True)
+    assert method_info("keep_all_seeded").seed and portable("keep_all_seeded")[1] == (
+        keep_all, method_info("keep_all_seeded"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("keep_all_seeded", keep_all, statistics="full", seed=True)
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        register_method("other", keep_all, statistics="some")
+    with pytest.raises(ValueError, match="method must be one of"):
+        method_info("nope")

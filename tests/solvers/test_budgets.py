@@ -136,3 +136,62 @@ def test_feature_width_widens_only_column_groups():
     assert Structured(k=1, group=2).with_feature_width(9) == Structured(k=1, group=18)
     for budget in (Unstructured(k=5), PerRow(k=2), NM(2, 4)):
         assert budget.with_feature_width(9) is budget
+
+
+@given(st.sampled_from(["unstructured", "per-row", "structured"]),
+       st.one_of(st.none(), st.integers(0, 50)), st.integers(1, 9), st.booleans())
+def test_a_budget_reads_back_its_text_and_its_json(name, k, group, structured_group):
+    from solvers import Budget, parse_budget
+
+    budget = parse_budget(name)
+    if k is not None:
+        budget = budget.with_count(k)
+    if name == "structured" and structured_group:
+        budget = Structured(k=k, group=group)
+    assert parse_budget(budget.text) == budget
+    assert Budget.from_json(budget.to_json()) == budget
+    assert str(budget) == budget.text
+
+
+@pytest.mark.parametrize(("text", "budget"), [
+    ("2:4", NM(2, 4)), (" 1 : 8 ", NM(1, 8)), ("Unstructured", Unstructured()),
+    ("per-row(k=3)", PerRow(k=3)), ("structured(group=9, sparsity=0.5)",
+                                     Structured(sparsity=0.5, group=9)),
+])
+def test_the_text_forms_users_write(text, budget):
+    from solvers import parse_budget
+
+    assert parse_budget(text) == budget
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("3:2", "N:M needs 0 < N <= M"), ("blocks", "budget must be unstructured, per-row"),
+    ("per-row(group=2)", "per-row takes sparsity=, k="), ("unstructured(k=x)", "k must be a "
+                                                           "number"), (4, "budget must be text"),
+])
+def test_text_that_is_no_budget_is_refused_naming_the_forms(text, message):
+    from solvers import parse_budget
+
+    with pytest.raises(ValueError, match=message):
+        parse_budget(text)
+
+
+def test_json_of_older_problem_folders_and_bad_json():
+    from solvers import Budget
+
+    assert Budget.from_json({"type": "Unstructured", "sparsity": None, "k": 10}) == \
+        Unstructured(k=10)
+    assert Budget.from_json({"type": "NM", "n": 1, "m": 4}) == NM(1, 4)
+    with pytest.raises(ValueError, match="unknown budget type 'Evil'"):
+        Budget.from_json({"type": "Evil"})
+    with pytest.raises(ValueError, match="has no field"):
+        Budget.from_json({"type": "per-row", "group": 3})
+
+
+def test_one_rounding_rule_from_a_sparsity_to_a_count():
+    from solvers import kept_at
+
+    assert [kept_at(10, s) for s in (0.0, 0.25, 0.75, 0.99)] == [10, 8, 2, 0]
+    assert Unstructured(sparsity=0.25).count((2, 5)) == kept_at(10, 0.25)
+    assert PerRow().at((3, 8), 0.5) == PerRow(k=4)
+    assert Structured().at((2, 8), 0.99, least=1) == Structured(k=1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from l0prune.bench import solvers as bench
-from l0prune.bench.__main__ import main as bench_main
 from l0prune.bench.layers import digits_layers, synthetic_layer
+from l0prune.cli import main as l0prune_main
 from l0prune.demo.digits import load_digits_data
 from solvers import NM, Unstructured
 
@@ -14,8 +14,8 @@ from solvers import NM, Unstructured
 def quick_report(tmp_path_factory):
     """The quick solver benchmark (magnitude, wanda, obs) run through ``l0prune.bench``."""
     out = tmp_path_factory.mktemp("bench") / "solvers.md"
-    bench_main(["solvers", "--quick", "--methods", "magnitude", "wanda", "obs",
-                "--threads", "1", "--out", str(out)])
+    assert l0prune_main(["bench", "solvers", "--quick", "--methods", "magnitude", "wanda",
+                         "obs", "--threads", "1", "--out", str(out)]) == 0
     return out.read_text()
 
 
@@ -79,7 +79,7 @@ def test_table_numbers(quick_report):
 
 def test_report_notes_the_command(quick_report):
     assert "# Solver benchmark" in quick_report
-    assert "command: `python -m l0prune.bench solvers --quick --methods" in quick_report
+    assert "command: `l0prune bench solvers --quick --methods" in quick_report
     assert "1 CPU thread(s)" in quick_report
 
 
@@ -90,10 +90,10 @@ def test_run_skips_layers_a_budget_cannot_apply_to():
     assert [sorted(r.errors) for r in rows] == [["a", "b"], ["a"]]
 
 
-def test_unknown_benchmark_or_method_exits():
-    with pytest.raises(SystemExit):
-        bench_main(["nope"])
-    with pytest.raises(SystemExit):
+def test_unknown_benchmark_or_method_exits(capsys):
+    assert l0prune_main(["bench", "nope"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
         bench.main(["--methods", "nope"])
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from l0prune.bench import llmcompressor_side as side
-from l0prune.bench.__main__ import main as bench_main
+from l0prune.cli import main as l0prune_main
 
 pytest.importorskip("transformers")
 
@@ -84,9 +84,9 @@ def test_table_gives_the_time_against_llmcompressor():
 def test_bench_without_llmcompressor_writes_the_l0prune_rows(encoder, tmp_path):
     folder = encoder[0]
     out = tmp_path / "side.md"
-    bench_main(["llmcompressor", "--encoder", str(folder), "--texts", "8", "--heldout-texts",
-                "4", "--max-tokens", "16", "--methods", "wanda", "--sequential", "no",
-                "--out", str(out)])
+    assert l0prune_main(["bench", "llmcompressor", "--encoder", str(folder), "--texts", "8",
+                         "--heldout-texts", "4", "--max-tokens", "16", "--methods", "wanda",
+                         "--sequential", "no", "--out", str(out)]) == 0
     text = out.read_text()
     assert f"Encoder: the encoder in {folder}" in text and "torch threads: 1" in text
     assert "| llm-compressor | sparsegpt | sequential pipeline, batch 1 | - |" in text

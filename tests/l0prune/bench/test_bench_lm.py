@@ -8,22 +8,22 @@ import re
 import pytest
 
 from l0prune.bench import lm as bench
-from l0prune.bench.__main__ import main as bench_main
+from l0prune.cli import main as l0prune_main
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tiny_lm, tmp_path_factory):
-    """``python -m l0prune.bench lm --size tiny --quick`` at 90 % and 2:4 (markdown, plot)."""
+    """``l0prune bench lm --size tiny --quick`` at 90 % and 2:4 (markdown, plot)."""
     out = tmp_path_factory.mktemp("bench-lm")
     before = os.environ.get("L0PRUNE_CACHE")
     os.environ["L0PRUNE_CACHE"] = str(tiny_lm.folder.parent)
     try:
-        bench_main(["lm", "--size", "tiny", "--quick", "--methods", "magnitude", "wanda", "obs",
-                    "admm", "--patterns", "90 %", "2:4", "--nsamples", "8",
-                    "--heldout-windows", "32", "--threads", "1", "--out", str(out / "lm.md"),
-                    "--plot", str(out / "lm.png")])
+        assert l0prune_main([
+            "bench", "lm", "--size", "tiny", "--quick", "--methods", "magnitude", "wanda", "obs",
+            "admm", "--patterns", "90 %", "2:4", "--nsamples", "8", "--heldout-windows", "32",
+            "--threads", "1", "--out", str(out / "lm.md"), "--plot", str(out / "lm.png")]) == 0
     finally:
         if before is None:
             del os.environ["L0PRUNE_CACHE"]

@@ -382,9 +382,9 @@ def test_a_resume_with_other_settings_or_data_is_refused_in_one_line(monkeypatch
                       resume=True, progress=False)
     message = str(info.value)
     assert "\n" not in message and message.startswith("resume refused")
-    assert "budgets (model.layers.0.mlp.down_proj: Unstructured(sparsity=None, k=1024) there, " \
-        "Unstructured(sparsity=None, k=819) here)" in message
-    assert "method (obs there, wanda here)" in message
+    assert "budgets (model.layers.0.mlp.down_proj: unstructured(k=1024) there, " \
+        "unstructured(k=819) here)" in message
+    assert "config (method: obs there, wanda here)" in message
     assert "calibration" not in message and "sequential" not in message
     with pytest.raises(ValueError, match=r"resume refused: .*: calibration \("):
         l0prune.prune(model, token_batches(seed=5), sparsity=0.5, method="obs",
@@ -404,7 +404,7 @@ def test_checkpoint_arguments_are_checked(tmp_path):
     cases = [
         (dict(resume=True), "resume=True needs checkpoint="),
         (dict(checkpoint=tmp_path, blockwise=False), "checkpoint= needs block-by-block"),
-        (dict(checkpoint=3), "checkpoint must be a folder path, got int"),
+        (dict(checkpoint=3), "checkpoint must be a folder path, got 3"),
         (dict(blockwise="yes"), "blockwise must be None, True or False, got 'yes'"),
     ]
     for kwargs, message in cases:

@@ -132,9 +132,9 @@ def test_a_failed_or_interrupted_run_leaves_the_model_exactly_as_it_was(mlp, err
 @pytest.mark.parametrize("kwargs, message", [
     ({"sparsity": 0.5, "epochs": 0}, "epochs must be a positive integer"),
     ({"sparsity": 0.5, "warmup": 1.5}, r"warmup must be a fraction in \[0, 1\]"),
-    ({"sparsity": 0.5, "budget": Structured(sparsity=0.5)}, "budget must be an unsized"),
+    ({"sparsity": 0.5, "budget": Structured(sparsity=0.5)}, "already fixes the sparsity"),
     ({"sparsity": 0.5, "gate_lr": 0}, "gate_lr must be a positive number"),
-    ({"alpha": 1.05}, "validation= is needed for alpha"),
+    ({"alpha": 1.05}, "alpha needs validation= batches"),
 ])
 def test_bad_arguments_are_clear_errors(mlp, kwargs, message):
     model, data = mlp

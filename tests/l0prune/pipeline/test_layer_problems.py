@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import l0prune
+from l0prune import PruneConfig
 from l0prune.model.snapshot import Snapshot
 from l0prune.model.statistics import discover
 from l0prune.model.targets import select_targets
@@ -21,9 +22,9 @@ def _pruner(sequential: bool):
     data = [torch.randn(64, 12) for _ in range(2)]
     discovery = discover(model, data[0], torch.device("cpu"))
     targets = select_targets(model, discovery.order)
-    pruner = LayerPruner(model, data, targets, discovery, Snapshot(model), method="admm",
-                         options={}, sequential=sequential, device=torch.device("cpu"),
-                         progress=False)
+    config = PruneConfig(sparsity=0.5, sequential=sequential, progress=False)
+    pruner = LayerPruner(model, data, targets, discovery, Snapshot(model), config,
+                         device=torch.device("cpu"))
     return pruner, targets
 
 
@@ -43,7 +44,7 @@ def test_an_error_curve_decomposes_each_layer_once(monkeypatch):
     pruner, targets = _pruner(sequential=True)
     calls = _counting_eigh(monkeypatch)
     pruner.run(uniform(targets, Unstructured(), 0.5))
-    curves = pruner.curves(Unstructured(), GRID)  # on the run's statistics
+    curves = pruner.curves(Unstructured(), GRID, pruner.curve_basis())  # the run's statistics
     assert all(len(c.counts) > 5 for c in curves)
     assert sorted(calls) == sorted(t.shape[1] for t in targets)  # one per layer, not per point
 
