@@ -444,8 +444,8 @@ def parse_budget(text: str | Budget) -> Budget:
         ValueError: naming the text and the forms it can take.
 
     Example:
-        >>> parse_budget("2:4"), parse_budget("Per-Row(k=3)")
-        (NM(n=2, m=4), PerRow(sparsity=None, k=3))
+        >>> parse_budget("2:4").text, parse_budget("Per-Row(k=3)")
+        ('2:4', PerRow(sparsity=None, k=3))
     """
     if isinstance(text, Budget):
         return text

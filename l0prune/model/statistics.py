@@ -451,8 +451,8 @@ def capture_dense(
         >>> d = discover(model, data[0], torch.device("cpu"))
         >>> groups = input_groups(select_targets(model, d.order), d)
         >>> sides = capture_dense(model, data, groups, torch.device("cpu"), d)
-        >>> [[tuple(r.shape) for r in s.inputs] for s in sides]
-        [[(16, 4), (3, 4)], [(16, 8), (3, 8)]]
+        >>> [[tuple(r.shape) for r in s.inputs] for s in sides]  # the head is no target
+        [[(16, 4), (3, 4)]]
     """
     sides = [DenseSide(group, device) for group in groups]
     state: dict = {"mask": None}
