@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.l0prune.cli.test_cli_prune import run_cli
+from tests.l0prune.cli.conftest import run_cli
 
 
 @pytest.fixture(scope="module")

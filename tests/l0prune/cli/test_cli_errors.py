@@ -5,31 +5,16 @@ The cases the issue names run the console script in a subprocess; the many small
 """
 
 import json
-import subprocess
 
 import pytest
 import torch
 
-from l0prune.cli import main
-from tests.l0prune.cli.test_cli_prune import run_cli
-
-
-def run_main(*args, cwd, capsys, monkeypatch) -> subprocess.CompletedProcess:
-    """:func:`main` on ``args`` in ``cwd``, as a finished process."""
-    monkeypatch.chdir(cwd)
-    status = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, status, out, err)
-
-
-def assert_one_line_error(done, *words, status=2):
-    assert done.returncode == status, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("l0prune: error: ") and "Traceback" not in done.stderr
-    for word in words:
-        assert word in lines[0]
-    assert done.stdout == ""
+from tests.l0prune.cli.conftest import (
+    assert_nothing_written,
+    assert_one_line_error,
+    run_cli,
+    run_main,
+)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -43,11 +28,6 @@ def test_bad_input_from_the_console_script(tmp_path, args, words):
     done = run_cli("prune", *args, "--out", "run", cwd=tmp_path)
     assert_one_line_error(done, *words)
     assert_nothing_written(tmp_path)
-
-
-def assert_nothing_written(cwd):
-    inputs = {"cache", "mynet.py", "__pycache__"}
-    assert sorted(p.name for p in cwd.iterdir() if p.name not in inputs) == []
 
 
 @pytest.mark.parametrize("args, words", [
@@ -218,7 +198,7 @@ def test_exact_with_its_flags_solves_a_small_layer(tmp_path, capsys, monkeypatch
 
 
 def test_prune_with_exact_on_a_large_layer_names_the_flags(tmp_path, capsys, monkeypatch):
-    from tests.l0prune.cli.test_cli_prune import USER_MODEL
+    from tests.l0prune.cli.conftest import USER_MODEL
 
     (tmp_path / "exactnet.py").write_text(USER_MODEL)  # a name no other test imports
     done = run_main("prune", "--model", "exactnet:build", "--calibration", "exactnet:calibration",

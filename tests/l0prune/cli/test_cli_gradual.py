@@ -5,7 +5,7 @@ import json
 import torch
 
 from l0prune.demo.digits import digits_mlp, load_digits_data, train, trained_model
-from tests.l0prune.cli.test_cli_errors import run_main
+from tests.l0prune.cli.conftest import run_main
 
 
 def test_gradual_runs_both_methods_in_steps_on_the_same_trained_model(tmp_path, capsys,

@@ -16,12 +16,12 @@ import l0prune
 from l0prune.data.batches import mean_loss
 from l0prune.io.checkpoints import WEIGHTS_NAME
 from tests.l0prune import tiny_hf
-from tests.l0prune.cli.test_cli_errors import (
+from tests.l0prune.cli.conftest import (
     assert_nothing_written,
     assert_one_line_error,
+    run_cli,
     run_main,
 )
-from tests.l0prune.cli.test_cli_prune import run_cli
 
 pytest.importorskip("transformers")
 

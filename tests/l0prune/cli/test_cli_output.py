@@ -8,8 +8,7 @@ import stat
 import pytest
 import torch
 
-from tests.l0prune.cli.test_cli_errors import assert_one_line_error, run_main
-from tests.l0prune.cli.test_cli_prune import USER_MODEL
+from tests.l0prune.cli.conftest import USER_MODEL, assert_one_line_error, run_main
 
 PRUNE = ["prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
          "--validation", "outnet:validation", "--sparsity", "0.5", "--method", "magnitude",

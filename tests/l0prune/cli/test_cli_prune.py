@@ -3,9 +3,6 @@ a model of their own; the files it writes are checked against each other and aga
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import matplotlib.image
 import pytest
@@ -14,20 +11,12 @@ import torch
 from l0prune import load_sparse
 from l0prune.data.batches import cross_entropy, mean_loss
 from l0prune.demo.digits import accuracy, digits_cnn, load_digits_data
+from tests.l0prune.cli.conftest import USER_MODEL, run_cli
 
 OUTPUTS = {
     "report.json", "report.md", "recipe.toml", "sparsity_vs_loss.png", "layers.png", "model.pt",
     "model.sparse.pt",
 }
-
-
-def run_cli(*args, cwd, cache=None, timeout=300) -> subprocess.CompletedProcess:
-    """``python -m l0prune.cli ARGS`` in ``cwd``; the built-in model is cached in ``cache``."""
-    env = dict(os.environ, L0PRUNE_CACHE=str(cache or cwd / "cache"))
-    return subprocess.run(
-        [sys.executable, "-m", "l0prune.cli", *map(str, args)], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -132,28 +121,6 @@ def test_alpha_search_draws_its_path(tmp_path, cache):
         assert report["pruned_loss"] <= 1.05 * report["dense_loss"]
     assert data["recipe"]["alpha"] == 1.05 and "sparsity" not in data["recipe"]
     assert "### Search: wanda" in (tmp_path / "run" / "report.md").read_text()
-
-
-USER_MODEL = '''
-import torch
-from torch import nn
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
-                         nn.Linear(16, 3))
-
-_g = torch.Generator().manual_seed(1)
-_x = torch.randn(96, 12, generator=_g)
-_y = (_x[:, 0] > 0).long() + (_x[:, 1] > 0).long()
-calibration = [(_x[i:i + 32], _y[i:i + 32]) for i in range(0, 64, 32)]
-
-def validation():
-    return [(_x[64:], _y[64:])]
-
-def half_mse(outputs, batch):
-    return 0.5 * ((outputs - nn.functional.one_hot(batch[1], 3)) ** 2).mean()
-'''
 
 
 def test_users_own_model_from_module_references(tmp_path):

@@ -9,8 +9,7 @@ import torch
 
 from l0prune.cli.bench_cmd import BENCHMARKS
 from solvers import LayerProblem, solve
-from tests.l0prune.cli.test_cli_errors import run_main
-from tests.l0prune.cli.test_cli_prune import run_cli
+from tests.l0prune.cli.conftest import run_cli, run_main
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from torch.nn.utils import prune as torch_prune
 import l0prune
 from l0prune.cli import main
 from l0prune.io.problem_files import apply_solutions, save_problems, solve_folder
-from tests.l0prune.cli.test_cli_errors import assert_one_line_error, run_main
-from tests.l0prune.cli.test_cli_prune import USER_MODEL
+from tests.l0prune.cli.conftest import USER_MODEL, assert_one_line_error, run_main
 
 
 def _state(model) -> dict[str, torch.Tensor]:

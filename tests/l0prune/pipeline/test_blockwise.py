@@ -453,7 +453,7 @@ def validation():
 
 def test_the_cli_keeps_finished_blocks_and_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
     from l0prune.model.masks import permanent_state_dict
-    from tests.l0prune.cli.test_cli_errors import run_main
+    from tests.l0prune.cli.conftest import run_main
 
     (tmp_path / "userllama.py").write_text(USER_LLAMA)
     monkeypatch.syspath_prepend(str(tmp_path))
