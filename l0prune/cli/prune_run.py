@@ -52,6 +52,7 @@ from .default_model import builtin_task
 from .errors import UsageError
 from .output_dir import check_destination, staged
 from .report_files import headline, run_reports, write_reports
+from .sources import is_hf
 from .task import Task, user_task
 
 __all__ = ["run"]
@@ -93,6 +94,17 @@ def _config(method: str, task: Task, settings: Settings, progress: bool):
     if finetune is not None:
         finetune = dataclasses.replace(finetune, data=task.finetune_data)
     return settings.config.replace(method=method, finetune=finetune, progress=progress)
+
+
+def _task(settings: Settings, log) -> Task:
+    """What the run works on: the built-in model, a Hugging Face model or the user's own."""
+    if settings.model is None:
+        return builtin_task(settings.config.seed, settings.quick, log)
+    if is_hf(settings.model):
+        from .hf_task import hf_task  # imports transformers
+
+        return hf_task(settings)
+    return user_task(settings)
 
 
 def _prune(model: nn.Module, method: str, task: Task, settings: Settings,
@@ -228,8 +240,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.config.threads or 1)
     settings, solutions = _solutions(settings)
     with cluster(settings.workers, settings.scheduler, settings.retries) as executor:
-        task = builtin_task(settings.config.seed, settings.quick, log) \
-            if settings.model is None else user_task(settings)
+        task = _task(settings, log)
         with _usage_errors(settings):
             if settings.save_problems is not None:
                 return _save_problems(task, settings, args, log)

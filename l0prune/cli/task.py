@@ -10,7 +10,6 @@ from torch import nn
 
 from .config import Settings
 from .references import load_batches, load_callable, load_model
-from .sources import is_hf
 
 __all__ = ["Task", "user_task"]
 
@@ -42,11 +41,8 @@ class Task:
 
 
 def user_task(settings: Settings) -> Task:
-    """The task of ``--model``, ``--calibration``, ``--validation`` and ``--loss``."""
-    if is_hf(settings.model):
-        from .hf_task import hf_task  # imports transformers
-
-        return hf_task(settings)
+    """The task of ``--model MODULE:NAME``, ``--calibration``, ``--validation`` and ``--loss``
+    (an ``hf:`` model's is :func:`~l0prune.cli.hf_task.hf_task`)."""
     loss_fn = load_callable(settings.loss, "--loss") if settings.loss is not None else None
     return Task(
         description=f"{settings.model} (calibration {settings.calibration}, validation "
