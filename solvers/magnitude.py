@@ -39,7 +39,7 @@ def magnitude(problem, *, refit: bool = False):
     Args:
         refit: replace the kept weights by the optimal ones on the support.
     """
-    if problem.H is None or _is_diagonal(problem.H):
+    if problem.identity or problem.diagonal or _is_diagonal(problem.H):
         score = diagonal_score(problem)
     else:
         score = problem.W * problem.W
@@ -52,5 +52,4 @@ def wanda(problem, *, refit: bool = False):
     Args:
         refit: replace the kept weights by the optimal ones on the support.
     """
-    H_diag = torch.ones_like(problem.W[0]) if problem.H is None else problem.H.diagonal()
-    return _keep(problem, problem.W * problem.W * H_diag[None, :], refit)
+    return _keep(problem, problem.W * problem.W * problem.H_diagonal[None, :], refit)

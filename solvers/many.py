@@ -229,10 +229,11 @@ def ensure_method(method: str, shipped: tuple[Callable, MethodInfo] | None) -> N
 
 
 def _packed(problem: LayerProblem) -> tuple[dict, torch.Tensor | None]:
-    """A problem as ``(state without H and its cache, H)``: ``H`` travels on its own, once for
-    every problem that shares it; cached factorisations are recomputed where it is solved."""
-    state = {k: v for k, v in vars(problem).items() if k not in ("H", "_cache")}
-    return state, problem.H
+    """A problem as ``(state without H and its cache, H)``: ``H`` (a matrix or a diagonal's
+    vector) travels on its own, once for every problem that shares it; cached factorisations
+    are recomputed where it is solved."""
+    state = {k: v for k, v in vars(problem).items() if k not in ("_H", "_diagonal", "_cache")}
+    return state, problem._diagonal if problem.diagonal else problem._H
 
 
 def _unpacked(state: dict, H: torch.Tensor | None) -> LayerProblem:
@@ -240,7 +241,9 @@ def _unpacked(state: dict, H: torch.Tensor | None) -> LayerProblem:
     was made)."""
     problem = object.__new__(LayerProblem)
     problem.__dict__.update(state)
-    problem.H, problem._cache = H, {}
+    vector = H is not None and H.ndim == 1
+    problem._H, problem._diagonal = (None, H) if vector else (H, None)
+    problem._cache = {}
     return problem
 
 

@@ -1,8 +1,10 @@
 """The layer problem: ``min_W' f(W') = tr((W'-W) H (W'-W)^T) + lam ||W'-W||_F^2`` over a budget.
 
 ``W`` is a layer's dense weight (out x in), ``H = X^T X / N`` the second moment of its inputs
-(in x in, symmetric PSD; ``None`` means the identity, the plain Frobenius problem) and ``lam`` a
-ridge that keeps ``H + lam I`` well conditioned. This module is the "datafit" every solver shares:
+(in x in, symmetric PSD; ``None`` means the identity, the plain Frobenius problem; a vector
+means a diagonal ``H``, the inputs' squared norms, which is all a score like Wanda's needs and
+costs ``in`` numbers instead of ``in^2``) and ``lam`` a ridge that keeps ``H + lam I`` well
+conditioned. This module is the "datafit" every solver shares:
 value, gradient, the scale-free relative error, the refit on a support, and the diagonally scaled
 form (:mod:`solvers.scaling`) with its eigendecomposition and Lipschitz constant.
 
@@ -81,10 +83,11 @@ def _check_psd(H: torch.Tensor, scale: float) -> None:
 
 
 def default_ridge(H: torch.Tensor | None) -> float:
-    """``0.01 * mean(diag H)`` (SparseGPT's damping; 0 for the identity or an empty ``H``)."""
+    """``0.01 * mean(diag H)`` (SparseGPT's damping; 0 for the identity or an empty ``H``; a
+    vector ``H`` is its diagonal)."""
     if H is None or not H.shape[0]:
         return 0.0
-    return 0.01 * float(H.diagonal().mean())
+    return 0.01 * float((H if H.ndim == 1 else H.diagonal()).mean())
 
 
 class _shared:
@@ -120,6 +123,19 @@ def _nonnegative(value, name: str) -> float:
     return float(value)
 
 
+def _diagonal(d: torch.Tensor, n_in: int) -> torch.Tensor:
+    """A diagonal ``H`` given as its vector, checked: ``n_in`` finite numbers, none below
+    ``-PSD_TOLERANCE`` times the largest (round-off), clamped at 0."""
+    if d.shape[0] != n_in:
+        raise ValueError(f"H as a vector (a diagonal H) must have W's {n_in} entries, got "
+                         f"{d.shape[0]}")
+    _check_finite(d, "H")
+    scale = float(d.abs().max()) if n_in else 0.0
+    if n_in and float(d.min()) < -PSD_TOLERANCE * scale:
+        raise ValueError(f"H as a vector (a diagonal H) must be >= 0, got {float(d.min()):.4g}")
+    return d.clamp_min(0)
+
+
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
@@ -132,7 +148,9 @@ class LayerProblem:
     Args:
         W: dense weight, out x in (numpy or torch; a Conv weight flattened to out x in*kh*kw).
         H: input second moment, in x in, symmetric positive semidefinite (within
-            :data:`PSD_TOLERANCE` of its scale); ``None`` for the identity.
+            :data:`PSD_TOLERANCE` of its scale); ``None`` for the identity; a vector of
+            ``in`` non-negative numbers for a diagonal ``H`` (formed as a matrix only if a
+            method asks for :attr:`H` or :attr:`damped`).
         lam: ridge weight, a number (Python, numpy or 0-d tensor); ``None`` means
             ``0.01 * mean(diag H)`` (0 when ``H`` is ``None``).
         budget: a :class:`~solvers.budgets.Budget`; or give ``sparsity`` / ``k`` for an
@@ -180,6 +198,10 @@ class LayerProblem:
         self.shape = (W.shape[0], W.shape[1])
         n_in = W.shape[1]
 
+        self._diagonal = None
+        if H is not None and getattr(H, "ndim", 0) == 1:
+            self._diagonal = _diagonal(as_tensor(H, "H", W.dtype, W.device), n_in)
+            H = None
         if H is not None:
             H = as_tensor(H, "H", W.dtype, W.device)
             if H.ndim != 2 or H.shape[0] != H.shape[1]:
@@ -198,7 +220,7 @@ class LayerProblem:
             if check_psd:
                 _check_psd(H, scale)
         self.H = H
-        self.lam = _ridge(lam, H)
+        self.lam = _ridge(lam, H if self._diagonal is None else self._diagonal)
 
         if budget is not None and (sparsity is not None or k is not None):
             raise ValueError(
@@ -307,24 +329,49 @@ class LayerProblem:
 
     # --- the datafit ------------------------------------------------------------------------
     @property
+    def H(self) -> torch.Tensor | None:
+        """``H`` as a matrix (``None`` for the identity); a diagonal ``H`` given as a vector is
+        formed here, once, for a method that needs the matrix."""
+        if self._diagonal is not None:
+            if "H" not in self._cache:
+                self._cache["H"] = torch.diag(self._diagonal)
+            return self._cache["H"]
+        return self._H
+
+    @H.setter
+    def H(self, value: torch.Tensor | None) -> None:
+        self._H = value
+
+    @property
     def identity(self) -> bool:
         """Whether ``H`` is the identity (the plain Frobenius problem)."""
-        return self.H is None
+        return self._H is None and self._diagonal is None
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether ``H`` is diagonal by construction (given as a vector)."""
+        return self._diagonal is not None
+
+    @property
+    def H_diagonal(self) -> torch.Tensor:
+        """``diag(H)`` (ones for the identity), without forming a diagonal ``H``."""
+        if self._diagonal is not None:
+            return self._diagonal
+        if self._H is None:
+            return torch.ones(self.shape[1], dtype=self.W.dtype, device=self.W.device)
+        return self._H.diagonal()
 
     @_shared
     def damped(self) -> torch.Tensor:
         """``H + lam I``, the matrix the objective uses."""
         n = self.shape[1]
         eye = torch.eye(n, dtype=self.W.dtype, device=self.W.device)
-        return eye * (1.0 + self.lam) if self.H is None else self.H + self.lam * eye
+        return eye * (1.0 + self.lam) if self.identity else self.H + self.lam * eye
 
     @_shared
     def damped_diagonal(self) -> torch.Tensor:
-        """``diag(H) + lam``, without forming ``H + lam I`` when ``H`` is the identity."""
-        if self.H is None:
-            return torch.full((self.shape[1],), 1.0 + self.lam, dtype=self.W.dtype,
-                              device=self.W.device)
-        return self.H.diagonal() + self.lam
+        """``diag(H) + lam``, without forming ``H + lam I``."""
+        return self.H_diagonal + self.lam
 
     @_shared
     def scaled(self) -> Scaled:
@@ -336,27 +383,31 @@ class LayerProblem:
         """``f(W') = tr((W'-W)(H + lam I)(W'-W)^T)``, ``>= 0`` (a singular ``H`` can give a
         round-off value just below 0, reported as 0)."""
         D = weight - self.W
-        if self.H is None:
-            return float((1.0 + self.lam) * (D * D).sum())
+        if self.identity or self.diagonal:
+            return float((D * D * self.damped_diagonal).sum())
         return max(float(((D @ self.damped) * D).sum()), 0.0)
 
     def gradient(self, weight: torch.Tensor) -> torch.Tensor:
         """``grad f(W') = 2 (W' - W)(H + lam I)``."""
+        if self.identity or self.diagonal:
+            return 2.0 * (weight - self.W) * self.damped_diagonal
         return 2.0 * (weight - self.W) @ self.damped
 
     @_shared
     def output_energy(self) -> float:
         """``tr(W H W^T)``: the dense layer's output energy, the relative error's denominator."""
-        if self.H is None:
-            return float((self.W * self.W).sum())
+        if self.identity or self.diagonal:
+            return float((self.W * self.W * self.H_diagonal).sum())
         return max(float(((self.W @ self.H) * self.W).sum()), 0.0)
 
     def relative_error(self, weight: torch.Tensor) -> float:
         """``tr((W'-W) H (W'-W)^T) / tr(W H W^T)``: the layer's relative output change,
         ``>= 0`` (round-off below 0 on a singular ``H`` is reported as 0)."""
         D = weight - self.W
-        num = float((D * D).sum()) if self.H is None else float(((D @ self.H) * D).sum())
-        num = max(num, 0.0)
+        if self.identity or self.diagonal:
+            num = float((D * D * self.H_diagonal).sum())
+        else:
+            num = max(float(((D @ self.H) * D).sum()), 0.0)
         den = self.output_energy
         return num / den if den > 0 else (0.0 if num <= 0 else math.inf)
 
@@ -372,8 +423,9 @@ class LayerProblem:
         if self.reference is None:
             W, P = self.W.double(), weight.double()
             D = P - W
-            if self.H is None:
-                return float((D * D).sum()), float((W * W).sum())
+            if self.identity or self.diagonal:
+                d = self.H_diagonal.double()
+                return float((D * D * d).sum()), float((W * W * d).sum())
             H = self.H.double()
             return max(float(((D @ H) * D).sum()), 0.0), float(((W @ H) * W).sum())
         _, H, G, energy = self.reference
@@ -388,7 +440,8 @@ class LayerProblem:
         return refit(self, mask, **options)
 
     def __repr__(self) -> str:
-        h = "I" if self.H is None else f"{self.shape[1]}x{self.shape[1]}"
+        h = ("I" if self.identity else f"diag({self.shape[1]})" if self.diagonal
+             else f"{self.shape[1]}x{self.shape[1]}")
         return (
             f"LayerProblem(W={self.shape[0]}x{self.shape[1]}, H={h}, lam={self.lam:.3g}, "
             f"budget={self.budget!r})"

@@ -54,7 +54,7 @@ def refit(
         above ``above``.
     """
     mask = mask.to(device=problem.W.device, dtype=torch.bool)
-    if problem.identity:
+    if problem.identity or problem.diagonal:  # separable: each kept weight stays as it is
         return problem.W * mask
     if method == "auto":
         width = int(mask.sum(dim=1).max()) if mask.numel() else 0

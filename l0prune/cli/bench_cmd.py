@@ -33,6 +33,7 @@ BENCHMARKS = {
     "lm": "l0prune.bench.lm",
     "llmcompressor": "l0prune.bench.llmcompressor_side",
     "admm": "l0prune.bench.admm",
+    "statistics": "l0prune.bench.statistics",
 }
 
 #: What ``l0prune bench`` runs when no benchmark is named.
@@ -55,9 +56,11 @@ def add_parser(subparsers) -> None:
                     "BERT-class encoder, solver seconds per method), threads (torch thread "
                     "counts on this machine), scale (layer problems solved here, on a local dask "
                     "cluster and on a process pool), lm (held-out perplexity of the built-in "
-                    "language model per solver) and llmcompressor (side by side with "
+                    "language model per solver), llmcompressor (side by side with "
                     "llm-compressor's SparseGPT on a BERT encoder, given --llmcompressor-python "
-                    "PATH); solvers and models when no name is given. Tables are "
+                    "PATH), admm (ADMM's schedules against the published one) and statistics "
+                    "(each layer's statistics against one X^T X product); solvers and models "
+                    "when no name is given. Tables are "
                     "printed and written as "
                     "markdown (bench-results/NAME.md unless --out FILE is given). "
                     "`l0prune bench NAME --help` lists a benchmark's options, such as --quick "

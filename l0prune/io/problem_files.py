@@ -128,6 +128,10 @@ class ProblemWriter(LayerSolves):
 
     solves_nothing = True
 
+    def statistics(self, method: str, options: Mapping) -> str:
+        """``"full"``: a problem file serves any method."""
+        return "full"
+
     def __init__(self, folder: str | os.PathLike):
         super().__init__(None)
         self.folder = Path(folder)
@@ -203,6 +207,10 @@ class SavedSolutions(LayerSolves):
             raise ValueError(f"{path}: its solutions are not those of {folder}'s index.json "
                              "(solve the folder again)")
         self.by_name = {p["name"]: (p, s) for p, s in zip(problems, solutions, strict=True)}
+
+    def statistics(self, method: str, options: Mapping) -> str:
+        """``"full"``: each solution is checked against its problem's ``H``."""
+        return "full"
 
     def check(self, *, targets: Sequence[Target], sequential: bool, fixed: bool) -> None:
         _check_fixed(sequential, fixed, "applying saved solutions")

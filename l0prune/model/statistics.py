@@ -13,7 +13,8 @@ projections) form one *input group*: one sum, filled once per forward, shared by
 pruned with what the dense model gives it, batch by batch: the dense inputs ``X_0`` or the dense
 outputs ``Y_0 = X_0 W^T``, whichever is narrower. A group whose members have fewer outputs in
 all than it has inputs (a transformer's MLP down projection: 1 hidden width of outputs against
-2.7-4 of inputs) keeps ``Y_0`` per member and sums ``G = Y_0^T X`` (``out x in``); any other
+2.7-4 of inputs; a convolution, whose patches are its channels times its taps wide) keeps ``Y_0``
+per member and sums ``G = Y_0^T X`` (``out x in``); any other
 group keeps ``X_0`` and sums ``C = X^T X_0`` (``in x in``, shared by its members, turned into
 ``G = W C^T`` per member by :meth:`Moments.dense_cross`). Either way the sequential problem
 (:meth:`solvers.LayerProblem.from_moments`) needs ``G`` and the dense output's energy
@@ -21,6 +22,11 @@ group keeps ``X_0`` and sums ``C = X^T X_0`` (``in x in``, shared by its members
 moment of ``X_0`` is never formed. The dense side comes from a reference pass per batch
 (``reference``), or was captured before by :func:`capture_dense` (one dense pass for several
 groups: block by block, the dense block does not change while the block is pruned).
+
+A method that reads only the diagonal of ``H`` (Wanda: the inputs' squared norms; the solver
+registry says so, :func:`solvers.method_info`) gets *diagonal* statistics: ``sum_rows x_j^2 / N``
+per input, ``in`` numbers a layer instead of ``in^2`` (``collect(..., diagonal=True)``); a method
+that reads none (magnitude) gets no pass at all.
 
 Precision: each product is taken in float32 (the activations' precision; float64 activations
 stay float64) over at most :data:`PRODUCT_ROWS` rows at a time, and the products are summed in
@@ -154,8 +160,10 @@ class Moments:
     """One layer's statistics, float64, per convolution group.
 
     Attributes:
-        H: ``X^T X / N`` of the rows the layer sees, ``(groups, cols, cols)``; the members of
-            an input group share it.
+        H: ``X^T X / N`` of the rows the layer sees, ``(groups, cols, cols)``; its diagonal
+            alone, ``(groups, cols)``, for diagonal statistics; ``None`` when the method reads
+            no statistics (the plain problem, ``H = I``). The members of an input group share
+            it.
         cross: ``C = X^T X_0 / N`` against the dense model's rows ``X_0``, shared like ``H``
             (paired statistics of a group that keeps ``X_0``; see :func:`pairs_outputs`).
         outputs: ``G = Y_0^T X / N`` for the dense outputs ``Y_0 = X_0 W^T``, ``(groups, out,
@@ -165,7 +173,7 @@ class Moments:
     Example: see :func:`collect`.
     """
 
-    H: torch.Tensor
+    H: torch.Tensor | None
     cross: torch.Tensor | None = None
     outputs: torch.Tensor | None = None
     energy: torch.Tensor | None = None
@@ -250,8 +258,9 @@ def mirrored(total: torch.Tensor) -> torch.Tensor:
 
 def pairs_outputs(group: Sequence[Target]) -> bool:
     """Whether a group's paired statistics keep the dense outputs ``Y_0`` (``G = Y_0^T X``)
-    rather than the dense inputs ``X_0`` (``C = X^T X_0``): a linear group whose members have
-    fewer outputs in all than it has inputs (narrower rows to keep, fewer products to sum).
+    rather than the dense inputs ``X_0`` (``C = X^T X_0``): a group whose members have fewer
+    outputs in all than it has inputs (narrower rows to keep, fewer products to sum); for a
+    convolution, per group, against its patches' width (channels times taps).
 
     Args:
         group: an input group.
@@ -264,9 +273,10 @@ def pairs_outputs(group: Sequence[Target]) -> bool:
         True
         >>> pairs_outputs([Target(n, nn.Linear(4, 4)) for n in "qkv"])
         False
+        >>> pairs_outputs([Target("conv", nn.Conv1d(128, 16, 64))])
+        True
     """
-    first = group[0]
-    return not first.is_conv and sum(t.shape[0] for t in group) < first.shape[1]
+    return sum(t.shape[0] for t in group) < group[0].shape[1]
 
 
 def dense_width(group: Sequence[Target]) -> int:
@@ -279,7 +289,7 @@ def dense_width(group: Sequence[Target]) -> int:
     """
     first = group[0]
     if pairs_outputs(group):
-        return sum(t.shape[0] for t in group)
+        return sum(t.shape[0] for t in group) * first.groups
     return first.shape[1] * first.groups
 
 
@@ -340,14 +350,16 @@ class DenseSide:
 
 
 class _Moment:
-    """Running sums of one input group's row products, per convolution group, in float64."""
+    """Running sums of one input group's row products (or, ``diagonal``, of its squared
+    inputs), per convolution group, in float64."""
 
     def __init__(self, group: Sequence[Target], device: torch.device,
-                 dense: DenseSide | None):
+                 dense: DenseSide | None, diagonal: bool = False):
         target = group[0]
         g, cols = target.groups, target.shape[1]
-        self.target, self.dense = target, dense
-        self.sum = torch.zeros(g, cols, cols, dtype=torch.float64, device=device)
+        self.target, self.dense, self.diagonal = target, dense, diagonal
+        shape = (g, cols) if diagonal else (g, cols, cols)
+        self.sum = torch.zeros(shape, dtype=torch.float64, device=device)
         self.cross = self.outputs = None
         if dense is not None and dense.keeps_outputs:
             self.outputs = [torch.zeros(g, t.shape[0], cols, dtype=torch.float64, device=device)
@@ -366,13 +378,16 @@ class _Moment:
 
     def add(self, X: torch.Tensor) -> None:
         X = self.grouped(X)
+        self.rows += X.shape[1]
+        if self.diagonal:
+            self.sum += (X * X).sum(dim=1, dtype=torch.float64)
+            return
         add_gram(self.sum, X)
         if self.cross is not None:
             self.cross += row_products(X, self.grouped(self.dense.inputs.pop(0)))
         if self.outputs is not None:
             for total, rows in zip(self.outputs, self.dense.outputs, strict=True):
                 total += row_products(self.grouped(rows.pop(0)), X)
-        self.rows += X.shape[1]
 
     def value(self, group: Sequence[Target]) -> dict[str, Moments]:
         if self.rows == 0:
@@ -380,7 +395,7 @@ class _Moment:
                 f"no calibration input reached layer {self.target.name!r} "
                 "(every position was padding?)"
             )
-        H = mirrored(self.sum) / self.rows
+        H = (self.sum if self.diagonal else mirrored(self.sum)) / self.rows
         if self.dense is None:
             shared = Moments(H)
             return {t.name: shared for t in group}
@@ -480,6 +495,7 @@ def collect(
     discovery: Discovery,
     reference: Callable[[], AbstractContextManager] | None = None,
     dense: Sequence[DenseSide] | None = None,
+    diagonal: bool = False,
 ) -> dict[str, Moments]:
     """One pass over ``data`` filling the second moments of every group in ``groups``.
 
@@ -501,6 +517,7 @@ def collect(
         discovery: the model's :class:`Discovery`.
         reference: a context manager factory for paired statistics, or ``None``.
         dense: each group's dense side (instead of ``reference``); emptied as it is used.
+        diagonal: the diagonal of ``H`` only (``(groups, cols)`` per layer), unpaired.
 
     Returns:
         :class:`Moments` per target name; members of a group share ``H`` (and ``cross``).
@@ -515,10 +532,13 @@ def collect(
     """
     if reference is not None and dense is not None:
         raise ValueError("give reference or dense, not both")
+    if diagonal and (reference is not None or dense is not None):
+        raise ValueError("diagonal statistics are not paired: give no reference or dense")
     if reference is not None:
         dense = [DenseSide(group, device) for group in groups]
     sides = dense if dense is not None else [None] * len(groups)
-    moments = [_Moment(group, device, side) for group, side in zip(groups, sides, strict=True)]
+    moments = [_Moment(group, device, side, diagonal)
+               for group, side in zip(groups, sides, strict=True)]
     state: dict = {"mask": None, "dense": False}
 
     def accumulate(moment):

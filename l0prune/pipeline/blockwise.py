@@ -43,6 +43,11 @@ them, no second copy), boolean masks until they are attached, and the rollback's
 blocks changed so far, or of one block when they go to disk
 (:class:`~l0prune.model.rollback.Rollback` with a folder).
 
+A method that reads no statistics (magnitude) runs no pass at all: each block visits the
+device only to be solved. One that reads only ``diag H`` (Wanda) keeps one stream: the dense one
+(``sequential=False``) or the pruned one (``True``: each group's diagonal from the block as
+pruned so far, the stream then advanced through the pruned block), unpaired.
+
 Targets outside the stack run after it (a pooler, a projection after the last block): they are
 pruned after the stack by whole-model passes as in the whole-model path (``sequential=True``:
 one pass per input group; ``False``: one pass, with the dense weights put back for it). Targets
@@ -286,6 +291,8 @@ class BlockPruner:
         self.blocks = f"{stack.name}, {len(stack.blocks)} blocks"
         self.layers = LayerPruner(model, calibration, targets, discovery, rollback,
                                   config.replace(progress=False), device=device, solves=solves)
+        self.kind = self.layers.kind
+        self.paired = config.sequential and self.kind == "full"
         self.groups = input_groups(self.targets, discovery)
         self.block_groups: list[list[list[Target]]] = [[] for _ in stack.blocks]
         self.suffix: list[list[Target]] = []
@@ -367,14 +374,16 @@ class BlockPruner:
         }
 
     def _sweep(self, budgets, checkpoint: Checkpoint | None, curves) -> dict[str, LayerResult]:
-        inputs = self._block_inputs()
+        inputs = self._block_inputs() if self.kind != "none" else None
         if checkpoint is not None:
-            checkpoint.start(self._settings(budgets, inputs.digest))
-        dense = list(inputs.hidden)
-        pruned = list(dense) if self.sequential else dense
-        if not self.keep_inputs:
+            checkpoint.start(self._settings(budgets, "no data read" if inputs is None
+                                            else inputs.digest))
+        dense = [] if inputs is None else list(inputs.hidden)
+        pruned = list(dense) if self.paired else dense
+        if inputs is not None and not self.keep_inputs:
             inputs.hidden = None
-        data = [{"index": i, "attention_mask": mask} for i, mask in enumerate(inputs.masks)]
+        data = [] if inputs is None else [{"index": i, "attention_mask": mask}
+                                          for i, mask in enumerate(inputs.masks)]
         results: dict[str, LayerResult] = {}
         with progress("blocks", "block", total=len(self.stack.blocks),
                       enabled=self.config.progress,
@@ -412,11 +421,25 @@ class BlockPruner:
         (unless ``final``: the last block's outputs are not needed)."""
         runner = _Runner(block, inputs, pruned)
         done: dict[str, LayerResult] = {}
+        diagonal = self.kind == "diagonal"
+        if self.kind == "none":
+            self._solve(groups, budgets, {t.name: Moments(None) for g in groups for t in g},
+                        done, curves)
+            return done
         if not self.sequential:
-            moments = collect(runner, data, groups, self.device, self.discovery)
+            moments = collect(runner, data, groups, self.device, self.discovery,
+                              diagonal=diagonal)
             if not final:
                 self._advance(block, inputs, dense, pruned, {})
             self._solve(groups, budgets, moments, done, curves)
+            return done
+        if diagonal:  # one stream, the pruned one: each group sees the block as pruned so far
+            for group in groups:
+                moments = collect(runner, data, [group], self.device, self.discovery,
+                                  diagonal=True)
+                self._solve([group], budgets, moments, done, curves)
+            if not final:
+                self._advance(block, inputs, dense, pruned, done)
             return done
         paired = groups[1:] if first else groups
         runs = dense_runs(paired, dense[0].shape[-1], self.dense_row_widths) if paired else []
@@ -452,7 +475,12 @@ class BlockPruner:
     @torch.no_grad()
     def _advance(self, block, inputs, dense, pruned, done, *, dense_done: bool = False) -> None:
         """The streams past ``block``, which holds the weights of ``done``: ``X_0`` through
-        the dense block (unless ``dense_done``), then ``X`` through the block as it is."""
+        the dense block (unless ``dense_done``), then ``X`` through the block as it is; the one
+        stream of sequential diagonal statistics through the block as it is."""
+        if self.sequential and not self.paired:
+            for i in range(len(pruned)):
+                pruned[i] = run_block(block, inputs, i, pruned[i])
+            return
         if not dense_done:
             with self._dense(done):
                 for i in range(len(dense)):
@@ -470,6 +498,10 @@ class BlockPruner:
         for group in self.suffix:
             for t in group:
                 self.rollback.capture(t.module)
+        if self.kind == "none":
+            moments = {t.name: Moments(None) for g in self.suffix for t in g}
+            self._solve(self.suffix, budgets, moments, done, curves)
+            return self._in_place(done)
         if not self.sequential:
             with self._dense(results):
                 moments = self._collect(self.suffix, None)
@@ -477,14 +509,16 @@ class BlockPruner:
             return self._in_place(done)
         for group in self.suffix:
             earlier = {**results, **done}
-            moments = self._collect([group], partial(self._dense, earlier) if earlier else None)
+            reference = partial(self._dense, earlier) if earlier and self.paired else None
+            moments = self._collect([group], reference)
             self._solve([group], budgets, moments, done, curves)
         return self._in_place(done)
 
     def _collect(self, groups, reference) -> dict[str, Moments]:
         """Whole-model statistics of ``groups`` (where the model is), moved to the device."""
         self.passes += 1
-        found = collect(self.model, self.calibration, groups, self.home, self.discovery, reference)
+        found = collect(self.model, self.calibration, groups, self.home, self.discovery,
+                        reference, diagonal=self.kind == "diagonal")
         return _moved(found, self.device)
 
     def _solve(self, groups, budgets, moments, done, curves) -> None:

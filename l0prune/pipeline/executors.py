@@ -36,7 +36,7 @@ import torch
 
 from l0prune.model.statistics import Moments
 from l0prune.model.targets import Target
-from solvers import Budget, LayerProblem
+from solvers import Budget, LayerProblem, method_info
 from solvers.many import is_dask_client, portable, run_tasks
 
 from .solves import TargetSolution, solve_problems, solve_target, target_problems
@@ -101,6 +101,11 @@ class LayerSolves:
     def __init__(self, executor=None):
         self.executor = executor
 
+    def statistics(self, method: str, options: Mapping) -> str:
+        """The statistics the pipelines take for these solves: what ``method`` reads under
+        ``options`` (``"full"``, ``"diagonal"`` or ``"none"``: :func:`solvers.method_info`)."""
+        return method_info(method).statistics_for(options)
+
     def check(self, *, targets: Sequence[Target], sequential: bool, fixed: bool) -> None:
         """Refuse, before any work, a run these solves cannot serve (one ``ValueError``).
 
@@ -127,8 +132,8 @@ class LayerSolves:
                 t.method, t.options, t.errors_only) for t in tasks]
             return run_tasks(solve_problems, calls, None, on_done=on_done)
         shared: dict[int, torch.Tensor] = {}  # a group's H moved once, shared by its layers
-        calls = [_arguments(t, shared.setdefault(id(t.moments.H), t.moments.H.cpu()))
-                 for t in tasks]
+        calls = [_arguments(t, None if t.moments.H is None else shared.setdefault(
+            id(t.moments.H), t.moments.H.cpu())) for t in tasks]
         solutions = run_tasks(solve_target, calls, self.executor,
                               labels=[f"layer {t.name!r}" for t in tasks], on_done=on_done)
         for t, found in zip(tasks, solutions, strict=True):
@@ -138,7 +143,7 @@ class LayerSolves:
         return solutions
 
 
-def _arguments(task: LayerTask, H: torch.Tensor) -> tuple:
+def _arguments(task: LayerTask, H: torch.Tensor | None) -> tuple:
     """The arguments of :func:`~l0prune.pipeline.solves.solve_target` for ``task`` (its ``H`` on
     the CPU), on the CPU: the sequential problem's ``G`` per layer (``out x in``)."""
     cross, energy = task.moments.dense_cross(task.W), task.moments.energy

@@ -5,6 +5,12 @@ Each target becomes a :class:`~solvers.LayerProblem` per convolution group and
 :class:`~l0prune.model.snapshot.Snapshot`), ``X_0`` the layer's inputs in the dense model and ``X``
 those it sees:
 
+- a method that reads no statistics (magnitude) takes none: no pass over the data, and each
+  problem is the plain one (``H = I``); one that reads only ``diag H`` (Wanda) takes that alone
+  (:func:`~l0prune.model.statistics.collect` with ``diagonal``), unpaired: with
+  ``sequential=True`` from the model as pruned so far, otherwise from the dense model. What a
+  method reads comes from the solver registry (:func:`solvers.method_info`). The rest of this
+  docstring is about full statistics.
 - ``sequential=False``: every layer's statistics come from the dense model (``X = X_0``), in
   one pass over the calibration data reused by every later run; the problem is ``(W, H)`` with
   ``H = X^T X / N``, and the layers are independent.
@@ -109,6 +115,7 @@ class LayerPruner:
         self.solves = solves if solves is not None else LayerSolves()
         self.options = config.solver_options
         self.sequential, self.device = config.sequential, device
+        self.kind = self.solves.statistics(config.method, self.options)
         self.model_device = device
         self.groups = input_groups(self.targets, discovery)
         self.weights = {t.name: t.module.weight for t in self.targets}
@@ -119,9 +126,9 @@ class LayerPruner:
 
     def _collect(self, groups, reference=None) -> dict[str, Moments]:
         self.passes += 1
-        return collect(
-            self.model, self.calibration, groups, self.device, self.discovery, reference
-        )
+        diagonal = self.kind == "diagonal"
+        return collect(self.model, self.calibration, groups, self.device, self.discovery,
+                       None if diagonal else reference, diagonal=diagonal)
 
     @contextmanager
     def _dense(self, results: Mapping[str, LayerResult]) -> Iterator[None]:
@@ -150,7 +157,7 @@ class LayerPruner:
             return cached[1]
         W = self._dense_matrix(target)
         problems = target_problems(W, moments.H, moments.dense_cross(W), moments.energy,
-                                   check_psd=False)  # H = X^T X, summed here
+                                   check_psd=False)  # H = X^T X (or its diagonal), summed here
         self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
         self._cache[target.name] = (weakref.ref(moments), problems)
         return problems
@@ -206,16 +213,19 @@ class LayerPruner:
             A :class:`LayerResult` per target name, in the order the layers run.
         """
         results: dict[str, LayerResult] = {}
-        plan = [[group] for group in self.groups] if self.sequential else [self.groups]
-        if not self.sequential and not self.statistics:
+        sequential = self.sequential and self.kind != "none"
+        plan = [[group] for group in self.groups] if sequential else [self.groups]
+        if self.kind == "none":
+            self.statistics = {t.name: Moments(None) for t in self.targets}
+        elif not sequential and not self.statistics:
             self.statistics = self._collect(self.groups)
         with progress("layers", "layer", total=len(self.targets),
                       enabled=self.config.progress, transient=True) as bar:
             for index, level in enumerate(plan):
-                if self.sequential and index == 0:
+                if sequential and index == 0:
                     self._first = self._first or self._collect(level)
                     self.statistics.update(self._first)
-                elif self.sequential:
+                elif sequential:
                     self.statistics.update(
                         self._collect(level, reference=lambda: self._dense(results))
                     )

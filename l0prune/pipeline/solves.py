@@ -67,7 +67,8 @@ def target_problems(W: torch.Tensor, H: torch.Tensor, cross: torch.Tensor | None
 
     Args:
         W: the dense weight, ``(groups, out, in)``.
-        H: ``X^T X / N`` per group, ``(groups, in, in)``.
+        H: ``X^T X / N`` per group, ``(groups, in, in)``; its diagonal, ``(groups, in)``; or
+            ``None`` (the plain problem, ``H = I``: a method that reads no statistics).
         cross: ``G = (X_0 W^T)^T X / N`` per group, ``(groups, out, in)``, or ``None`` for
             parallel statistics.
         energy: ``||X_0 W^T||^2 / N`` per group, ``(groups,)`` (with ``cross``), or ``None``.
@@ -78,7 +79,8 @@ def target_problems(W: torch.Tensor, H: torch.Tensor, cross: torch.Tensor | None
         One unsized :class:`~solvers.LayerProblem` per group.
     """
     return [
-        LayerProblem.from_moments(W[i], H[i], None if cross is None else cross[i],
+        LayerProblem.from_moments(W[i], None if H is None else H[i],
+                                  None if cross is None else cross[i],
                                   None if energy is None else energy[i], check_psd=check_psd)
         for i in range(W.shape[0])
     ]

@@ -170,3 +170,29 @@ def test_the_psd_check_can_be_left_to_a_caller_that_summed_h():
     with pytest.raises(ValueError, match="positive semidefinite"):
         LayerProblem(W, H, sparsity=0.5)
     assert LayerProblem(W, H, sparsity=0.5, check_psd=False).H is not None
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "obs", "iht", "admm"])
+def test_a_diagonal_H_given_as_a_vector_is_the_diagonal_matrix(method):
+    """Every method and figure agrees; the score methods never form the in x in matrix."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    d = torch.rand(16, generator=g, dtype=torch.float64) + 0.1
+    vector = LayerProblem(W, d, sparsity=0.5)
+    matrix = LayerProblem(W, torch.diag(d), sparsity=0.5)
+    a, b = solve(vector, method), solve(matrix, method)
+    assert torch.equal(a.mask, b.mask) and torch.allclose(a.weight, b.weight)
+    assert a.relative_error == pytest.approx(b.relative_error, rel=1e-12)
+    assert vector.objective(a.weight) == pytest.approx(matrix.objective(a.weight), rel=1e-12)
+    assert vector.lam == matrix.lam and vector.diagonal and not matrix.diagonal
+    assert ("H" in vector._cache) == (method not in ("magnitude", "wanda"))
+
+
+def test_a_diagonal_H_is_checked():
+    W = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="must have W's 3 entries"):
+        LayerProblem(W, torch.ones(4))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        LayerProblem(W, torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="H must be finite"):
+        LayerProblem(W, torch.tensor([1.0, float("nan"), 1.0]))
