@@ -110,15 +110,20 @@ def maximise(
         d0 = 0.9 * fit_inside(As, d.double() / alpha[:, None])
     point = problem.start(d0.clamp_min(1e-12))
     best, best_value = point, problem.exact(point)
+    per = b // len(shared) if shared is not None else 1
     t, stages = _T0, 0
     while t >= _T_MIN:
         point = problem.centre(point, t)
         stages += 1
         value = problem.exact(point)
-        gain = float((value - best_value).sum())
-        if gain > 0:
-            best, best_value = point, value
-        if t < 1e-6 and gain <= tol * float(best_value.abs().sum()):
+        gain = value.reshape(-1, per).sum(1) - best_value.reshape(-1, per).sum(1)
+        better = (gain > 0).repeat_interleave(per)
+        best = tuple(torch.where(better.reshape((-1,) + (1,) * (x.dim() - 1)), y, x)
+                     if x.shape[0] == b else torch.where(gain > 0, y, x)
+                     for x, y in zip(best, point, strict=True))
+        best_value = torch.where(better, value, best_value)
+        total = best_value.reshape(-1, per).sum(1)
+        if t < 1e-6 and float(gain.clamp_min(0).sum()) <= tol * float(total.abs().sum()):
             break
         t *= _SHRINK
     p, d_s, tau = best
