@@ -38,7 +38,7 @@ def test_row_sdp_bound_is_valid_on_random_h(problem):
     assert_below(lower_bound(problem, "row_sdp"), problem, optimum(problem))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(real_like())
 def test_row_sdp_bound_is_valid_and_tightest_on_real_like_h(problem):
     truth = optimum(problem)
