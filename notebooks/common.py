@@ -47,7 +47,7 @@ class Session:
     """Started in a notebook's first cell; :meth:`finish` in its last says what the run took.
 
     One torch thread by default: the timings shown are then comparable across notebooks and with
-    the benchmarks (``python -m l0prune.bench ... --threads 1``), and a busy machine does not
+    the benchmarks (``l0prune bench ... --threads 1``), and a busy machine does not
     distort them as much as it does multi-threaded LAPACK.
     """
 

@@ -18,6 +18,12 @@ a valid bound however inexactly the point was found:
 - ``"sdp"``: the relaxation with the diagonal that maximises the separable bound
   (:func:`~solvers.diagonal.sdp_diagonal`, an ``in x in`` SDP, for small ``in``), or the
   ``"lagrangian"`` bound when that is higher.
+- ``"row_sdp"``: the SDP (Shor) bound with one diagonal per row: the certificate maximised jointly
+  over the dual point and every row's split by a barrier Newton method (:mod:`solvers.row_sdp`),
+  the budget's sets exact (a layer budget's one multiplier shared by all rows). ``O(out n^3)`` per
+  Newton step, no size guard. A Structured budget's gate spans the rows, so there the diagonals
+  are those of the unstructured problem keeping as many weights, read by the structured
+  certificate.
 
 Every tier is at least the separable bound for its diagonal.
 """
@@ -37,7 +43,7 @@ from .problem import LayerProblem
 
 __all__ = ["BOUNDS", "lower_bound"]
 
-BOUNDS = ("separable", "lagrangian", "perspective", "sdp")
+BOUNDS = ("separable", "lagrangian", "perspective", "sdp", "row_sdp")
 
 #: Size guards: ``out * in`` for the cone program; ``in`` (the PSD constraint) and ``out * in``
 #: (the linear part) for the SDP.
@@ -60,7 +66,8 @@ def lower_bound(
         problem: a :class:`~solvers.problem.LayerProblem` with a sized budget.
         method: one of :data:`BOUNDS` (see the module docstring).
         max_iter: ADMM steps of ``"lagrangian"`` / ``"sdp"``.
-        tol: their relaxation gap (relative) at which to stop.
+        tol: their relaxation gap (relative) at which to stop; for ``"row_sdp"``, the gain of a
+            barrier stage (relative) below which it stops.
         init: a feasible weight to start them from (a heuristic's answer).
 
     Returns:
@@ -111,6 +118,8 @@ def lower_bound(
         return dual_bound(W, A, d, None, budget)
     if method == "perspective":
         return _perspective(W, A, d, card, budget)
+    if method == "row_sdp":
+        return _row_sdp(W, A, card, budget, tol)
     bound, _ = relax(W, A, d, budget, init=init, max_iter=max_iter, tol=tol)
     if method == "lagrangian":
         return bound
@@ -137,3 +146,19 @@ def _perspective(W, A, d, card, budget) -> float:
         return separable
     X = torch.as_tensor(weight, dtype=torch.float64, device=W.device).reshape(W.shape) - W
     return max(dual_bound(W, A, d, X, budget), separable)
+
+
+def _row_sdp(W, A, card, budget, tol) -> float:
+    """The rows' SDP dual point (:func:`~solvers.row_sdp.maximise`), read by the certificate."""
+    from .row_sdp import maximise
+
+    out, inp = card.shape
+    if card.group is not None:
+        point = maximise(W, A, set_size=inp, shared=card.count * card.group * out, tol=tol)
+    elif card.rows_independent:
+        count = torch.full((out, inp // card.set_size), card.count, dtype=torch.float64)
+        point = maximise(W, A, set_size=card.set_size, count=count, tol=tol)
+    else:
+        point = maximise(W, A, set_size=inp, shared=card.count, tol=tol)
+    return max(dual_bound(W, A, point.d, point.X, budget), dual_bound(W, A, eig_diagonal(A), None,
+                                                                       budget))

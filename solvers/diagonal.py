@@ -30,7 +30,7 @@ import torch
 
 from .cardinality import Cardinality
 
-__all__ = ["eig_diagonal", "fit_inside", "sdp_diagonal"]
+__all__ = ["eig_diagonal", "fit_inside", "sdp_diagonal", "shift_inside"]
 
 #: Fraction of the PSD boundary a diagonal may reach.
 INSIDE = 0.999
@@ -52,13 +52,39 @@ def eig_diagonal(A: torch.Tensor) -> torch.Tensor:
 def fit_inside(A: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``beta * d`` with the largest ``beta <= 1`` keeping ``A - diag(beta d)`` 0.1 % inside PSD.
 
-    ``A - beta D >= 0`` iff ``beta <= 1 / lambda_max(L^-1 D L^-T)`` for ``A = L L^T``.
+    ``A - beta D >= 0`` iff ``beta <= 1 / lambda_max(L^-1 D L^-T)`` for ``A = L L^T``. Batched:
+    ``d`` may be ``(b, n)`` (one diagonal per row, each scaled on its own) with ``A`` ``(n, n)``
+    or ``(b, n, n)``.
     """
     A, d = A.double(), d.double().clamp_min(0)
     L = torch.linalg.cholesky(A)
-    half = torch.linalg.solve_triangular(L, torch.diag(d.sqrt()), upper=False)
-    rho = float(torch.linalg.eigvalsh(half @ half.T)[-1])
-    return d * min(1.0, INSIDE / rho) if rho > 0 else d
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    inverse = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    half = inverse * d.sqrt().unsqueeze(-2)
+    rho = torch.linalg.eigvalsh(half @ half.transpose(-1, -2))[..., -1]
+    beta = torch.where(rho > 0, (INSIDE / rho.clamp_min(1e-300)).clamp(max=1.0), 1.0)
+    return d * beta.unsqueeze(-1)
+
+
+def shift_inside(A: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``d`` (one diagonal, or one per row ``(b, n)``) with ``A - diag(d)`` checked PSD.
+
+    The smallest eigenvalue of each ``A - diag(d_i)`` is computed (``eigvalsh``, whose error is
+    at most a few ``n * eps * ||A||``) and must clear ``8 n eps ||A||``; a diagonal that does not
+    is shifted down by the shortfall, or, where that would make it negative, scaled by
+    :func:`fit_inside`. Unlike :func:`fit_inside` it leaves an interior point (an optimised ``d``
+    just inside the boundary) as it is.
+    """
+    A, d = A.double(), d.double().clamp_min(0)
+    n = A.shape[-1]
+    e = torch.linalg.eigvalsh(A - torch.diag_embed(d))
+    margin = 8 * n * torch.finfo(torch.float64).eps * e[..., -1:].abs()
+    short = (margin - e[..., :1]).clamp_min(0)
+    shifted = d - short
+    if bool((shifted > 0).all()):
+        return shifted
+    return torch.where((short > 0) & (shifted <= 0).any(-1, keepdim=True), fit_inside(A, d),
+                       shifted)
 
 
 def sdp_diagonal(W: torch.Tensor, A: torch.Tensor, cardinality: Cardinality) -> torch.Tensor:

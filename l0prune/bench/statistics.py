@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from l0prune.model.statistics import collect, discover, input_groups
-from l0prune.model.targets import Target, select_targets
+from l0prune.model.targets import Target
 
 from . import add_threads_option, use_threads
 from .pitch import frames, pitch_net
