@@ -2,7 +2,9 @@
 a dask cluster.
 
 :func:`run_tasks` is the seam: ``fn(*args)`` for each argument tuple, submitted together and
-gathered in the order given. The executor is
+gathered in the order given; :func:`submit_tasks` submits without waiting, so that a caller
+keeps working (the next block's statistics) while the executor solves, and gathers later. The
+executor is
 
 - ``None``: the calls run here, one after the other;
 - any :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, dask's
@@ -39,8 +41,8 @@ from .problem import LayerProblem
 from .registry import MethodInfo, method_function, method_info, methods, register_method
 from .solution import Solution
 
-__all__ = ["WorkerLost", "ensure_method", "is_dask_client", "portable", "run_tasks",
-           "solve_many"]
+__all__ = ["Submitted", "WorkerLost", "ensure_method", "is_dask_client", "portable",
+           "run_tasks", "solve_many", "submit_tasks"]
 
 
 class WorkerLost(RuntimeError):
@@ -113,27 +115,60 @@ def run_tasks(
         >>> run_tasks(pow, [(2, 3), (3, 2)])
         [8, 9]
     """
+    return submit_tasks(fn, calls, executor, labels=labels).gather(on_done)
+
+
+class Submitted:
+    """Tasks handed to an executor (or kept to run here): :meth:`gather` waits for them.
+
+    Example:
+        >>> submit_tasks(pow, [(2, 3), (3, 2)]).gather()
+        [8, 9]
+    """
+
+    def __init__(self, gather: Callable):
+        self._gather = gather
+
+    def gather(self, on_done: Callable[[int], None] | None = None) -> list:
+        """The results in the order of the calls (see :func:`run_tasks`); ``on_done`` is called
+        with a task's index as each one finishes. Without an executor the calls run now."""
+        return self._gather(on_done or (lambda index: None))
+
+
+def submit_tasks(
+    fn: Callable,
+    calls: Sequence[tuple],
+    executor=None,
+    *,
+    labels: Sequence[str] | None = None,
+) -> Submitted:
+    """:func:`run_tasks` without the wait: the tasks go to ``executor`` now and run there while
+    the caller goes on; :meth:`Submitted.gather` collects them. Without an executor nothing
+    runs until then."""
     labels = list(labels) if labels is not None else [f"task {i}" for i in range(len(calls))]
-    done = on_done or (lambda index: None)
+    calls = list(calls)
     if executor is None:
-        results = []
-        for index, args in enumerate(calls):
-            results.append(fn(*args))
-            done(index)
-        return results
+        def here(done):
+            results = []
+            for index, args in enumerate(calls):
+                results.append(fn(*args))
+                done(index)
+            return results
+
+        return Submitted(here)
     if is_dask_client(executor):
-        return _on_dask(executor, fn, calls, labels, done)
+        return _on_dask(executor, fn, calls, labels)
     if isinstance(executor, cf.Executor):
         futures = [executor.submit(on_worker, fn, *args) for args in calls]
-        return _gather(futures, cf.as_completed(futures), labels, done,
-                       lambda: [f.cancel() for f in futures])
+        return Submitted(lambda done: _gather(futures, cf.as_completed(futures), labels, done,
+                                              lambda: [f.cancel() for f in futures]))
     raise ValueError(
         "executor must be None, a concurrent.futures.Executor or a dask.distributed.Client, "
         f"got {type(executor).__name__}"
     )
 
 
-def _on_dask(client, fn: Callable, calls: Sequence[tuple], labels: Sequence[str], done) -> list:
+def _on_dask(client, fn: Callable, calls: Sequence[tuple], labels: Sequence[str]) -> Submitted:
     """Send each tensor shared by several calls once, submit every call, gather in order.
 
     A shared tensor goes out as a task of its own that returns it (not ``Client.scatter``):
@@ -161,8 +196,8 @@ def _on_dask(client, fn: Callable, calls: Sequence[tuple], labels: Sequence[str]
             for i, (args, label) in enumerate(zip(calls, labels, strict=True))
         ]
     del sent  # the tasks hold the shared data now; it is released with them
-    return _gather(futures, as_completed(futures), labels, done,
-                   functools.partial(client.cancel, futures))
+    return Submitted(lambda done: _gather(futures, as_completed(futures), labels, done,
+                                          functools.partial(client.cancel, futures)))
 
 
 def _same(value):

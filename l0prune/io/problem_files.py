@@ -43,6 +43,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -145,8 +146,11 @@ class ProblemWriter(LayerSolves):
         _check_fixed(sequential, fixed, "saving the layer problems")
         self.targets = {t.name: list(t.weight_shape) for t in targets}
 
-    def __call__(self, tasks: Sequence[LayerTask],
-                 on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
+    def submit(self, tasks: Sequence[LayerTask]) -> Callable:
+        return partial(self._solutions, list(tasks))
+
+    def _solutions(self, tasks: Sequence[LayerTask],
+                   on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
         moments: dict[int, tuple[str, str]] = {}  # one file per input group, in this batch
         solutions = []
         for i, task in enumerate(tasks):
@@ -231,8 +235,11 @@ class SavedSolutions(LayerSolves):
                     f"{'x'.join(map(str, shape))} here"
                 )
 
-    def __call__(self, tasks: Sequence[LayerTask],
-                 on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
+    def submit(self, tasks: Sequence[LayerTask]) -> Callable:
+        return partial(self._solutions, list(tasks))
+
+    def _solutions(self, tasks: Sequence[LayerTask],
+                   on_done: Callable[[int], None] | None = None) -> list[list[TargetSolution]]:
         solutions = []
         for i, task in enumerate(tasks):
             problem, solved = self.by_name[task.name]

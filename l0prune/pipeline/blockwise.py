@@ -28,6 +28,12 @@ The statistics are those of the whole-model path, so the results are too (the sa
   block and batch: one dense pass, one pruned pass per group (each stopped at it), one to
   advance; a dense reference pass per group instead would add one (stopped) pass per group.
 
+With an executor and ``sequential=False``, a block's solves go out as soon as its statistics
+are taken and the sweep goes on to the next block (whose dense inputs do not depend on them):
+the workers solve every block's layers side by side while this process takes the statistics,
+instead of waiting for each block's largest layer; the weights are written when the solutions
+come back, block by block, in order (and each finished block then checkpointed).
+
 Memory on the run's device: one block, its groups' float64 statistics (freed once the group is
 solved), the cached activations: one stream (``sequential=False``) or two (``True``), plus
 block 0's inputs kept for a run that prunes more than once (the loss-tolerance search). With
@@ -385,6 +391,7 @@ class BlockPruner:
         data = [] if inputs is None else [{"index": i, "attention_mask": mask}
                                           for i, mask in enumerate(inputs.masks)]
         results: dict[str, LayerResult] = {}
+        pending: list = []  # blocks whose solves are out (index, their results, dense digest)
         with progress("blocks", "block", total=len(self.stack.blocks),
                       enabled=self.config.progress,
                       transient=True) as bar:
@@ -397,42 +404,63 @@ class BlockPruner:
                 self.rollback.capture(block)
                 move(block, self.device)
                 if done is None:
-                    done = self._block(block, inputs, data, groups, budgets, dense, pruned,
-                                       first=not results, final=final, curves=curves)
-                    if checkpoint is not None:
-                        checkpoint.save(index, list(done.values()), digest)
+                    finish = self._block(block, inputs, data, groups, budgets, dense, pruned,
+                                         first=not results, final=final, curves=curves)
+                    pending.append((index, finish, digest))
+                    if not self._defer(curves):
+                        results.update(self._finish(pending, checkpoint))
                 else:
                     with torch.no_grad():
                         for t in members:
                             t.module.weight.copy_(done[t.name].weight)
                     if not final:
                         self._advance(block, inputs, dense, pruned, done)
+                    results.update(self._in_place(done))
                 move(block, self.home)
                 self.rollback.release(block)
-                results.update(self._in_place(done))
                 bar.update()
+            results.update(self._finish(pending, checkpoint))
         del dense, pruned
         results.update(self._suffix(budgets, results, curves))
         return {t.name: results[t.name] for group in self.groups for t in group}
 
+    def _defer(self, curves) -> bool:
+        """Whether a block's solves may finish later (see the module docstring)."""
+        return curves is None and not self.sequential and self.layers.solves.concurrent
+
+    def _finish(self, pending: list, checkpoint: Checkpoint | None) -> dict[str, LayerResult]:
+        """The results of the blocks in ``pending`` (emptied), each block's weights written
+        and the block checkpointed, in order."""
+        results: dict[str, LayerResult] = {}
+        for index, finish, digest in pending:
+            done = finish()
+            if checkpoint is not None:
+                checkpoint.save(index, list(done.values()), digest)
+            results.update(self._in_place(done))
+        pending.clear()
+        return results
+
     def _block(self, block, inputs, data, groups, budgets, dense, pruned, *, first, final,
-               curves) -> dict[str, LayerResult]:
+               curves):
         """Solve one block's groups from its input streams; advance the streams past it
-        (unless ``final``: the last block's outputs are not needed)."""
+        (unless ``final``: the last block's outputs are not needed). Returns a function that
+        gives the block's results once they are in (see :meth:`_defer`)."""
         runner = _Runner(block, inputs, pruned)
         done: dict[str, LayerResult] = {}
         diagonal = self.kind == "diagonal"
         if self.kind == "none":
             self._solve(groups, budgets, {t.name: Moments(None) for g in groups for t in g},
                         done, curves)
-            return done
+            return lambda: done
         if not self.sequential:
             moments = collect(runner, data, groups, self.device, self.discovery,
                               diagonal=diagonal)
             if not final:
                 self._advance(block, inputs, dense, pruned, {})
+            if self._defer(curves):
+                return self._submit(groups, budgets, moments)
             self._solve(groups, budgets, moments, done, curves)
-            return done
+            return lambda: done
         if diagonal:  # one stream, the pruned one: each group sees the block as pruned so far
             for group in groups:
                 moments = collect(runner, data, [group], self.device, self.discovery,
@@ -440,7 +468,7 @@ class BlockPruner:
                 self._solve([group], budgets, moments, done, curves)
             if not final:
                 self._advance(block, inputs, dense, pruned, done)
-            return done
+            return lambda: done
         paired = groups[1:] if first else groups
         runs = dense_runs(paired, dense[0].shape[-1], self.dense_row_widths) if paired else []
         rows: dict[int, DenseSide] = {}
@@ -459,7 +487,7 @@ class BlockPruner:
             del moments, side
         if not final:
             self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
-        return done
+        return lambda: done
 
     def _dense_rows(self, block, inputs, data, run, dense, done, *,
                     advance: bool = False) -> dict[int, DenseSide]:
@@ -520,6 +548,23 @@ class BlockPruner:
         found = collect(self.model, self.calibration, groups, self.home, self.discovery,
                         reference, diagonal=self.kind == "diagonal")
         return _moved(found, self.device)
+
+    def _submit(self, groups, budgets, moments):
+        """Send the layers of ``groups`` to the executor; the function returned waits for
+        their solutions and writes their weights."""
+        members = [t for group in groups for t in group]
+        pending = self.layers.submit_all([(t, budgets[t.name], moments[t.name])
+                                          for t in members])
+
+        def finish() -> dict[str, LayerResult]:
+            done = {}
+            for t, result in zip(members, pending(None), strict=True):
+                with torch.no_grad():
+                    t.module.weight.copy_(result.weight)
+                done[t.name] = result
+            return done
+
+        return finish
 
     def _solve(self, groups, budgets, moments, done, curves) -> None:
         """Solve the layers of ``groups`` together and write their weights."""

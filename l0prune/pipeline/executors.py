@@ -10,7 +10,9 @@ layers that read one input, and sent once to a dask cluster), the budget, the me
 options; never the model or the data.
 
 :class:`LayerSolves` is the one narrow interface the pipelines hand their tasks to: ``check``
-before any work, then ``solves(tasks, on_done)``. The problem files of
+before any work, ``statistics`` (what the pipelines take for the method), then ``submit(tasks)``,
+whose result waits for the solutions (an executor starts on them at once, so a block-by-block
+run goes on with the next block meanwhile). The problem files of
 :mod:`l0prune.io.problem_files` plug in the same way, as a sink that writes the problems
 (solving none) and as a source of solutions read back; they are not executors, and
 ``executor=`` takes executors only.
@@ -37,7 +39,7 @@ import torch
 from l0prune.model.statistics import Moments
 from l0prune.model.targets import Target
 from solvers import Budget, LayerProblem, method_info
-from solvers.many import is_dask_client, portable, run_tasks
+from solvers.many import is_dask_client, portable, submit_tasks
 
 from .solves import TargetSolution, solve_problems, solve_target, target_problems
 
@@ -101,6 +103,11 @@ class LayerSolves:
     def __init__(self, executor=None):
         self.executor = executor
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether solves run elsewhere while this process goes on (an executor's)."""
+        return self.executor is not None
+
     def statistics(self, method: str, options: Mapping) -> str:
         """The statistics the pipelines take for these solves: what ``method`` reads under
         ``options`` (``"full"``, ``"diagonal"`` or ``"none"``: :func:`solvers.method_info`)."""
@@ -126,20 +133,33 @@ class LayerSolves:
         Returns:
             Per task, one :class:`~l0prune.pipeline.solves.TargetSolution` per budget.
         """
+        return self.submit(tasks)(on_done)
+
+    def submit(self, tasks: Sequence[LayerTask]
+               ) -> Callable[[Callable[[int], None] | None], list[list[TargetSolution]]]:
+        """Hand ``tasks`` over now (an executor starts on them while this process goes on);
+        the function returned waits for their solutions, as :meth:`__call__` gives them (here,
+        the solves run when it is called)."""
         if self.executor is None:
             calls = [(t.problems() if t.problems is not None else target_problems(
                 t.W, t.moments.H, t.moments.dense_cross(t.W), t.moments.energy), t.budgets,
                 t.method, t.options, t.errors_only) for t in tasks]
-            return run_tasks(solve_problems, calls, None, on_done=on_done)
+            return submit_tasks(solve_problems, calls, None).gather
         shared: dict[int, torch.Tensor] = {}  # a group's H moved once, shared by its layers
         calls = [_arguments(t, None if t.moments.H is None else shared.setdefault(
             id(t.moments.H), t.moments.H.cpu())) for t in tasks]
-        solutions = run_tasks(solve_target, calls, self.executor,
-                              labels=[f"layer {t.name!r}" for t in tasks], on_done=on_done)
-        for t, found in zip(tasks, solutions, strict=True):
-            for s in found:
-                if s.weight is not None:
-                    s.weight, s.mask = s.weight.to(t.W.device), s.mask.to(t.W.device)
+        submitted = submit_tasks(solve_target, calls, self.executor,
+                                 labels=[f"layer {t.name!r}" for t in tasks])
+        devices = [t.W.device for t in tasks]
+
+        def solutions(on_done=None) -> list[list[TargetSolution]]:
+            found = submitted.gather(on_done)
+            for device, per_budget in zip(devices, found, strict=True):
+                for s in per_budget:
+                    if s.weight is not None:
+                        s.weight, s.mask = s.weight.to(device), s.mask.to(device)
+            return found
+
         return solutions
 
 

@@ -199,9 +199,20 @@ class LayerPruner:
         Returns:
             Their :class:`LayerResult` s, in order; the model is not changed.
         """
+        return self.submit_all(jobs)(on_done)
+
+    def submit_all(self, jobs: Sequence[tuple[Target, Budget, Moments]]
+                   ) -> Callable[[Callable[[int], None] | None], list[LayerResult]]:
+        """:meth:`solve_all` without the wait: the jobs go to the run's executor now; the
+        function returned gives their :class:`LayerResult` s (the model is not changed)."""
         tasks = [self._task(t, [budget], moments) for t, budget, moments in jobs]
-        solutions = self.solves(tasks, on_done)
-        return [_result(t, s[0]) for (t, _, _), s in zip(jobs, solutions, strict=True)]
+        pending = self.solves.submit(tasks)
+
+        def results(on_done=None) -> list[LayerResult]:
+            solutions = pending(on_done)
+            return [_result(t, s[0]) for (t, _, _), s in zip(jobs, solutions, strict=True)]
+
+        return results
 
     def run(self, budgets: Mapping[str, Budget]) -> dict[str, LayerResult]:
         """Prune every target under its budget and attach the masks.

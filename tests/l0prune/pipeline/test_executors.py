@@ -12,6 +12,7 @@ from torch.nn.utils import prune as torch_prune
 import l0prune
 from l0prune.pipeline.executors import join_cluster, layer_solves, local_cluster
 from solvers.many import WorkerLost
+from tests.l0prune.pipeline.test_blockwise import tiny, token_batches
 
 distributed = pytest.importorskip("distributed")
 
@@ -193,3 +194,41 @@ def test_the_alpha_search_on_the_cluster_takes_the_same_path(dask_client, digits
     assert [(t.stage, t.target, t.sparsity, t.loss) for t in found.trials] == [
         (t.stage, t.target, t.sparsity, t.loss) for t in expected.trials]
     _assert_same_run(here, expected, there, found)
+
+
+class _Immediate(cf.Executor):
+    """Runs each task as it is submitted (in this process) and counts them."""
+
+    def __init__(self):
+        self.submitted = 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        future = cf.Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_block_by_block_hands_every_blocks_solves_out_before_it_waits(monkeypatch):
+    """A block's largest layer once held the workers up: without sequential statistics the
+    blocks' solves go out as their statistics are taken and come back at the end."""
+    from l0prune.pipeline import blockwise
+
+    waited_for = []
+    finish = blockwise.BlockPruner._finish
+
+    def recorded(self, pending, checkpoint):
+        if pending:
+            waited_for.append(len(pending))
+        return finish(self, pending, checkpoint)
+
+    monkeypatch.setattr(blockwise.BlockPruner, "_finish", recorded)
+    model, data = tiny("llama", 3), token_batches()
+    twin = copy.deepcopy(model)
+    executor = _Immediate()
+    found = l0prune.prune(model, data, sparsity=0.5, method="obs", sequential=False,
+                          executor=executor, progress=False)
+    assert waited_for == [3] and executor.submitted == 3 * 7  # 7 layers a LLaMA block
+    expected = l0prune.prune(twin, data, sparsity=0.5, method="obs", sequential=False,
+                             progress=False)
+    _assert_same_run(twin, expected, model, found)
