@@ -4,7 +4,8 @@ The run, in order (DESIGN.md 2.6 and 3):
 
 1. the settings become a :class:`~l0prune.PruneConfig` (checked once); the run's frame is a
    :class:`~l0prune.pipeline.session.RunSession` (threads, the model captured before anything
-   changes, the device);
+   changes, the device); padded token batches are regrouped by length for the statistics
+   (:mod:`l0prune.data.regroup`), so padding costs their forward passes nothing;
 2. one forward pass on a calibration batch finds the prunable layers, the order they run in and
    which of them read the same input (:func:`~l0prune.model.statistics.discover`); the targets
    are chosen from them (:func:`~l0prune.model.targets.select_targets`);
@@ -34,6 +35,7 @@ from torch import nn
 
 from .config import PruneConfig
 from .data.batches import LossFn, cross_entropy
+from .data.regroup import regrouped
 from .model import blocks
 from .model.rollback import Rollback
 from .model.statistics import discover
@@ -139,7 +141,8 @@ def run(model: nn.Module, calibration: Iterable, config: PruneConfig, *,
                     move_model=stack is None) as session:
         if spill is not None:
             session.on_exit(shutil.rmtree, spill, True)
-        pipeline, skipped = _pipeline(model, calibration, config, session, stack, solves)
+        pipeline, skipped = _pipeline(model, regrouped(calibration), config, session, stack,
+                                      solves)
         trials = Trials(
             model, pipeline, session.snapshot, validation=validation,
             loss_fn=loss_fn or cross_entropy, finetune=config.finetune,

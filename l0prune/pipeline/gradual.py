@@ -38,6 +38,7 @@ from torch.nn.utils import prune as torch_prune
 from l0prune import validate
 from l0prune.config import PruneConfig
 from l0prune.data.batches import LossFn, cross_entropy, mean_loss
+from l0prune.data.regroup import regrouped
 from l0prune.model.input_check import explained
 from l0prune.model.snapshot import Snapshot
 from l0prune.model.targets import Target
@@ -161,6 +162,7 @@ class _Gradual:
     def __init__(self, model, train, targets, discovery, snapshot, config: PruneConfig, *,
                  loss_fn, validation, device):
         self.model, self.train, self.targets = model, train, list(targets)
+        self.statistics_data = regrouped(train)  # the steps' statistics; finetuning: train
         self.discovery, self.snapshot, self.config = discovery, snapshot, config
         self.family, self.method, self.finetune = config.budget, config.method, config.finetune
         self.loss_fn, self.validation = loss_fn, validation
@@ -229,7 +231,7 @@ class _Gradual:
     def step(self, target: float, stage: str) -> bool:
         """Prune every target to ``target`` from the current weights, finetune, evaluate."""
         allowed = self._make_permanent()
-        pruner = LayerPruner(self.model, self.train, self.targets, self.discovery,
+        pruner = LayerPruner(self.model, self.statistics_data, self.targets, self.discovery,
                              Snapshot(self.model), self.config, device=self.device)
         results = pruner.run({t.name: self._budget(t, target, allowed[t.name])
                               for t in self.targets})
