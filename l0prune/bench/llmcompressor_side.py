@@ -13,14 +13,16 @@ which. Texts are docstrings of Python's standard library (:func:`l0prune.demo.lm
 the encoder's tokenizer. Both tools prune every ``Linear`` of the six blocks to ``--sparsity``
 (50 %) on the same tokens at ``--threads`` (1) torch threads:
 
+Both get the calibration texts as a user makes them: the tokenizer's batches of ``--batch-size``
+(32) texts in their order, each padded to its longest text.
+
 - l0prune: :func:`l0prune.prune` with each of ``--methods`` (``obs``, ``admm``), in this
   process, block by block (its default for this model), with sequential statistics (its
-  default) and without; ``--whole-model`` adds the whole-model path. The texts go in batches of
-  16 grouped by length (padding is computed by every forward pass, then dropped);
+  default) and without; ``--whole-model`` adds the whole-model path;
 - llm-compressor: ``oneshot`` with a ``SparseGPTModifier`` (its sequential pipeline), run by
   :mod:`l0prune.bench.llmcompressor_script` with ``--llmcompressor-python``, the python of an
   environment that has llm-compressor (it is no dependency of l0prune; without the option the row
-  is skipped with a note). It takes the texts one at a time, unpadded (its default batch size).
+  is skipped with a note), on a dataset of the same padded rows (its default batch size, 1).
 
 A row gives the seconds of the pruning call (wall-clock and CPU; loading the model and, for
 llm-compressor, starting its interpreter are not counted), the CPU time against
@@ -132,11 +134,10 @@ def _draw(docs: tuple[str, ...], n: int, seed: int) -> list[str]:
     return [docs[i] for i in order[:n].tolist()]
 
 
-def _batches(encoded: dict, batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
-    """Padded dict batches of tokenised texts (``attention_mask`` marks the real tokens), the
-    texts grouped by length (shortest first) so that little is padding: padded positions are
-    computed by every forward pass and then dropped from the statistics."""
-    texts = sorted(encoded["input_ids"], key=len)
+def _batches(encoded: dict, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
+    """The tokenised texts as a tokenizer pads them: batches of ``batch_size`` in their order,
+    each padded on the right to its longest text (``attention_mask`` marks the real tokens)."""
+    texts = list(encoded["input_ids"])
     batches = []
     for start in range(0, len(texts), batch_size):
         ids = texts[start:start + batch_size]
@@ -225,7 +226,7 @@ def run_llmcompressor(python: str | None, folder: Path, calibration: dict, heldo
         python: the python of an environment with llm-compressor, or ``None`` (the row is
             skipped with a note).
         folder: the encoder's folder.
-        calibration: the tokenised calibration texts (``input_ids``, ``attention_mask`` lists).
+        calibration: the calibration batches (each text a row of its padded batch).
         heldout: held-out batches.
         dense: the dense model's held-out embeddings.
         sparsity: the sparsity.
@@ -244,8 +245,10 @@ def run_llmcompressor(python: str | None, folder: Path, calibration: dict, heldo
     from safetensors.torch import load_file
 
     data, out, log = scratch / "texts.json", scratch / "llmcompressor", scratch / "llmc.log"
-    data.write_text(json.dumps({"input_ids": calibration["input_ids"],
-                                "attention_mask": calibration["attention_mask"]}))
+    rows = [(ids.tolist(), mask.tolist()) for batch in calibration
+            for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+    data.write_text(json.dumps({"input_ids": [r[0] for r in rows],
+                                "attention_mask": [r[1] for r in rows]}))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                TOKENIZERS_PARALLELISM="false")
     env.pop("PYTHONPATH", None)
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--texts", type=int, default=192, help="calibration texts (192)")
     parser.add_argument("--heldout-texts", type=int, default=64, help="held-out texts (64)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per text (128)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="texts per padded calibration batch (32)")
     parser.add_argument("--sparsity", type=float, default=0.5, help="sparsity (0.5)")
     parser.add_argument("--methods", nargs="+", default=["obs", "admm"],
                         help="l0prune solvers (obs admm)")
@@ -340,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         corpus = stdlib_corpus()
         encode = {"truncation": True, "max_length": args.max_tokens}
-        calibration = tokenizer(_draw(corpus.train_docs, args.texts, 0), **encode)
+        encoded = tokenizer(_draw(corpus.train_docs, args.texts, 0), **encode)
+        calibration = _batches(encoded, args.batch_size)
         heldout = _batches(tokenizer(_draw(corpus.heldout_docs, args.heldout_texts, 0),
                                      **encode))
         dense_model = _load(folder)
@@ -354,14 +360,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.whole_model:
             runs += [(method, True, False) for method in args.methods]
         for method, sequential, blockwise in runs:
-            rows.append(run_l0prune(folder, method, _batches(calibration), heldout, dense,
+            rows.append(run_l0prune(folder, method, calibration, heldout, dense,
                                     args.sparsity, sequential=sequential, blockwise=blockwise))
             print(table(rows[-1:], f"{method} done"), file=sys.stderr, flush=True)
-    tokens = sum(len(x) for x in calibration["input_ids"])
+    tokens = sum(len(x) for x in encoded["input_ids"])
+    positions = sum(batch["input_ids"].numel() for batch in calibration)
     description = (
         f"Encoder: {which}; {parameters / 1e6:.1f}M parameters. Every Linear of its blocks "
         f"pruned to {100 * args.sparsity:.0f} % on {args.texts} standard-library docstrings of "
-        f"up to {args.max_tokens} tokens ({tokens:,} tokens); quality on {args.heldout_texts} "
+        f"up to {args.max_tokens} tokens ({tokens:,} tokens, {positions:,} positions in padded "
+        f"batches of {args.batch_size} in the texts' order); quality on {args.heldout_texts} "
         f"held-out docstrings. torch threads: {args.threads} (both tools)."
     )
     text = table(rows, description)

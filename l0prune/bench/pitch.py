@@ -36,9 +36,12 @@ def pitch_net(capacity: int | str = "tiny", *, seed: int = 0) -> nn.Module:
     channels = 1
     for i, (n, width) in enumerate(zip(_CHANNELS, _WIDTHS, strict=True)):
         out = n * c
-        conv = (nn.Conv2d(channels, out, (width, 1), stride=(4, 1), padding=(254, 0)) if i == 0
-                else nn.Conv2d(channels, out, (width, 1), padding="same"))
-        layers += [conv, nn.ReLU(), nn.BatchNorm2d(out), nn.MaxPool2d((2, 1))]
+        if i == 0:  # 'same' for stride 4: 508 zeros, half on each side
+            layers.append(nn.Conv2d(channels, out, (width, 1), stride=(4, 1), padding=(254, 0)))
+        else:  # 'same' for 64 taps: 31 zeros before, 32 after (as TensorFlow pads)
+            layers += [nn.ZeroPad2d((0, 0, width // 2 - 1, width // 2)),
+                       nn.Conv2d(channels, out, (width, 1))]
+        layers += [nn.ReLU(), nn.BatchNorm2d(out), nn.MaxPool2d((2, 1))]
         channels = out
     layers += [nn.Flatten(), nn.Linear(channels * 4, 360)]
     return nn.Sequential(_Frames(), *layers).eval()

@@ -33,7 +33,7 @@ BENCHMARKS = {
     "lm": "l0prune.bench.lm",
     "llmcompressor": "l0prune.bench.llmcompressor_side",
     "admm": "l0prune.bench.admm",
-    "statistics": "l0prune.bench.statistics",
+    "statistics": "l0prune.bench.layer_statistics",
 }
 
 #: What ``l0prune bench`` runs when no benchmark is named.

@@ -19,7 +19,7 @@ LLMCOMPRESSOR_PYTHON = os.environ.get("L0PRUNE_LLMCOMPRESSOR_PYTHON")
 
 @pytest.fixture(scope="module")
 def encoder(hf_folder):
-    """The tiny BERT folder, its texts tokenised (calibration lists, held-out batches) and the
+    """The tiny BERT folder, its texts tokenised (calibration and held-out padded batches) and the
     dense model's held-out embeddings."""
     from transformers import AutoTokenizer
 
@@ -27,19 +27,20 @@ def encoder(hf_folder):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     text = (hf_folder / "train.txt").read_text().split("\n\n")
     encode = {"truncation": True, "max_length": 24}
-    calibration = tokenizer([t for t in text if t.strip()][:12], **encode)
+    calibration = side._batches(tokenizer([t for t in text if t.strip()][:12], **encode),
+                                batch_size=4)
     lines = [line for line in (hf_folder / "valid.txt").read_text().splitlines() if line.strip()]
     heldout = side._batches(tokenizer(lines[:10], **encode), batch_size=4)
     dense = side.embeddings(side._load(folder), heldout)
     return folder, calibration, heldout, dense
 
 
-def test_batches_group_by_length_pad_and_mask():
+def test_batches_are_a_tokenizers_in_the_texts_order_padded_and_masked():
     batches = side._batches({"input_ids": [[5, 6, 7], [8], [1, 2, 3, 4], [9, 9]]},
                             batch_size=2)
-    assert [b["input_ids"].tolist() for b in batches] == [[[8, 0], [9, 9]],
-                                                         [[5, 6, 7, 0], [1, 2, 3, 4]]]
-    assert batches[1]["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert [b["input_ids"].tolist() for b in batches] == [[[5, 6, 7], [8, 0, 0]],
+                                                         [[1, 2, 3, 4], [9, 9, 0, 0]]]
+    assert batches[1]["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
 
 
 def test_dense_model_against_itself(encoder):
@@ -51,7 +52,7 @@ def test_dense_model_against_itself(encoder):
 
 def test_l0prune_row(encoder):
     folder, calibration, heldout, dense = encoder
-    rows = [side.run_l0prune(folder, "obs", side._batches(calibration), heldout, dense, 0.5,
+    rows = [side.run_l0prune(folder, "obs", calibration, heldout, dense, 0.5,
                              sequential=sequential, blockwise=blockwise)
             for sequential, blockwise in ((True, True), (False, True), (True, False))]
     assert [r.setting for r in rows] == ["block by block, sequential",
