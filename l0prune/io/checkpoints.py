@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from l0prune.model.masks import permanent_state_dict
+from l0prune.validate import inside
 
 from .compressed_file import StoredTensor, read_compressed, transposed_weights, write_compressed
 from .hf import is_causal_lm, require_transformers
@@ -186,7 +187,8 @@ def load_pretrained(directory: str | Path, trust_remote_code: bool = False) -> n
         The model, in eval mode.
 
     Raises:
-        ValueError: when the folder holds no ``config.json`` or its weights do not decode.
+        ValueError: when the folder holds no ``config.json``, its ``sparsity_config`` names
+            weights outside the folder, or its weights do not decode.
 
     Example: see :func:`save_pretrained`.
     """
@@ -202,7 +204,10 @@ def load_pretrained(directory: str | Path, trust_remote_code: bool = False) -> n
     cls = _model_class(config, trust_remote_code)
     if sparsity is None:
         return cls.from_pretrained(directory, trust_remote_code=trust_remote_code).eval()
-    weights = directory / str(sparsity.get("weights", WEIGHTS_NAME))
+    if not isinstance(sparsity, dict):
+        raise ValueError(f"{path}: sparsity_config must be an object, got {sparsity!r}")
+    weights = inside(directory, sparsity.get("weights", WEIGHTS_NAME),
+                     f"{path}: sparsity_config.weights")
     if not weights.is_file():
         raise ValueError(f"{str(directory)!r}: the compressed weights {weights.name} are missing")
     state = read_compressed(weights)
