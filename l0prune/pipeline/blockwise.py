@@ -384,7 +384,8 @@ class BlockPruner:
                 final = index == len(self.stack.blocks) - 1  # its outputs are not needed
                 members = [t for group in groups for t in group]
                 digest = weights_digest(members) if checkpoint is not None else ""
-                done = checkpoint.load(index, members, digest) if checkpoint is not None else None
+                done = None if checkpoint is None else checkpoint.load(
+                    index, members, digest, {t.name: budgets[t.name] for t in members})
                 self.rollback.capture(block)
                 move(block, self.device)
                 if done is None:

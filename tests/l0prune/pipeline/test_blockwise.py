@@ -399,6 +399,83 @@ def test_a_resume_with_other_settings_or_data_is_refused_in_one_line(monkeypatch
                       resume=True, progress=False)
 
 
+def _stopped_in_block_1(monkeypatch, folder, data):
+    """A run of a 2-block LLaMA at 50 % stopped in block 1: block 0 is in ``folder``."""
+    with monkeypatch.context() as patch:
+        _fail_in_block(patch, 1, RuntimeError("stop"))
+        with pytest.raises(RuntimeError):
+            l0prune.prune(tiny("llama", 2), data, sparsity=0.5, method="obs",
+                          checkpoint=folder, progress=False)
+
+
+def _rewrite_block(path, change_tensors=None, change_figures=None):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(path)
+    if change_tensors is not None:
+        change_tensors(tensors)
+    if change_figures is not None:
+        figures = json.loads(metadata["results"])
+        change_figures(figures)
+        metadata["results"] = json.dumps(figures)
+    save_file(tensors, path, metadata)
+
+
+DOWN = "model.layers.0.mlp.down_proj"
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t.update({f"{DOWN}.weight": torch.randn(32, 64),
+                         f"{DOWN}.mask": torch.ones(32, 64, dtype=torch.bool)}),
+     f"layer '{DOWN}': its mask keeps 2048 of 2048 weights, not a support of the budget "
+     "unstructured(k=1024)"),
+    (lambda t: t[f"{DOWN}.weight"].view(-1).index_fill_(
+        0, t[f"{DOWN}.mask"].view(-1).nonzero()[0], float("nan")),
+     f"layer '{DOWN}': its weight has 1 NaN or Inf values"),
+    (lambda t: t.update({f"{DOWN}.weight": t[f"{DOWN}.weight"].T.contiguous(),
+                         f"{DOWN}.mask": t[f"{DOWN}.mask"].T.contiguous()}),
+     f"layer '{DOWN}': its weight is 64x32 and mask 64x32, not 32x64"),
+    (lambda t: t.pop(f"{DOWN}.mask"), "holds tensors other than each target's weight and mask"),
+    (lambda t: t.update({f"{DOWN}.mask": t[f"{DOWN}.mask"].float()}),
+     f"layer '{DOWN}': its mask is torch.float32, not boolean"),
+])
+def test_a_tampered_checkpoint_block_is_refused_in_one_line(monkeypatch, tmp_path, change,
+                                                           words):
+    data = token_batches()
+    _stopped_in_block_1(monkeypatch, tmp_path, data)
+    _rewrite_block(tmp_path / "block-0000.safetensors", change)
+    model = tiny("llama", 2)
+    before = _state(model)
+    with pytest.raises(ValueError) as info:
+        l0prune.prune(model, data, sparsity=0.5, method="obs", checkpoint=tmp_path,
+                      resume=True, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("resume refused: ")
+    assert "block-0000.safetensors" in message and words in message
+    _assert_untouched(model, before)
+
+
+def test_a_resumed_report_counts_from_the_model_not_the_file(monkeypatch, tmp_path):
+    data = token_batches()
+    _stopped_in_block_1(monkeypatch, tmp_path, data)
+
+    def lie(figures):
+        for f in figures:
+            f["kept"] = f["total"] // 4
+
+    _rewrite_block(tmp_path / "block-0000.safetensors", change_figures=lie)
+    model = tiny("llama", 2)
+    report = l0prune.prune(model, data, sparsity=0.5, method="obs", checkpoint=tmp_path,
+                           resume=True, progress=False)
+    modules = dict(model.named_modules())
+    assert [x.kept for x in report.layers] == [
+        int(modules[x.name].weight_mask.sum()) for x in report.layers]
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
 def test_checkpoint_arguments_are_checked(tmp_path):
     model, data = tiny("llama", 2), token_batches()
     cases = [
