@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from l0prune.io.files import umask
+
 from .errors import UsageError
 
-__all__ = ["MARKER", "check_destination", "staged", "umask"]
+__all__ = ["MARKER", "check_destination", "staged"]
 
 #: The manifest of an l0prune output folder: its ``files`` names everything a run wrote there.
 MARKER = "report.json"
@@ -88,13 +90,6 @@ def check_destination(out: Path) -> None:
     ancestor = _existing_ancestor(out.parent)
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: cannot write in {ancestor}")
-
-
-def umask() -> int:
-    """The process's file mode creation mask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager

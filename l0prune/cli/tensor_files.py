@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from l0prune.io.files import follow_umask
+
 from .errors import UsageError
-from .output_dir import umask
 
 __all__ = ["SUFFIXES", "check_output", "load_tensor", "save_tensor"]
 
@@ -153,5 +154,5 @@ def save_tensor(tensor: torch.Tensor, path: Path, label: str, key: str = "weight
             f.close()
             os.unlink(f.name)
             raise
-    os.chmod(f.name, 0o666 & ~umask())  # a temporary file is 0600; the output follows the umask
+    follow_umask(f.name)  # a temporary file is 0600; the output follows the umask
     os.replace(f.name, path)

@@ -34,6 +34,7 @@ from l0prune.model.masks import permanent_state_dict
 from l0prune.validate import inside
 
 from .compressed_file import StoredTensor, read_compressed, transposed_weights, write_compressed
+from .files import follow_umask
 from .hf import is_causal_lm, require_transformers
 
 __all__ = ["WEIGHTS_NAME", "SavedModel", "load_pretrained", "save_pretrained"]
@@ -109,6 +110,23 @@ def _folder_bytes(directory: Path) -> tuple[int, int]:
             sum(p.stat().st_size for p in files if p.suffix == ".safetensors"))
 
 
+def _weight_files(directory: Path) -> dict[Path, int]:
+    """The ``*.safetensors`` files of ``directory`` and when each last changed."""
+    if not directory.is_dir():
+        return {}
+    return {p: p.stat().st_mtime_ns for p in directory.glob("*.safetensors") if p.is_file()}
+
+
+def _save_dense(model: nn.Module, directory: Path, state: dict[str, torch.Tensor]) -> None:
+    """``model.save_pretrained`` with ``state``; the weight files it writes (through the
+    safetensors library: mode 0600) get the mode the umask gives, as its other files do."""
+    before = _weight_files(directory)
+    model.save_pretrained(directory, state_dict=state)
+    for path, changed in _weight_files(directory).items():
+        if before.get(path) != changed:
+            follow_umask(path)
+
+
 def save_pretrained(model: nn.Module, directory: str | Path, format: str = "dense") -> SavedModel:
     """Write a pruned Hugging Face model as a folder, without changing the model.
 
@@ -142,7 +160,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, format: str = "dens
         raise ValueError(f"directory {str(directory)!r} exists and is not a folder")
     state = permanent_state_dict(model)
     if format == "dense":
-        model.save_pretrained(directory, state_dict=state)
+        _save_dense(model, directory, state)
         stored = []
     else:
         directory.mkdir(parents=True, exist_ok=True)

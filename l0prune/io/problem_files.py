@@ -48,9 +48,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from l0prune.config import PruneConfig
+from l0prune.io.files import save_safetensors
 from l0prune.model.targets import Target
 from l0prune.pipeline.executors import LayerSolves, LayerTask
 from l0prune.pipeline.progress import progress
@@ -204,12 +205,12 @@ class ProblemWriter(LayerSolves):
             if id(task.moments) not in moments:
                 name = f"moments/{self.moment_files:04d}.safetensors"
                 H = task.moments.H.detach().cpu().contiguous()
-                save_file({"H": H}, self.folder / name)
+                save_safetensors({"H": H}, self.folder / name)
                 moments[id(task.moments)] = (name, _sha256(H))
                 self.moment_files += 1
             W = task.W.detach().cpu().contiguous()
             name = f"problems/{len(self.problems):04d}.safetensors"
-            save_file({"W": W}, self.folder / name)
+            save_safetensors({"W": W}, self.folder / name)
             self.problems.append({
                 "name": task.name, "shape": list(W.shape),
                 "budget": task.budgets[0].to_json(),
@@ -496,8 +497,8 @@ def solve_folder(
         entries = []
         for i, (problem, solution) in enumerate(zip(index["problems"], solutions, strict=True)):
             name = f"{i:04d}.safetensors"
-            save_file({"weight": solution.weight.contiguous(),
-                       "mask": solution.mask.contiguous()}, staging / name)
+            save_safetensors({"weight": solution.weight.contiguous(),
+                              "mask": solution.mask.contiguous()}, staging / name)
             kept, total = int(solution.mask.sum()), solution.mask.numel()
             entries.append({"name": problem["name"], "file": name, "kept": kept,
                             "total": total, "relative_error": solution.relative_error,

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from l0prune.io.files import save_safetensors
 from l0prune.model.targets import Target
 from l0prune.validate import first_line
 from solvers import Budget
@@ -227,7 +228,8 @@ class Checkpoint:
             figures.append({"name": r.name, "kept": r.kept, "total": r.total,
                             "relative_error": r.relative_error, "seconds": r.seconds})
         metadata = {"results": json.dumps(figures), "dense": dense}
-        self._write(self._block(index), lambda temporary: save_file(tensors, temporary, metadata))
+        self._write(self._block(index),
+                    lambda temporary: save_safetensors(tensors, temporary, metadata))
 
     def load(
         self, index: int, targets: Sequence[Target], dense: str, budgets: Mapping[str, Budget]
