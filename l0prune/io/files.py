@@ -1,10 +1,15 @@
-"""Files l0prune writes get the permissions the umask gives, as ``open`` and ``mkdir`` would.
+"""How l0prune writes files: with the permissions the umask gives, and under a lock where two
+runs could write one folder.
 
 The safetensors library writes each file through a temporary file that ``mkstemp`` creates
 (mode 0600) and renames into place, so without help every ``.safetensors`` file l0prune wrote
 would be readable by its owner alone while the reports beside it follow the umask.
 :func:`save_safetensors` is the one way l0prune writes a safetensors file; :func:`follow_umask`
 corrects a file written by a library (a Hugging Face ``save_pretrained``).
+
+A :class:`FileLock` is an exclusive ``flock`` on a file: the kernel releases it when its process
+ends, however it ends (``SIGKILL`` included), so a lock that can be taken marks what a dead run
+left behind, and one that cannot marks a run still at work.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads with the function that writes
     import torch
 
-__all__ = ["follow_umask", "save_safetensors", "umask"]
+__all__ = ["LOCKING", "FileLock", "follow_umask", "save_safetensors", "umask"]
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+#: Whether this platform has the locks of :class:`FileLock` (``flock``).
+LOCKING = fcntl is not None
 
 
 def umask() -> int:
@@ -65,3 +78,84 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
 
     save_file(dict(tensors), str(path), metadata=None if metadata is None else dict(metadata))
     follow_umask(path)
+
+
+class FileLock:
+    """An exclusive lock held through the file ``path`` (``flock``), for one process.
+
+    Where ``fcntl`` is missing (Windows, :data:`LOCKING` false) every lock is granted: there is
+    no second run to keep out that this module can see, and a granted lock says nothing about
+    whether the file's run is dead.
+
+    Args:
+        path: the lock file (created when taken, unless ``create=False``).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = os.path.join(d, ".lock")
+        ...     first, second = FileLock(path), FileLock(path)
+        ...     first.acquire(), second.acquire(), first.holder() == str(os.getpid())
+        ...     first.release(); second.acquire()
+        ...     second.release(); os.listdir(d)
+        (True, False, True)
+        True
+        []
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.fd: int | None = None
+
+    def acquire(self, *, wait: bool = False, create: bool = True) -> bool:
+        """Take the lock; ``False`` when another process holds it (and ``wait`` is off) or,
+        with ``create=False``, when the file is gone.
+
+        The file is then the lock's: it holds this process's id (:meth:`holder`).
+        """
+        if fcntl is None:
+            return True
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+            except FileNotFoundError:
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            if self._is_at_path(fd):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+                return True
+            os.close(fd)  # removed (and maybe made anew) while it was being taken: again
+            if not create:
+                return False
+
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+
+    def holder(self) -> str:
+        """The process id written in the lock file (by whoever holds it), or ``"?"``."""
+        try:
+            with open(self.path) as file:
+                return file.read(32).strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        """Remove the lock file and let the lock go (removed first, while still held, so that
+        no other process takes a lock on a file about to disappear)."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None

@@ -85,7 +85,7 @@ from .allocation import Curve
 from .executors import LayerSolves
 from .interface import LayerResult
 from .layerwise import LayerPruner
-from .progress import progress
+from .progress import note, progress
 from .resume import Checkpoint, weights_digest
 
 __all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
@@ -366,10 +366,24 @@ class BlockPruner:
             "calibration": digest,
         }
 
+    def _checkpoint_news(self, checkpoint: Checkpoint) -> str:
+        """One line: the blocks a resume takes from ``checkpoint``, or those a new run there
+        replaces."""
+        blocks = len(self.stack.blocks)
+        if checkpoint.resumed:
+            return (f"resume: {min(checkpoint.found, blocks)} of {blocks} blocks taken from "
+                    f"{checkpoint.folder}")
+        if checkpoint.found:
+            return (f"starting again: the {checkpoint.found} finished blocks in "
+                    f"{checkpoint.folder} are replaced (resume=True, --resume on the command "
+                    "line, takes them)")
+        return f"checkpoint: each finished block of {blocks} is kept in {checkpoint.folder}"
+
     def _sweep(self, budgets, checkpoint: Checkpoint | None, curves) -> dict[str, LayerResult]:
         inputs = self._block_inputs()
         if checkpoint is not None:
             checkpoint.start(self._settings(budgets, inputs.digest))
+            note(self._checkpoint_news(checkpoint), self.config.progress)
         dense = list(inputs.hidden)
         pruned = list(dense) if self.sequential else dense
         if not self.keep_inputs:

@@ -11,7 +11,7 @@ import sys
 
 from tqdm import tqdm
 
-__all__ = ["Lines", "progress"]
+__all__ = ["Lines", "note", "progress"]
 
 
 class Lines:
@@ -69,3 +69,15 @@ def progress(desc: str, unit: str, *, total: int | None = None, enabled: bool = 
         return Lines(desc, unit, total)
     return tqdm(total=total, desc=desc, unit=f" {unit}s", leave=not transient,
                 disable=not enabled)
+
+
+def note(message: str, enabled: bool = True) -> None:
+    """One line of news on stderr (blocks taken from a checkpoint, a run starting again),
+    written so that a progress bar on a terminal is redrawn below it, not broken.
+
+    Args:
+        message: the line.
+        enabled: ``False`` writes nothing (a run without progress output).
+    """
+    if enabled:
+        tqdm.write(message, file=sys.stderr)

@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from l0prune.io.files import save_safetensors
+from l0prune.io.files import FileLock, save_safetensors
 from l0prune.model.targets import Target
 from l0prune.validate import first_line
 from solvers import Budget
@@ -45,9 +45,11 @@ __all__ = ["Checkpoint", "foreign_entry", "remove_checkpoints", "weights_digest"
 
 SETTINGS = "settings.json"
 FORMAT = 1
-#: The names a checkpoint writes in its folder: its files, their temporary names, and the
-#: temporary files the safetensors library writes through (``.tmpXXXXXX``).
-_OWN = re.compile(r"\.?(settings\.json|block-\d{4,}\.safetensors)(\.partial)?|\.tmp\w{6}")
+#: The lock file of a checkpoint folder while a run uses it.
+LOCK = ".lock"
+#: The names a checkpoint writes in its folder: its files, their temporary names, the
+#: temporary files the safetensors library writes through (``.tmpXXXXXX``) and its lock.
+_OWN = re.compile(r"\.?(settings\.json|block-\d{4,}\.safetensors)(\.partial)?|\.tmp\w{6}|\.lock")
 
 
 def weights_digest(targets: Sequence[Target]) -> str:
@@ -139,10 +141,20 @@ def _difference(key: str, there, here) -> str:
 class Checkpoint:
     """A run's per-block results in ``folder``.
 
+    A run uses it as a context manager: on entry the folder is made if missing and locked (its
+    :data:`LOCK` file), so a second run on the same folder is refused while the first one
+    lasts; on exit the lock goes, and a run that failed before finishing a block removes what
+    it wrote there (nothing is there to resume).
+
     Args:
         folder: the checkpoint folder (created if missing).
         resume: take the finished blocks found there (refused if the settings differ); when
             ``False`` (or nothing is there) the run starts over and replaces them.
+
+    Attributes:
+        found: after :meth:`start`, the finished blocks it found: those a resume takes, or
+            those a new run replaces.
+        resumed: after :meth:`start`, whether the run goes on from the folder's blocks.
 
     Example:
         >>> import tempfile
@@ -162,6 +174,33 @@ class Checkpoint:
     def __init__(self, folder: str | os.PathLike, resume: bool):
         self.folder = Path(folder)
         self.resume = resume
+        self.found, self.resumed = 0, False
+        self._lock = FileLock(self.folder / LOCK)
+        self._made: list[Path] = []
+
+    def __enter__(self) -> Checkpoint:
+        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._lock.acquire():
+            raise ValueError(
+                f"checkpoint {self.folder} is in use by another run (process "
+                f"{self._lock.holder()}, which holds its {LOCK}); wait for it to end or give "
+                "another folder"
+            )
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is not None and not any(self.folder.glob("block-*.safetensors")):
+                for inner in self.folder.iterdir():  # nothing to resume: the run's files go
+                    if inner.name != LOCK and inner.is_file() and _OWN.fullmatch(inner.name):
+                        inner.unlink()
+        finally:
+            self._lock.release()
+            if exc_type is not None:
+                for made in self._made:
+                    _remove_if_empty(made)
+        return False
 
     def _block(self, index: int) -> Path:
         return self.folder / f"block-{index:04d}.safetensors"
@@ -173,13 +212,14 @@ class Checkpoint:
             settings: what the results depend on (JSON values).
 
         Returns:
-            None.
+            None; :attr:`found` says how many finished blocks were there.
 
         Raises:
             ValueError: on a resume whose settings differ, naming every setting that does.
         """
         settings = {"format": FORMAT, **settings}
         path = self.folder / SETTINGS
+        self.found = len(list(self.folder.glob("block-*.safetensors")))
         if self.resume and path.is_file():
             try:
                 saved = json.loads(path.read_text())
@@ -197,6 +237,7 @@ class Checkpoint:
                     f"resume refused: the checkpoint in {self.folder} was written with other "
                     f"settings or data: {'; '.join(differ)}"
                 )
+            self.resumed = True
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         for old in (*self.folder.glob("block-*.safetensors"), *self.folder.glob(".*.partial")):
