@@ -206,7 +206,7 @@ def _solutions(settings: Settings) -> tuple[Settings, SavedSolutions | None]:
     return dataclasses.replace(settings, config=config), solutions
 
 
-def _save_problems(task: Task, settings: Settings, args: argparse.Namespace, log) -> int:
+def _save_problems(task: Task, settings: Settings, args: argparse.Namespace) -> int:
     """``--save-problems DIR``: write the problems of the task's model; nothing else."""
     folder = settings.save_problems
     index = save_problems(task.model, task.calibration, folder,
@@ -215,8 +215,8 @@ def _save_problems(task: Task, settings: Settings, args: argparse.Namespace, log
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        log(f"wrote {len(index['problems'])} layer problems to {folder}/ (index.json); solve "
-            f"them with: l0prune solve {shlex.quote(folder)} --method NAME [--workers N]")
+        print(f"wrote {len(index['problems'])} layer problems to {folder}/ (index.json); solve "
+              f"them with: l0prune solve {shlex.quote(folder)} --method NAME [--workers N]")
     return 0
 
 
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         task = _task(settings, log)
         with _usage_errors(settings):
             if settings.save_problems is not None:
-                return _save_problems(task, settings, args, log)
+                return _save_problems(task, settings, args)
             dense, runs = _runs(task, settings, log, not args.quiet, executor, solutions)
     data = {
         "command": shlex.join(["l0prune", *args.argv]),
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     remove_checkpoints(_partial(settings), methods())
     if args.json:
         print(json.dumps(data, indent=2))
-    elif not args.quiet:
+    else:  # the results, with --quiet too (it drops the progress only)
         print("\n".join(headline(data)))
         sizes = ", ".join(f"{name} ({size:,} bytes)" for name, size in data["files"].items())
         print(f"wrote {out}/: {sizes}")
