@@ -34,6 +34,7 @@ from torch import nn
 
 import l0prune
 from l0prune.config import PruneConfig
+from l0prune.io.files import writing
 from l0prune.io.problem_files import (
     SavedSolutions,
     apply_solutions,
@@ -155,18 +156,26 @@ def _comparison(runs: list[dict]) -> dict | None:
 
 
 def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
-    """Everything but the two reports, then the reports with the sizes of the rest."""
+    """Everything but the two reports, then the reports with the sizes of the rest; a file
+    that cannot be written (a full disk) is one line naming it as ``OUT/NAME``."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
 
+    out = Path(settings.out)
     if task.save_model is None:
-        l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
+        with writing(out / "model.pt"):
+            l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
     else:
-        task.save_model(task.model, folder / "model")
+        with writing(out / "model"):
+            task.save_model(task.model, folder / "model")
     runs = run_reports(data)
-    sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
-    layers_plot(runs, folder / "layers.png")
-    (folder / "recipe.toml").write_text(settings.to_toml())
-    write_reports(folder, data)
+    with writing(out / "sparsity_vs_loss.png"):
+        sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
+    with writing(out / "layers.png"):
+        layers_plot(runs, folder / "layers.png")
+    with writing(out / "recipe.toml"):
+        (folder / "recipe.toml").write_text(settings.to_toml())
+    with writing(out / "report.json"):
+        write_reports(folder, data)
 
 
 @contextmanager

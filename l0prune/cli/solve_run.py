@@ -171,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output(Path(args.out), "--out")
     W = load_tensor(args.weight, "W")
+    if args.out is not None:
+        check_output(Path(args.out), "--out", W.dtype)  # the solution has W's dtype
     if W.ndim < 2:
         raise UsageError(f"W {args.weight}: must be a matrix (out x in), got shape "
                          f"{tuple(W.shape)}")

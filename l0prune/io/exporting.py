@@ -33,7 +33,7 @@ from .compressed_file import (
     transposed_weights,
     write_compressed,
 )
-from .files import save_safetensors
+from .files import save_safetensors, writing
 
 __all__ = ["ExportReport", "TensorExport", "export", "load_sparse"]
 
@@ -303,7 +303,8 @@ def export(
     if dense_format == "safetensors":
         save_safetensors(separate_storage(state), path, {"format": "pt"})
     else:
-        torch.save(state, path)
+        with writing(path):
+            torch.save(state, path)
     if sparse_format == "safetensors":
         tensors = [
             TensorExport(t.name, t.shape, t.nonzero, t.layout, t.bytes)
@@ -311,7 +312,8 @@ def export(
         ]
     else:
         entries = {name: _encode(tensor) for name, tensor in state.items()}
-        torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
+        with writing(sparse_path):
+            torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
         tensors = [
             TensorExport(
                 name, list(state[name].shape), int((state[name] != 0).sum()), entry["encoding"],

@@ -7,6 +7,12 @@ would be readable by its owner alone while the reports beside it follow the umas
 :func:`save_safetensors` is the one way l0prune writes a safetensors file; :func:`follow_umask`
 corrects a file written by a library (a Hugging Face ``save_pretrained``).
 
+A write that fails (a full disk above all) raises whatever the writer raises: ``OSError`` from
+Python, ``RuntimeError`` from ``torch.save`` (``enforce fail at inline_container.cc``,
+``basic_ios::clear``), ``SafetensorError`` from safetensors, most without the file's name.
+:func:`writing` turns them into one :class:`WriteError` naming the file, with ``disk full?``
+where the error number (``ENOSPC``, ``EDQUOT``) or the free space left says so.
+
 A :class:`FileLock` is an exclusive ``flock`` on a file: the kernel releases it when its process
 ends, however it ends (``SIGKILL`` included), so a lock that can be taken marks what a dead run
 left behind, and one that cannot marks a run still at work.
@@ -14,14 +20,21 @@ left behind, and one that cannot marks a run still at work.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from l0prune.validate import first_line
 
 if TYPE_CHECKING:  # torch loads with the function that writes
     import torch
 
-__all__ = ["LOCKING", "FileLock", "follow_umask", "save_safetensors", "umask"]
+__all__ = ["LOCKING", "FileLock", "WriteError", "follow_umask", "save_safetensors", "umask",
+           "writing"]
 
 try:
     import fcntl
@@ -57,9 +70,73 @@ def follow_umask(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask())
 
 
+class WriteError(OSError):
+    """A file that could not be written, named, in one line (see :func:`writing`).
+
+    Attributes:
+        path: the file, as the user knows it.
+        reason: what went wrong, with ``(disk full?)`` where the error says so.
+    """
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+#: Below this many free bytes on its file system, a failed write is called a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def _disk_full(err: BaseException, path: Path) -> bool:
+    """Whether ``err`` while writing ``path`` looks like a full disk: by its error number, or
+    (errors without one) by the free space left where ``path`` goes."""
+    number = getattr(err, "errno", None)
+    if number is not None:
+        return number in (errno.ENOSPC, errno.EDQUOT)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Run the block that writes ``path``; its failure becomes one :class:`WriteError` naming
+    ``path`` (``disk full?`` where the error says so).
+
+    Args:
+        path: the file or folder written, as the user knows it (a :class:`WriteError` from an
+            inner block is named anew: the outermost block knows the name the user gave).
+
+    Example:
+        >>> try:
+        ...     with writing("out/model.pt"):
+        ...         raise OSError(errno.ENOSPC, "No space left on device")
+        ... except WriteError as err:
+        ...     print(err)
+        cannot write out/model.pt: No space left on device (disk full?)
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except WriteError as err:
+        raise WriteError(Path(path), err.reason) from err.__cause__
+    except (OSError, RuntimeError, SafetensorError) as err:
+        path = Path(path)
+        reason = (err.strerror if isinstance(err, OSError) and err.strerror
+                  else first_line(err))
+        full = " (disk full?)" if _disk_full(err, path) else ""
+        raise WriteError(path, f"{reason}{full}") from err
+
+
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file``, the file then given the mode the umask gives.
+    """``safetensors.torch.save_file``, the file then given the mode the umask gives; a
+    failure is a :class:`WriteError` naming the file.
 
     Args:
         tensors: contiguous tensors that share no memory, by name.
@@ -76,7 +153,8 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
     """
     from safetensors.torch import save_file
 
-    save_file(dict(tensors), str(path), metadata=None if metadata is None else dict(metadata))
+    with writing(path):
+        save_file(dict(tensors), str(path), metadata=None if metadata is None else dict(metadata))
     follow_umask(path)
 
 

@@ -51,7 +51,7 @@ import torch
 from safetensors.torch import load_file
 
 from l0prune.config import PruneConfig
-from l0prune.io.files import save_safetensors
+from l0prune.io.files import save_safetensors, writing
 from l0prune.model.targets import Target
 from l0prune.pipeline.executors import LayerSolves, LayerTask
 from l0prune.pipeline.progress import progress
@@ -227,7 +227,8 @@ class ProblemWriter(LayerSolves):
         """Write ``index.json``; returns the index."""
         index = {"format": FORMAT, "version": VERSION, "sequential": False,
                  "targets": self.targets, "problems": self.problems}
-        (self.folder / "index.json").write_text(json.dumps(index, indent=1))
+        with writing(self.folder / "index.json"):
+            (self.folder / "index.json").write_text(json.dumps(index, indent=1))
         return index
 
 
@@ -508,8 +509,9 @@ def solve_folder(
                          "seconds": solution.seconds})
         solved = {"method": method, "options": json.loads(json.dumps(options, default=repr)),
                   "solutions": entries}
-        (staging / "solutions.json").write_text(json.dumps(solved, indent=1))
-        (staging / "table.md").write_text(table(rows, method))
+        with writing(folder / "solutions"):
+            (staging / "solutions.json").write_text(json.dumps(solved, indent=1))
+            (staging / "table.md").write_text(table(rows, method))
         old = folder / "solutions"
         if old.exists():
             shutil.rmtree(old)

@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from l0prune.io.files import FileLock, save_safetensors
+from l0prune.io.files import FileLock, save_safetensors, writing
 from l0prune.model.targets import Target
 from l0prune.validate import first_line
 from solvers import Budget
@@ -248,8 +248,9 @@ class Checkpoint:
 
     def _write(self, path: Path, write) -> None:
         temporary = path.with_name(f".{path.name}.partial")
-        write(temporary)
-        os.replace(temporary, path)
+        with writing(path):
+            write(temporary)
+            os.replace(temporary, path)
 
     def save(self, index: int, results: Sequence[LayerResult], dense: str) -> None:
         """Write block ``index``'s results.

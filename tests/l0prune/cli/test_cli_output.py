@@ -8,6 +8,7 @@ import stat
 import pytest
 import torch
 
+import l0prune
 from tests.l0prune.cli.conftest import USER_MODEL, assert_one_line_error, run_main
 
 PRUNE = ["prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
@@ -120,6 +121,53 @@ def test_quiet_keeps_the_results_and_drops_the_progress(tmp_path, capsys, monkey
         run_main("prune", "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert "print only the results and errors (no progress or log lines)" in " ".join(
         capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("error, free, words", [
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"), 0,
+     "cannot write run/model.pt: [enforce fail at inline_container.cc:664] . unexpected pos "
+     "64 vs 0 (disk full?)"),
+    (RuntimeError("basic_ios::clear: iostream error"), 0,
+     "cannot write run/model.pt: basic_ios::clear: iostream error (disk full?)"),
+    (RuntimeError("basic_ios::clear: iostream error"), 1 << 30,
+     "cannot write run/model.pt: basic_ios::clear: iostream error (--traceback"),
+])
+def test_a_failed_write_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, error, free,
+                                                    words):
+    import shutil
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing)
+    monkeypatch.setattr("l0prune.io.files.shutil.disk_usage",
+                        lambda path: shutil._ntuple_diskusage(1 << 40, (1 << 40) - free, free))
+    done = _run(tmp_path, capsys, monkeypatch, "--out", "run")
+    assert_one_line_error(done, words, status=1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == [
+        "outnet.py"]
+
+
+def test_a_full_disk_under_a_checkpoint_names_the_block_file(tmp_path):
+    import errno
+
+    import safetensors.torch
+
+    from tests.l0prune import tiny_hf
+
+    pytest.importorskip("transformers")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    data = [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (2, 8))}]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", full)
+        with pytest.raises(OSError, match="cannot write .*block-0000.safetensors: No space "
+                                          "left on device \\(disk full\\?\\)"):
+            l0prune.prune(tiny_hf.model("llama"), data, sparsity=0.5, method="magnitude",
+                          checkpoint=tmp_path / "ckpt", progress=False)
+    assert not (tmp_path / "ckpt").exists()
 
 
 def _data(alpha, kept, losses):
