@@ -330,7 +330,7 @@ def test_rollback_copies_on_disk_keep_one_block_in_memory(monkeypatch, tmp_path)
     model = tiny("llama", 4)
     before = _state(model)
     _fail_in_block(monkeypatch, 3, RuntimeError("solver failed"))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="solver failed"):
         l0prune.prune(model, data, sparsity=0.5, method="obs", rollback_dir=tmp_path,
                       progress=False)
     _assert_untouched(model, before)  # blocks 0-2 came back from their files
@@ -372,7 +372,7 @@ def test_a_resume_with_other_settings_or_data_is_refused_in_one_line(monkeypatch
     data = token_batches()
     with monkeypatch.context() as patch:
         _fail_in_block(patch, 1, RuntimeError("stop"))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="stop"):
             l0prune.prune(tiny("llama", 2), data, sparsity=0.5, method="obs",
                           checkpoint=tmp_path, progress=False)
     saved = json.loads((tmp_path / "settings.json").read_text())
@@ -404,7 +404,7 @@ def _stopped_in_block_1(monkeypatch, folder, data):
     """A run of a 2-block LLaMA at 50 % stopped in block 1: block 0 is in ``folder``."""
     with monkeypatch.context() as patch:
         _fail_in_block(patch, 1, RuntimeError("stop"))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="stop"):
             l0prune.prune(tiny("llama", 2), data, sparsity=0.5, method="obs",
                           checkpoint=folder, progress=False)
 
@@ -505,7 +505,7 @@ def test_a_checkpoint_in_use_by_another_run_is_refused_in_one_line(tmp_path):
 def test_a_run_that_fails_before_a_block_is_done_leaves_no_checkpoint(monkeypatch, tmp_path):
     with monkeypatch.context() as patch:
         _fail_in_block(patch, 0, RuntimeError("stop"))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="stop"):
             l0prune.prune(tiny("llama", 2), token_batches(), sparsity=0.5, method="obs",
                           checkpoint=tmp_path / "run.partial" / "obs", progress=False)
     assert not any(tmp_path.iterdir())  # the folders it made went too
@@ -516,7 +516,7 @@ def test_resume_says_how_many_blocks_it_takes_and_a_new_run_that_it_starts_again
     data = token_batches()
     with monkeypatch.context() as patch:
         _fail_in_block(patch, 2, RuntimeError("stop"))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="stop"):
             l0prune.prune(tiny("llama", 4), data, sparsity=0.5, method="obs",
                           checkpoint=tmp_path, progress=False)
     capsys.readouterr()
