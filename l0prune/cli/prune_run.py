@@ -34,7 +34,7 @@ from torch import nn
 
 import l0prune
 from l0prune.config import PruneConfig
-from l0prune.io.files import writing
+from l0prune.io.files import WriteError, writing
 from l0prune.io.problem_files import (
     SavedSolutions,
     apply_solutions,
@@ -156,26 +156,36 @@ def _comparison(runs: list[dict]) -> dict | None:
 
 
 def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
-    """Everything but the two reports, then the reports with the sizes of the rest; a file
-    that cannot be written (a full disk) is one line naming it as ``OUT/NAME``."""
+    """Everything but the two reports, then the reports with the sizes of the rest."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
 
-    out = Path(settings.out)
-    if task.save_model is None:
-        with writing(out / "model.pt"):
+    with _named_as_out(folder, Path(settings.out)):
+        if task.save_model is None:
             l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
-    else:
-        with writing(out / "model"):
-            task.save_model(task.model, folder / "model")
-    runs = run_reports(data)
-    with writing(out / "sparsity_vs_loss.png"):
-        sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
-    with writing(out / "layers.png"):
-        layers_plot(runs, folder / "layers.png")
-    with writing(out / "recipe.toml"):
-        (folder / "recipe.toml").write_text(settings.to_toml())
-    with writing(out / "report.json"):
-        write_reports(folder, data)
+        else:
+            with writing(folder / "model"):
+                task.save_model(task.model, folder / "model")
+        runs = run_reports(data)
+        with writing(folder / "sparsity_vs_loss.png"):
+            sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
+        with writing(folder / "layers.png"):
+            layers_plot(runs, folder / "layers.png")
+        with writing(folder / "recipe.toml"):
+            (folder / "recipe.toml").write_text(settings.to_toml())
+        with writing(folder / "report.json"):
+            write_reports(folder, data)
+
+
+@contextmanager
+def _named_as_out(folder: Path, out: Path) -> Iterator[None]:
+    """A file of the staging ``folder`` that cannot be written (a full disk), named as the
+    user knows it: ``OUT/NAME``."""
+    try:
+        yield
+    except WriteError as err:
+        if not err.path.is_relative_to(folder):
+            raise
+        raise WriteError(out / err.path.relative_to(folder), err.reason) from err.__cause__
 
 
 @contextmanager
