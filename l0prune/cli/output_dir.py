@@ -1,7 +1,9 @@
 """An output folder that appears whole or not at all, and replaces only what l0prune wrote.
 
 Files are written into a temporary folder next to the destination and renamed into place at the
-end; a failed or interrupted run removes it, so no half-written folder is left. The folder's
+end; a failed or interrupted run removes it, so no half-written folder is left (a run killed
+outright cannot: the next run writing the same output removes what it left, see
+:func:`remove_stale`). The folder's
 ``report.json`` is its manifest: its ``files`` lists every entry the run wrote there and its
 ``contents`` every file inside those that are folders (a Hugging Face ``model/``). A later run
 replaces a folder only when every file and folder in its whole tree is listed there (so a
@@ -14,18 +16,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from l0prune.io.files import LOCKING, FileLock
+
 from .errors import UsageError
 
-__all__ = ["MARKER", "check_destination", "staged", "umask"]
+__all__ = ["MARKER", "check_destination", "remove_stale", "staged"]
 
 #: The manifest of an l0prune output folder: its ``files`` names everything a run wrote there.
 MARKER = "report.json"
+#: The suffix of a staging folder's lock file.
+_LOCK = ".lock"
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -90,16 +97,13 @@ def check_destination(out: Path) -> None:
         raise UsageError(f"--out {out}: cannot write in {ancestor}")
 
 
-def umask() -> int:
-    """The process's file mode creation mask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A temporary folder to write into; it becomes ``out`` when the block ends without error.
+
+    The folder, ``.OUT.XXXXXXXX/`` next to ``out``, is held by a lock file
+    ``.OUT.XXXXXXXX.lock`` for its life; what a killed run left of its own (see
+    :func:`remove_stale`) goes first.
 
     Example:
         >>> import tempfile
@@ -110,9 +114,9 @@ def staged(out: Path) -> Iterator[Path]:
         ['run']
     """
     check_destination(out)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_existing_ancestor(out.parent)))
+    remove_stale(out)
+    lock, temporary = _new_staging(_existing_ancestor(out.parent), out.name)
     try:
-        temporary.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; a folder follows the umask
         yield temporary
         check_destination(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,14 +124,80 @@ def staged(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    finally:
+        lock.release()
+
+
+def _new_staging(where: Path, name: str) -> tuple[FileLock, Path]:
+    """A lock file ``.NAME.XXXXXXXX.lock`` in ``where``, taken, and its staging folder
+    ``.NAME.XXXXXXXX`` (made with the permissions the umask gives)."""
+    while True:
+        handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=_LOCK, dir=where)
+        os.close(handle)
+        lock = FileLock(path)
+        lock.acquire(wait=True)
+        folder = Path(path[: -len(_LOCK)])
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            lock.release()
+            continue
+        return lock, folder
+
+
+def _real_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def remove_stale(out: Path) -> list[str]:
+    """Remove what runs killed while writing ``out`` left next to it.
+
+    Only l0prune's own staging is touched: a lock file ``.OUT.XXXXXXXX.lock`` (8 characters of
+    ``mkstemp``) that no live process holds (the kernel frees a lock when its process dies, even
+    by ``SIGKILL``), its folder ``.OUT.XXXXXXXX/`` and the previous output
+    ``.OUT.XXXXXXXX.old/OUT`` of a replacement cut short, which goes back to ``OUT`` when
+    ``OUT`` is missing. A lock still held is a run at work and stays; where the platform has no
+    locks (:data:`~l0prune.io.files.LOCKING`), nothing is removed.
+
+    Args:
+        out: the output folder.
+
+    Returns:
+        The names of the lock files whose staging was removed.
+    """
+    if not LOCKING:
+        return []
+    where = _existing_ancestor(out.parent)
+    pattern = re.compile(re.escape(f".{out.name}.") + r"[a-z0-9_]{8}" + re.escape(_LOCK))
+    removed = []
+    for entry in sorted(where.iterdir()):
+        if not pattern.fullmatch(entry.name) or entry.is_symlink() or not entry.is_file():
+            continue
+        lock = FileLock(entry)
+        if not lock.acquire(create=False):  # a run at work (or just gone)
+            continue
+        try:
+            staging = entry.with_name(entry.name[: -len(_LOCK)])
+            previous = staging.with_name(f"{staging.name}.old")
+            if _real_folder(previous / out.name) and not os.path.lexists(out):
+                os.replace(previous / out.name, out)
+            for folder in (staging, previous):
+                if _real_folder(folder):
+                    shutil.rmtree(folder)
+        finally:
+            lock.release()
+        removed.append(entry.name)
+    return removed
 
 
 def _swap(folder: Path, out: Path) -> None:
-    """Rename ``folder`` to ``out``, replacing a previous ``out`` (put back if the rename fails)."""
+    """Rename ``folder`` to ``out``, replacing a previous ``out`` (put back if the rename fails;
+    moved aside into ``FOLDER.old`` meanwhile, which :func:`remove_stale` knows)."""
     if not out.exists():
         os.replace(folder, out)
         return
-    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    previous = folder.with_name(f"{folder.name}.old")
+    previous.mkdir()
     os.replace(out, previous / out.name)
     try:
         os.replace(folder, out)

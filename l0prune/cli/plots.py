@@ -6,13 +6,16 @@ Only what was measured is drawn.
   markers failed the tolerance), the frontier through the measured points no other beats, and
   the model returned (a star). A fixed-sparsity run has no search: only the dense model and the
   result are drawn;
-- ``layers.png``: per layer, the sparsity and the relative output error, methods side by side;
-  a layer left dense has no error bar but the word "dense".
+- ``layers.png``: per layer, the sparsity and the relative output error of each method, laid
+  out to stay readable from 3 to 300 layers: bars side by side for a few layers, a heatmap of
+  layer kind x block for the repeated blocks of a transformer, else one row per layer; a layer
+  left dense has no error but the word "dense" (a gray cell in a heatmap).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -20,7 +23,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from l0prune.report import PruneReport
 
-__all__ = ["frontier", "layers_plot", "sparsity_loss_plot"]
+__all__ = ["FEW_LAYERS", "Grid", "block_grid", "frontier", "layers_plot", "sparsity_loss_plot"]
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
@@ -93,20 +96,112 @@ def sparsity_loss_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> F
     return figure
 
 
+#: Up to this many layers, ``layers.png`` draws a bar per layer and method side by side.
+FEW_LAYERS = 12
+
+
+@dataclass
+class Grid:
+    """Layers laid out as kinds (rows) by block (columns): ``transformer.h.3.attn.c_attn`` is
+    kind ``attn.c_attn`` of block 3 in the stack ``transformer.h``; a layer outside the blocks
+    is a row of its own, in a last column ``other``.
+
+    Attributes:
+        rows: the row labels, block kinds first.
+        columns: the block indices, then ``"other"`` when a layer is outside the blocks.
+        cells: per layer name, its ``(row, column)``.
+        stack: the part of the names before the block index when all block kinds share it
+            (``"transformer.h"``), else ``""`` (the rows then keep it).
+    """
+
+    rows: list[str]
+    columns: list[int | str]
+    cells: dict[str, tuple[int, int]]
+    stack: str
+
+
+def block_grid(names: Sequence[str]) -> Grid | None:
+    """The :class:`Grid` of ``names`` when they share a block structure (each kind in two
+    blocks or more, fewer than half as many rows as layers), else ``None``.
+
+    Example:
+        >>> grid = block_grid([f"h.{i}.{k}" for i in range(3) for k in ("attn", "mlp")] + ["head"])
+        >>> grid.rows, grid.columns, grid.cells["h.2.mlp"], grid.cells["head"], grid.stack
+        (['attn', 'mlp', 'head'], [0, 1, 2, 'other'], (1, 2), (2, 3), 'h')
+    """
+    placed: dict[str, tuple[str, str, int | None]] = {}
+    for name in names:
+        parts = name.split(".")
+        index = next((j for j, part in enumerate(parts) if part.isdigit()), None)
+        if index is None:
+            placed[name] = ("", name, None)
+        else:
+            placed[name] = (".".join(parts[:index]), ".".join(parts[index + 1:]) or "*",
+                            int(parts[index]))
+    blocks = {(stack, kind) for stack, kind, i in placed.values() if i is not None}
+    outside = [name for name, (_, _, i) in placed.items() if i is None]
+    counts = {key: sum(1 for s, k, i in placed.values() if (s, k) == key and i is not None)
+              for key in blocks}
+    if not blocks or min(counts.values()) < 2 or 2 * (len(blocks) + len(outside)) > len(names):
+        return None
+    stacks = {stack for stack, _ in blocks}
+    shared = next(iter(stacks)) if len(stacks) == 1 else ""
+    kinds = []
+    for stack, kind, i in placed.values():
+        label = kind if shared or not stack else f"{stack}.*.{kind}"
+        if i is not None and label not in kinds:
+            kinds.append(label)
+    columns: list[int | str] = sorted({i for _, _, i in placed.values() if i is not None})
+    if outside:
+        columns.append("other")
+    where = {c: j for j, c in enumerate(columns)}
+    cells = {}
+    for name, (stack, kind, i) in placed.items():
+        if i is None:
+            cells[name] = (len(kinds) + outside.index(name), where["other"])
+        else:
+            label = kind if shared or not stack else f"{stack}.*.{kind}"
+            cells[name] = (kinds.index(label), where[i])
+    return Grid(kinds + outside, columns, cells, shared)
+
+
 def layers_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> Figure:
-    """Write ``layers.png``: per-layer sparsity and relative error of each run; a layer that
-    kept every weight gets the word "dense" instead of an error bar (its error is round-off).
+    """Write ``layers.png``: each layer's sparsity and relative error, per run.
+
+    Up to :data:`FEW_LAYERS` layers, bars side by side per layer; more, when the names share a
+    block structure (a transformer's ``blocks.N.kind``), two heatmaps per run, kinds by block
+    (:func:`block_grid`); else horizontal bars, one row per layer. A layer that kept every
+    weight gets no error (its error is round-off): the word "dense", or a gray cell.
 
     Returns:
         The figure written.
     """
+    names = [layer.name for layer in runs[0][1].layers]
+    grid = block_grid(names) if len(names) > FEW_LAYERS else None
+    if len(names) <= FEW_LAYERS:
+        figure = _vertical_bars(runs)
+    elif grid is not None:
+        figure = _heatmaps(runs, grid)
+    else:
+        figure = _horizontal_bars(runs)
+    figure.savefig(path, dpi=120)
+    return figure
+
+
+def _errors(runs) -> list[float]:
+    """The positive errors of the layers pruned (a dense layer's error is round-off)."""
+    return [layer.relative_error for _, report in runs for layer in report.layers
+            if layer.kept < layer.total and layer.relative_error > 0]
+
+
+def _vertical_bars(runs) -> Figure:
+    """A few layers: bars of each run side by side, names and shapes under them."""
     layers = runs[0][1].layers
     names = [layer.name for layer in layers]
-    figure = _figure(5.6, width=max(7.5, 0.3 * len(names)))
+    figure = _figure(5.6)
     top, bottom = figure.subplots(2, 1, sharex=True)
     width = 0.8 / len(runs)
-    errors = [layer.relative_error for _, report in runs for layer in report.layers
-              if layer.kept < layer.total and layer.relative_error > 0]
+    errors = _errors(runs)
     floor = min(errors) / 3 if errors else 1e-6
     for i, ((label, report), color) in enumerate(zip(runs, _COLORS, strict=False)):
         by_name = {layer.name: layer for layer in report.layers}
@@ -138,5 +233,94 @@ def layers_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> Figure:
     bottom.set_xlabel("layer")
     for axes in (top, bottom):
         axes.grid(True, axis="y", alpha=0.3)
-    figure.savefig(path, dpi=120)
+    return figure
+
+
+def _horizontal_bars(runs) -> Figure:
+    """Many layers without a block structure: one row per layer, sparsity on the left and
+    relative error on the right, runs side by side within a row."""
+    layers = runs[0][1].layers
+    figure = _figure(1.4 + 0.17 * len(layers) * max(1, len(runs) / 2), width=10)
+    left, right = figure.subplots(1, 2, sharey=True)
+    height = 0.8 / len(runs)
+    errors = _errors(runs)
+    floor = min(errors) / 3 if errors else 1e-6
+    for i, ((label, report), color) in enumerate(zip(runs, _COLORS, strict=False)):
+        by_name = {layer.name: layer for layer in report.layers}
+        ys = [j + (i - (len(runs) - 1) / 2) * height for j in range(len(layers))]
+        left.barh(ys, [100 * by_name[x.name].sparsity for x in layers], height, color=color,
+                  label=label)
+        pruned = [(y, by_name[x.name]) for y, x in zip(ys, layers, strict=True)
+                  if by_name[x.name].kept < by_name[x.name].total]
+        right.barh([y for y, _ in pruned], [x.relative_error for _, x in pruned], height,
+                   color=color)
+        for y, x in zip(ys, layers, strict=True):
+            if by_name[x.name].kept == by_name[x.name].total:
+                right.text(floor, y, "dense", va="center", fontsize=6, color=color)
+    left.set_yticks(range(len(layers)))
+    left.set_yticklabels([f"{x.name} ({'x'.join(map(str, x.shape))})" for x in layers],
+                         fontsize=7)
+    left.set_ylim(len(layers) - 0.5, -0.5)
+    left.set_xlim(0, 100)
+    left.set_xlabel("sparsity (%)")
+    figure.legend(fontsize=8, loc="outside upper right", ncol=len(runs))
+    right.set_xscale("log")
+    right.set_xlim(floor / 2, 2 * max(errors) if errors else 1)
+    right.set_xlabel("relative error")
+    for axes in (left, right):
+        axes.grid(True, axis="x", alpha=0.3)
+        axes.xaxis.set_ticks_position("both")
+        axes.tick_params(axis="x", labeltop=True)
+    figure.suptitle("Per layer: weights removed and relative output error")
+    return figure
+
+
+def _heatmaps(runs, grid: Grid) -> Figure:
+    """Layers of repeated blocks: per run, sparsity and relative error as kinds by block."""
+    import numpy as np
+    from matplotlib import colors
+
+    shape = (len(grid.rows), len(grid.columns))
+    width = min(24.0, max(7.5, 3.0 + 0.2 * shape[1]))
+    figure = _figure((1.1 + 0.3 * shape[0]) * 2 * len(runs) + 0.6, width=width)
+    panels = figure.subplots(2 * len(runs), 1, squeeze=False)[:, 0]
+    errors = _errors(runs)
+    norm = colors.LogNorm(min(errors), max(errors)) if errors else None
+    step = max(1, -(-shape[1] // 40))  # at most about 40 block labels
+    for i, (label, report) in enumerate(runs):
+        sparsity, error, dense = (np.full(shape, np.nan) for _ in range(3))
+        for layer in report.layers:
+            cell = grid.cells[layer.name]
+            sparsity[cell] = 100 * layer.sparsity
+            if layer.kept == layer.total:
+                dense[cell] = 1.0
+            elif layer.relative_error > 0:
+                error[cell] = layer.relative_error
+        for axes, values, title, bar in (
+            (panels[2 * i], sparsity, f"{label}: sparsity (%)", dict(vmin=0, vmax=100)),
+            (panels[2 * i + 1], error, f"{label}: relative output error (gray: kept dense)",
+             dict(norm=norm)),
+        ):
+            image = axes.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis",
+                                interpolation="nearest", **bar)
+            if values is error:
+                axes.imshow(np.ma.masked_invalid(dense), aspect="auto", interpolation="nearest",
+                            cmap=colors.ListedColormap(["lightgray"]), vmin=0, vmax=1)
+            figure.colorbar(image, ax=axes, pad=0.01, fraction=0.04)
+            axes.set_title(title, fontsize=9, loc="left")
+            axes.set_yticks(range(shape[0]))
+            axes.set_yticklabels(grid.rows, fontsize=7)
+            ticks = list(range(0, shape[1], step))
+            if grid.columns[-1] == "other" and shape[1] - 1 not in ticks:
+                ticks.append(shape[1] - 1)
+            axes.set_xticks(ticks)
+            axes.set_xticklabels([str(grid.columns[j]) for j in ticks], fontsize=7)
+            axes.set_xticks(np.arange(-0.5, shape[1]), minor=True)
+            axes.set_yticks(np.arange(-0.5, shape[0]), minor=True)
+            axes.grid(which="minor", color="white", linewidth=0.5)
+            axes.tick_params(which="minor", length=0)
+    where = f"block of {grid.stack}" if grid.stack else "block"
+    panels[-1].set_xlabel(where)
+    figure.suptitle(f"Per layer: weights removed and relative output error, {len(grid.cells)} "
+                    f"layers as kind x block")
     return figure

@@ -34,6 +34,7 @@ from torch import nn
 
 import l0prune
 from l0prune.config import PruneConfig
+from l0prune.io.files import WriteError, writing
 from l0prune.io.problem_files import (
     SavedSolutions,
     apply_solutions,
@@ -158,15 +159,33 @@ def _write(folder: Path, task: Task, settings: Settings, data: dict) -> None:
     """Everything but the two reports, then the reports with the sizes of the rest."""
     from .plots import layers_plot, sparsity_loss_plot  # matplotlib loads only to draw
 
-    if task.save_model is None:
-        l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
-    else:
-        task.save_model(task.model, folder / "model")
-    runs = run_reports(data)
-    sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
-    layers_plot(runs, folder / "layers.png")
-    (folder / "recipe.toml").write_text(settings.to_toml())
-    write_reports(folder, data)
+    with _named_as_out(folder, Path(settings.out)):
+        if task.save_model is None:
+            l0prune.export(task.model, folder / "model.pt", folder / "model.sparse.pt")
+        else:
+            with writing(folder / "model"):
+                task.save_model(task.model, folder / "model")
+        runs = run_reports(data)
+        with writing(folder / "sparsity_vs_loss.png"):
+            sparsity_loss_plot(runs, folder / "sparsity_vs_loss.png")
+        with writing(folder / "layers.png"):
+            layers_plot(runs, folder / "layers.png")
+        with writing(folder / "recipe.toml"):
+            (folder / "recipe.toml").write_text(settings.to_toml())
+        with writing(folder / "report.json"):
+            write_reports(folder, data)
+
+
+@contextmanager
+def _named_as_out(folder: Path, out: Path) -> Iterator[None]:
+    """A file of the staging ``folder`` that cannot be written (a full disk), named as the
+    user knows it: ``OUT/NAME``."""
+    try:
+        yield
+    except WriteError as err:
+        if not err.path.is_relative_to(folder):
+            raise
+        raise WriteError(out / err.path.relative_to(folder), err.reason) from err.__cause__
 
 
 @contextmanager
@@ -206,7 +225,7 @@ def _solutions(settings: Settings) -> tuple[Settings, SavedSolutions | None]:
     return dataclasses.replace(settings, config=config), solutions
 
 
-def _save_problems(task: Task, settings: Settings, args: argparse.Namespace, log) -> int:
+def _save_problems(task: Task, settings: Settings, args: argparse.Namespace) -> int:
     """``--save-problems DIR``: write the problems of the task's model; nothing else."""
     folder = settings.save_problems
     index = save_problems(task.model, task.calibration, folder,
@@ -215,8 +234,8 @@ def _save_problems(task: Task, settings: Settings, args: argparse.Namespace, log
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        log(f"wrote {len(index['problems'])} layer problems to {folder}/ (index.json); solve "
-            f"them with: l0prune solve {shlex.quote(folder)} --method NAME [--workers N]")
+        print(f"wrote {len(index['problems'])} layer problems to {folder}/ (index.json); solve "
+              f"them with: l0prune solve {shlex.quote(folder)} --method NAME [--workers N]")
     return 0
 
 
@@ -243,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         task = _task(settings, log)
         with _usage_errors(settings):
             if settings.save_problems is not None:
-                return _save_problems(task, settings, args, log)
+                return _save_problems(task, settings, args)
             dense, runs = _runs(task, settings, log, not args.quiet, executor, solutions)
     data = {
         "command": shlex.join(["l0prune", *args.argv]),
@@ -262,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     remove_checkpoints(_partial(settings), methods())
     if args.json:
         print(json.dumps(data, indent=2))
-    elif not args.quiet:
+    else:  # the results, with --quiet too (it drops the progress only)
         print("\n".join(headline(data)))
         sizes = ", ".join(f"{name} ({size:,} bytes)" for name, size in data["files"].items())
         print(f"wrote {out}/: {sizes}")

@@ -151,7 +151,7 @@ def _folder_run(args: argparse.Namespace, method: str) -> int:
     if args.json:
         print(json.dumps({"folder": args.weight, "method": method, "solutions": rows},
                          indent=2))
-    elif not args.quiet:
+    else:  # the results, with --quiet too (it drops the progress only)
         print(table(rows, method), end="")
         print(f"wrote {Path(args.weight) / 'solutions'}/ (solutions.json, table.md); apply them "
               f"with l0prune prune ... --apply-solutions {args.weight}")
@@ -171,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output(Path(args.out), "--out")
     W = load_tensor(args.weight, "W")
+    if args.out is not None:
+        check_output(Path(args.out), "--out", W.dtype)  # the solution has W's dtype
     if W.ndim < 2:
         raise UsageError(f"W {args.weight}: must be a matrix (out x in), got shape "
                          f"{tuple(W.shape)}")
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     figures = _figures(problem, solution, args, W.shape)
     if args.json:
         print(json.dumps(figures, indent=2))
-    elif not args.quiet:
+    else:
         width = max(map(len, figures))
         for name, value in figures.items():
             if value is not None:

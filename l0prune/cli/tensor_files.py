@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from l0prune.io.files import follow_umask, writing
+
 from .errors import UsageError
-from .output_dir import umask
 
 __all__ = ["SUFFIXES", "check_output", "load_tensor", "save_tensor"]
 
@@ -120,9 +121,13 @@ def load_tensor(reference: str, label: str) -> torch.Tensor:
     return value
 
 
-def check_output(path: Path, label: str) -> None:
-    """Raise :class:`UsageError` unless a tensor can be written to ``path``."""
-    _suffix(path, label)
+def check_output(path: Path, label: str, dtype: torch.dtype | None = None) -> None:
+    """Raise :class:`UsageError` unless a tensor (of ``dtype``, when given) can be written to
+    ``path``: numpy, so ``.npy``, has no bfloat16."""
+    suffix = _suffix(path, label)
+    if suffix == ".npy" and dtype is not None and str(dtype) == "torch.bfloat16":
+        raise UsageError(f"{label} {path}: numpy (.npy) has no bfloat16, the dtype of this W "
+                         "and of its solution; give a .pt or .safetensors file")
     if path.is_dir():
         raise UsageError(f"{label} {path}: is a folder; give a file name")
     if not path.parent.is_dir():
@@ -137,11 +142,12 @@ def save_tensor(tensor: torch.Tensor, path: Path, label: str, key: str = "weight
     import numpy as np
     import torch
 
-    check_output(path, label)
+    check_output(path, label, tensor.dtype)
     suffix = path.suffix.lower()
     tensor = tensor.detach().cpu().contiguous()
     payload = _safetensors(label).save({key: tensor}) if suffix == ".safetensors" else None
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+    with writing(path), tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                                    delete=False) as f:
         try:
             if payload is not None:
                 f.write(payload)
@@ -149,9 +155,10 @@ def save_tensor(tensor: torch.Tensor, path: Path, label: str, key: str = "weight
                 np.save(f, tensor.numpy())
             else:
                 torch.save(tensor, f)
+            f.flush()
         except BaseException:
             f.close()
             os.unlink(f.name)
             raise
-    os.chmod(f.name, 0o666 & ~umask())  # a temporary file is 0600; the output follows the umask
+    follow_umask(f.name)  # a temporary file is 0600; the output follows the umask
     os.replace(f.name, path)

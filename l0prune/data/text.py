@@ -2,11 +2,12 @@
 
 SparseGPT, Wanda and ALPS calibrate on 128 windows of 2048 tokens drawn at random from a
 tokenised corpus and measure perplexity on consecutive windows of held-out text.
-:func:`text_batches` does both for any tokenizer: the text is tokenised once, as one sequence,
-and cut into windows of ``seqlen`` tokens, ``nsamples`` of them drawn at random with ``seed``
-(``draw="random"``, for calibration) or the first ``nsamples`` non-overlapping ones in order
-(``draw="consecutive"``, for validation). Every window has the same length, so averaging the
-per-window mean next-token loss over windows is the token-weighted mean.
+:func:`text_batches` does both for any tokenizer: the text is tokenised as one sequence (piece
+by piece, holding only the ids) and cut into windows of ``seqlen`` tokens, ``nsamples`` of them
+drawn at random with ``seed`` (``draw="random"``, for calibration) or the first ``nsamples``
+non-overlapping ones in order (``draw="consecutive"``, for validation). Every window has the
+same length, so averaging the per-window mean next-token loss over windows is the
+token-weighted mean.
 
 Texts come from a file or a folder of ``.txt`` files (:func:`read_text`) or from a Hugging Face
 dataset when the ``datasets`` package and a network are there (:func:`dataset_text`);
@@ -16,6 +17,7 @@ dataset when the ``datasets`` package and a network are there (:func:`dataset_te
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -141,6 +143,59 @@ def _positive(value, name: str, minimum: int = 1) -> int:
     return value
 
 
+#: Characters per piece the text is tokenised in: a tokenizer called on a whole corpus holds
+#: about 250 times the text's size at once (a 4.4 MB text, 1 GB), one piece a bounded part.
+PIECE = 1 << 16
+#: Where a piece may end: before a single space between two non-spaces. Byte-level BPE
+#: (GPT-2, OPT, LLaMA-3) and SentencePiece (``▁`` for a space) both start a word's tokens
+#: there, so the pieces give the tokens of the whole text.
+_CUT = re.compile(r"(?<=\S)(?= \S)")
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` in consecutive pieces of about ``size`` characters, each cut at :data:`_CUT`
+    (a text with no such place from some point on is one piece from there)."""
+    start = 0
+    while start < len(text):
+        cut = _CUT.search(text, start + size) if start + size < len(text) else None
+        end = len(text) if cut is None else cut.start()
+        yield text[start:end]
+        start = end
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, verbose=False, add_special_tokens=special)["input_ids"])
+
+
+def _token_stream(tokenizer, text: str) -> Iterator[torch.Tensor]:
+    """The tokens of ``text``, as one call on the whole text gives them (with the special
+    tokens it adds to one sequence), in int32 parts, one piece of the text at a time."""
+    pieces = _pieces(text, PIECE)
+    first = next(pieces)
+    plain, marked = _ids(tokenizer, first, False), _ids(tokenizer, first, True)
+    at = next((i for i in range(len(marked) - len(plain) + 1)
+               if marked[i:i + len(plain)] == plain), None)
+    if at is None:  # special tokens mixed into the text: the whole text in one call
+        yield torch.tensor(_ids(tokenizer, text, True), dtype=torch.int32)
+        return
+    yield torch.tensor(marked[:at + len(plain)], dtype=torch.int32)
+    for piece in pieces:
+        yield torch.tensor(_ids(tokenizer, piece, False), dtype=torch.int32)
+    yield torch.tensor(marked[at + len(plain):], dtype=torch.int32)
+
+
+def _tokens(tokenizer, text: str, limit: int | None) -> torch.Tensor:
+    """The first ``limit`` tokens of ``text`` (all of them for ``None``), int32; tokenising
+    stops once it has them."""
+    parts, count = [], 0
+    for part in _token_stream(tokenizer, text):
+        parts.append(part)
+        count += part.numel()
+        if limit is not None and count >= limit:
+            break
+    return torch.cat(parts)[:limit]
+
+
 def text_batches(
     tokenizer,
     text: str,
@@ -153,9 +208,15 @@ def text_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """Windows of ``seqlen`` tokens of ``text`` as batches ``{"input_ids": batch x seqlen}``.
 
+    The text is tokenised piece by piece (:data:`PIECE` characters, cut before a space between
+    two words), keeping only the token ids (4 bytes a token): the tokens of the whole text,
+    with the special tokens the tokenizer adds to one sequence, without a tokenizer call on the
+    whole corpus (about 250 times the text's size). ``"consecutive"`` stops once it has its
+    windows; ``"random"`` needs every position, so it counts them all.
+
     Args:
-        tokenizer: a Hugging Face tokenizer (called once on the whole text, with its special
-            tokens as it adds them to one sequence).
+        tokenizer: a Hugging Face tokenizer (or any callable taking ``add_special_tokens=``
+            and giving ``{"input_ids": [...]}``).
         text: the text.
         nsamples: windows wanted; ``"consecutive"`` gives fewer when the text holds fewer.
         seqlen: tokens per window (at least 2: the loss predicts each token from the ones
@@ -190,7 +251,7 @@ def text_batches(
         raise ValueError(f"draw must be 'random' or 'consecutive', got {draw!r}")
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
-    ids = torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.int64)
+    ids = _tokens(tokenizer, text, nsamples * seqlen if draw == "consecutive" else None)
     if ids.numel() < seqlen:
         raise ValueError(
             f"the text has {ids.numel():,} tokens, fewer than one window of seqlen={seqlen}: "
@@ -201,5 +262,5 @@ def text_batches(
         starts = torch.randint(0, ids.numel() - seqlen + 1, (nsamples,), generator=generator)
     else:
         starts = torch.arange(min(nsamples, ids.numel() // seqlen)) * seqlen
-    windows = torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+    windows = torch.stack([ids[s:s + seqlen] for s in starts.tolist()]).to(torch.int64)
     return [{"input_ids": chunk} for chunk in windows.split(batch_size)]

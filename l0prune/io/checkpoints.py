@@ -31,8 +31,10 @@ import torch
 from torch import nn
 
 from l0prune.model.masks import permanent_state_dict
+from l0prune.validate import inside
 
 from .compressed_file import StoredTensor, read_compressed, transposed_weights, write_compressed
+from .files import follow_umask
 from .hf import is_causal_lm, require_transformers
 
 __all__ = ["WEIGHTS_NAME", "SavedModel", "load_pretrained", "save_pretrained"]
@@ -108,6 +110,23 @@ def _folder_bytes(directory: Path) -> tuple[int, int]:
             sum(p.stat().st_size for p in files if p.suffix == ".safetensors"))
 
 
+def _weight_files(directory: Path) -> dict[Path, int]:
+    """The ``*.safetensors`` files of ``directory`` and when each last changed."""
+    if not directory.is_dir():
+        return {}
+    return {p: p.stat().st_mtime_ns for p in directory.glob("*.safetensors") if p.is_file()}
+
+
+def _save_dense(model: nn.Module, directory: Path, state: dict[str, torch.Tensor]) -> None:
+    """``model.save_pretrained`` with ``state``; the weight files it writes (through the
+    safetensors library: mode 0600) get the mode the umask gives, as its other files do."""
+    before = _weight_files(directory)
+    model.save_pretrained(directory, state_dict=state)
+    for path, changed in _weight_files(directory).items():
+        if before.get(path) != changed:
+            follow_umask(path)
+
+
 def save_pretrained(model: nn.Module, directory: str | Path, format: str = "dense") -> SavedModel:
     """Write a pruned Hugging Face model as a folder, without changing the model.
 
@@ -141,7 +160,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, format: str = "dens
         raise ValueError(f"directory {str(directory)!r} exists and is not a folder")
     state = permanent_state_dict(model)
     if format == "dense":
-        model.save_pretrained(directory, state_dict=state)
+        _save_dense(model, directory, state)
         stored = []
     else:
         directory.mkdir(parents=True, exist_ok=True)
@@ -186,7 +205,8 @@ def load_pretrained(directory: str | Path, trust_remote_code: bool = False) -> n
         The model, in eval mode.
 
     Raises:
-        ValueError: when the folder holds no ``config.json`` or its weights do not decode.
+        ValueError: when the folder holds no ``config.json``, its ``sparsity_config`` names
+            weights outside the folder, or its weights do not decode.
 
     Example: see :func:`save_pretrained`.
     """
@@ -202,7 +222,10 @@ def load_pretrained(directory: str | Path, trust_remote_code: bool = False) -> n
     cls = _model_class(config, trust_remote_code)
     if sparsity is None:
         return cls.from_pretrained(directory, trust_remote_code=trust_remote_code).eval()
-    weights = directory / str(sparsity.get("weights", WEIGHTS_NAME))
+    if not isinstance(sparsity, dict):
+        raise ValueError(f"{path}: sparsity_config must be an object, got {sparsity!r}")
+    weights = inside(directory, sparsity.get("weights", WEIGHTS_NAME),
+                     f"{path}: sparsity_config.weights")
     if not weights.is_file():
         raise ValueError(f"{str(directory)!r}: the compressed weights {weights.name} are missing")
     state = read_compressed(weights)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from l0prune.model.targets import Target, prunable_layers
 
+from .files import save_safetensors
 from .sparse_layouts import (
     bitmask_bytes,
     compress_bitmask,
@@ -171,7 +171,7 @@ def write_compressed(
         ))
     header = {"format": FORMAT, "version": _VERSION, "layouts": json.dumps(layouts)}
     header.update(metadata or {})
-    save_file(separate_storage(tensors), str(path), metadata=header)
+    save_safetensors(separate_storage(tensors), path, header)
     return stored
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from l0prune.model.masks import permanent_state_dict
@@ -34,6 +33,7 @@ from .compressed_file import (
     transposed_weights,
     write_compressed,
 )
+from .files import save_safetensors, writing
 
 __all__ = ["ExportReport", "TensorExport", "export", "load_sparse"]
 
@@ -301,9 +301,10 @@ def export(
         raise ValueError(f"sparse_path must differ from path, both are {str(path)!r}")
     state = {k: v.detach().cpu() for k, v in permanent_state_dict(model).items()}
     if dense_format == "safetensors":
-        save_file(separate_storage(state), str(path), metadata={"format": "pt"})
+        save_safetensors(separate_storage(state), path, {"format": "pt"})
     else:
-        torch.save(state, path)
+        with writing(path):
+            torch.save(state, path)
     if sparse_format == "safetensors":
         tensors = [
             TensorExport(t.name, t.shape, t.nonzero, t.layout, t.bytes)
@@ -311,7 +312,8 @@ def export(
         ]
     else:
         entries = {name: _encode(tensor) for name, tensor in state.items()}
-        torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
+        with writing(sparse_path):
+            torch.save({"format": _FORMAT, "version": _VERSION, "tensors": entries}, sparse_path)
         tensors = [
             TensorExport(
                 name, list(state[name].shape), int((state[name] != 0).sum()), entry["encoding"],

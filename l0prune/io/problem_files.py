@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,16 +49,24 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from l0prune.config import PruneConfig
+from l0prune.io.files import save_safetensors, writing
 from l0prune.model.targets import Target
 from l0prune.pipeline.executors import LayerSolves, LayerTask
 from l0prune.pipeline.progress import progress
-from l0prune.pipeline.solves import TargetSolution, options_with_seed, solve_target
+from l0prune.pipeline.solves import (
+    TargetSolution,
+    options_with_seed,
+    solution_fault,
+    solve_target,
+    target_error,
+    target_problems,
+)
 from l0prune.pipeline.workflow import configured
 from l0prune.report import PruneReport
-from l0prune.validate import first_line
+from l0prune.validate import first_line, inside
 from solvers import Budget
 from solvers.many import run_tasks
 
@@ -65,6 +75,7 @@ __all__ = ["ProblemWriter", "SavedSolutions", "apply_solutions", "check_new_fold
            "save_problems", "solve_folder", "table"]
 
 FORMAT, VERSION = "l0prune-problems", 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _sha256(tensor: torch.Tensor) -> str:
@@ -100,7 +111,52 @@ def read_index(folder: str | os.PathLike) -> dict:
     if index.get("version") != VERSION:
         raise ValueError(f"{path}: version {index.get('version')!r}, this l0prune reads "
                          f"{VERSION}")
+    fault = _index_fault(Path(folder), index)
+    if fault is not None:
+        raise ValueError(f"{path}: {fault}")
     return index
+
+
+def _index_fault(folder: Path, index: Mapping) -> str | None:
+    """What is wrong with the entries of a problem folder's index, or ``None``: each problem
+    has a name, a ``(groups, out, in)`` shape, a budget that fits it, ``W`` and ``H`` files
+    inside the folder and their digests; the targets map names to weight shapes."""
+    targets, problems = index.get("targets"), index.get("problems")
+    if not isinstance(targets, dict) or not all(
+        isinstance(v, list) and all(_count(n) for n in v) for v in targets.values()
+    ):
+        return "'targets' must map layer names to weight shapes"
+    if not isinstance(problems, list):
+        return "'problems' must be a list"
+    names = set()
+    for i, problem in enumerate(problems):
+        where = f"problem {i}"
+        if not isinstance(problem, dict) or not isinstance(problem.get("name"), str):
+            return f"{where} must be an object with a layer name"
+        where = f"problem {i} ({problem['name']!r})"
+        if problem["name"] in names:
+            return f"{where} appears twice"
+        names.add(problem["name"])
+        shape = problem.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(_count(n) for n in shape)):
+            return f"{where}: shape must be [groups, out, in], got {shape!r}"
+        try:
+            Budget.from_json(problem.get("budget")).check(tuple(shape[1:]))
+        except ValueError as err:
+            return f"{where}: budget {problem.get('budget')!r}: {first_line(err)}"
+        for key in ("W", "H"):
+            try:
+                inside(folder, problem.get(key), f"{where}: {key}")
+            except ValueError as err:
+                return str(err)
+        for key in ("W_sha256", "H_sha256"):
+            if not (isinstance(problem.get(key), str) and _SHA256.fullmatch(problem[key])):
+                return f"{where}: {key} must be a SHA-256 in hex, got {problem.get(key)!r}"
+    return None
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _check_fixed(sequential: bool, fixed: bool, what: str) -> None:
@@ -157,12 +213,12 @@ class ProblemWriter(LayerSolves):
             if id(task.moments) not in moments:
                 name = f"moments/{self.moment_files:04d}.safetensors"
                 H = task.moments.H.detach().cpu().contiguous()
-                save_file({"H": H}, self.folder / name)
+                save_safetensors({"H": H}, self.folder / name)
                 moments[id(task.moments)] = (name, _sha256(H))
                 self.moment_files += 1
             W = task.W.detach().cpu().contiguous()
             name = f"problems/{len(self.problems):04d}.safetensors"
-            save_file({"W": W}, self.folder / name)
+            save_safetensors({"W": W}, self.folder / name)
             self.problems.append({
                 "name": task.name, "shape": list(W.shape),
                 "budget": task.budgets[0].to_json(),
@@ -179,18 +235,25 @@ class ProblemWriter(LayerSolves):
         """Write ``index.json``; returns the index."""
         index = {"format": FORMAT, "version": VERSION, "sequential": False,
                  "targets": self.targets, "problems": self.problems}
-        (self.folder / "index.json").write_text(json.dumps(index, indent=1))
+        with writing(self.folder / "index.json"):
+            (self.folder / "index.json").write_text(json.dumps(index, indent=1))
         return index
 
 
 class SavedSolutions(LayerSolves):
     """Gives back the solutions :func:`solve_folder` wrote, each checked against the task.
 
+    The files are untrusted: the problem must be this run's (budget, method, options and the
+    SHA-256 of ``W`` and ``H``), and the solution one of it (:func:`~l0prune.pipeline.solves.
+    solution_fault`: shape and dtype exactly, a boolean mask met by the budget, the weight zero
+    off it, finite values); its relative error is recomputed from the problem, not read.
+
     Args:
         folder: a problem folder with ``solutions/``.
 
     Raises:
-        ValueError: one line when the folder has no index or no solutions.
+        ValueError: one line when the folder has no index or no solutions, or they are not
+            well formed.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -205,6 +268,9 @@ class SavedSolutions(LayerSolves):
                              f"{folder})") from None
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot be read ({first_line(err)})") from None
+        fault = _solved_fault(self.folder / "solutions", self.solved)
+        if fault is not None:
+            raise ValueError(f"{path}: {fault}")
         self.method, self.options = self.solved["method"], self.solved["options"]
         problems, solutions = self.index["problems"], self.solved["solutions"]
         if [p["name"] for p in problems] != [s["name"] for s in solutions]:
@@ -247,14 +313,28 @@ class SavedSolutions(LayerSolves):
             if differs:
                 raise ValueError(f"the solution of layer {task.name!r} in {self.folder} is not "
                                  f"for this run's problem: {differs}")
-            saved = load_file(self.folder / "solutions" / solved["file"])
-            solutions.append([TargetSolution(
-                saved["weight"].to(task.W.device), saved["mask"].to(task.W.device),
-                solved["relative_error"], solved["seconds"],
-            )])
+            weight, mask = self._solution(task, solved)
+            problems = task.problems() if task.problems is not None else target_problems(
+                task.W, task.moments.H, None, None, check_psd=False)
+            solutions.append([TargetSolution(weight, mask, target_error(problems, weight),
+                                             solved["seconds"])])
             if on_done is not None:
                 on_done(i)
         return solutions
+
+    def _solution(self, task: LayerTask, solved: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and mask of ``task``'s solution file, checked to be a solution of its
+        problem, where the task's weight is."""
+        path = self.folder / "solutions" / solved["file"]
+        try:
+            saved = load_file(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot be read ({first_line(err)})") from None
+        weight, mask = saved.get("weight"), saved.get("mask")
+        fault = solution_fault(weight, mask, task.budgets[0], task.W.shape, task.W.dtype)
+        if fault is not None:
+            raise ValueError(f"{path}: the solution of layer {task.name!r} is refused: {fault}")
+        return weight.to(task.W.device), mask.to(task.W.device)
 
     def _differs(self, task: LayerTask, problem: Mapping) -> str | None:
         """What of ``task`` differs from the saved problem and solve, or ``None``."""
@@ -271,6 +351,29 @@ class SavedSolutions(LayerSolves):
         if _sha256(task.moments.H.detach().cpu().contiguous()) != problem["H_sha256"]:
             return "its statistics H differ (other calibration data or settings)"
         return None
+
+
+def _solved_fault(folder: Path, solved) -> str | None:
+    """What is wrong with a ``solutions.json``, or ``None``: a method, its options, and per
+    solution a layer name, a file inside ``folder`` and the solver's seconds."""
+    if not isinstance(solved, dict) or not isinstance(solved.get("method"), str) or not (
+            isinstance(solved.get("options"), dict)):
+        return "must be an object with a method and its options"
+    if not isinstance(solved.get("solutions"), list):
+        return "'solutions' must be a list"
+    for i, entry in enumerate(solved["solutions"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return f"solution {i} must be an object with a layer name"
+        where = f"solution {i} ({entry['name']!r})"
+        try:
+            inside(folder, entry.get("file"), f"{where}: file")
+        except ValueError as err:
+            return str(err)
+        seconds = entry.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+                math.isfinite(seconds) and seconds >= 0):
+            return f"{where}: seconds must be a number >= 0, got {seconds!r}"
+    return None
 
 
 def check_new_folder(folder: str | os.PathLike) -> Path:
@@ -346,7 +449,7 @@ def load_problem(folder: str | os.PathLike, problem: Mapping) -> tuple[torch.Ten
     folder = Path(folder)
     tensors = []
     for key in ("W", "H"):
-        path = folder / problem[key]
+        path = inside(folder, problem[key], key)
         try:
             tensor = load_file(path)[key]
         except (OSError, KeyError, ValueError) as err:
@@ -410,8 +513,8 @@ def solve_folder(
         entries = []
         for i, (problem, solution) in enumerate(zip(index["problems"], solutions, strict=True)):
             name = f"{i:04d}.safetensors"
-            save_file({"weight": solution.weight.contiguous(),
-                       "mask": solution.mask.contiguous()}, staging / name)
+            save_safetensors({"weight": solution.weight.contiguous(),
+                              "mask": solution.mask.contiguous()}, staging / name)
             kept, total = int(solution.mask.sum()), solution.mask.numel()
             entries.append({"name": problem["name"], "file": name, "kept": kept,
                             "total": total, "relative_error": solution.relative_error,
@@ -421,8 +524,9 @@ def solve_folder(
                          "seconds": solution.seconds})
         solved = {"method": method, "options": json.loads(json.dumps(options, default=repr)),
                   "solutions": entries}
-        (staging / "solutions.json").write_text(json.dumps(solved, indent=1))
-        (staging / "table.md").write_text(table(rows, method))
+        with writing(folder / "solutions"):
+            (staging / "solutions.json").write_text(json.dumps(solved, indent=1))
+            (staging / "table.md").write_text(table(rows, method))
         old = folder / "solutions"
         if old.exists():
             shutil.rmtree(old)

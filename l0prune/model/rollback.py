@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+
+from l0prune.io.files import save_safetensors
 
 from .snapshot import Snapshot, _ModuleState, put_back
 
@@ -95,7 +97,7 @@ class Rollback(Snapshot):
         if self.folder is None or not keys:
             return
         path = self.folder / f"part-{len(set(f for f, *_ in self.released.values())):05d}.st"
-        save_file({str(key): self.values[key][1] for key in keys}, path)
+        save_safetensors({str(key): self.values[key][1] for key in keys}, path)
         for key in keys:
             tensor, _, requires_grad, grad = self.values.pop(key)
             self.released[key] = (path, tensor, requires_grad, grad)

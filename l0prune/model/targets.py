@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "layer_types", "prunable_layers", "select_targets", "targets_by_name"]
+__all__ = ["Target", "check_finite", "check_unshared", "layer_types", "prunable_layers",
+           "select_targets", "targets_by_name"]
 
 
 def layer_types() -> tuple[type, ...]:
@@ -311,6 +312,8 @@ def select_targets(
         )
     result = [Target(n, layers[n]) for n in chosen]
     _check_weights(result)
+    check_unshared(model, result)
+    check_finite(result)
     return result
 
 
@@ -330,6 +333,80 @@ def _check_weights(targets: list[Target]) -> None:
                 f"targets {owners[key]!r} and {t.name!r} share one weight tensor; prune one of them"
             )
         owners[key] = t.name
+
+
+def _tensor_key(tensor: torch.Tensor) -> tuple:
+    """What makes two parameters one tensor: the same memory, offset, shape and strides (tied
+    weights are one ``Parameter``; a view of another is caught too)."""
+    if tensor.device.type == "meta" or not tensor.numel():
+        return ("object", id(tensor))
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+            tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def check_unshared(model: nn.Module, targets: Sequence[Target]) -> None:
+    """Refuse a target whose weight is also a parameter of a module that is not a target.
+
+    Tied weights (a language model's output head and its input embedding) are one tensor:
+    pruning the head would prune the embedding too, without a word.
+
+    Args:
+        model: the model.
+        targets: the run's targets.
+
+    Raises:
+        ValueError: naming the target and the other module's parameter.
+
+    Example:
+        >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+        >>> head.weight = emb.weight
+        >>> model = nn.ModuleDict({"emb": emb, "head": head})
+        >>> check_unshared(model, [Target("head", head)])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: target 'head' shares its weight with 'emb.weight', which is not a target ...
+    """
+    chosen = {t.name for t in targets}
+    owners: dict[tuple, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(_tensor_key(parameter), []).append(name)
+    for t in targets:
+        for name in owners.get(_tensor_key(t.module.weight), []):
+            module = name.rpartition(".")[0]
+            if module not in chosen:
+                raise ValueError(
+                    f"target {t.name!r} shares its weight with {name!r}, which is not a target "
+                    f"(tied weights): pruning it would prune {module!r} too; leave {t.name!r} "
+                    "out (ignore=, --ignore) or untie the weights first"
+                )
+
+
+def check_finite(targets: Sequence[Target]) -> None:
+    """Refuse a target whose weight holds NaN or Inf values, naming it (before any work).
+
+    Args:
+        targets: the run's targets.
+
+    Raises:
+        ValueError: naming the first such target and how many values.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     layer.weight[0, 0] = float("nan")
+        >>> check_finite([Target("fc", layer)])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: target 'fc' has 1 NaN or Inf values in its weight; ...
+    """
+    for t in targets:
+        weight = t.module.weight.detach()
+        if weight.device.type == "meta":
+            continue
+        bad = int((~torch.isfinite(weight)).sum())
+        if bad:
+            raise ValueError(
+                f"target {t.name!r} has {bad} NaN or Inf values in its weight; the model is "
+                "broken before pruning (check how it was loaded or trained)"
+            )
 
 
 def targets_by_name(model: nn.Module, executed: Sequence[str], sparsity: Mapping[str, float],

@@ -96,7 +96,7 @@ from .allocation import Curve
 from .executors import LayerSolves
 from .interface import LayerResult
 from .layerwise import LayerPruner
-from .progress import progress
+from .progress import note, progress
 from .resume import Checkpoint, weights_digest
 
 __all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
@@ -379,11 +379,25 @@ class BlockPruner:
             "calibration": digest,
         }
 
+    def _checkpoint_news(self, checkpoint: Checkpoint) -> str:
+        """One line: the blocks a resume takes from ``checkpoint``, or those a new run there
+        replaces."""
+        blocks = len(self.stack.blocks)
+        if checkpoint.resumed:
+            return (f"resume: {min(checkpoint.found, blocks)} of {blocks} blocks taken from "
+                    f"{checkpoint.folder}")
+        if checkpoint.found:
+            return (f"starting again: the {checkpoint.found} finished blocks in "
+                    f"{checkpoint.folder} are replaced (resume=True, --resume on the command "
+                    "line, takes them)")
+        return f"checkpoint: each finished block of {blocks} is kept in {checkpoint.folder}"
+
     def _sweep(self, budgets, checkpoint: Checkpoint | None, curves) -> dict[str, LayerResult]:
         inputs = self._block_inputs() if self.kind != "none" else None
         if checkpoint is not None:
             checkpoint.start(self._settings(budgets, "no data read" if inputs is None
                                             else inputs.digest))
+            note(self._checkpoint_news(checkpoint), self.config.progress)
         dense = [] if inputs is None else list(inputs.hidden)
         pruned = list(dense) if self.paired else dense
         if inputs is not None and not self.keep_inputs:
@@ -400,7 +414,8 @@ class BlockPruner:
                 final = index == len(self.stack.blocks) - 1  # its outputs are not needed
                 members = [t for group in groups for t in group]
                 digest = weights_digest(members) if checkpoint is not None else ""
-                done = checkpoint.load(index, members, digest) if checkpoint is not None else None
+                done = None if checkpoint is None else checkpoint.load(
+                    index, members, digest, {t.name: budgets[t.name] for t in members})
                 self.rollback.capture(block)
                 move(block, self.device)
                 if done is None:

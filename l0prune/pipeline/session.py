@@ -87,12 +87,17 @@ class RunSession:
         """Call ``callback(*args)`` when the run ends, however it ends."""
         self._stack.callback(callback, *args)
 
+    def enter(self, context):
+        """Enter the context manager ``context`` now and exit it when the run ends (told of
+        the failure, if the run fails); returns what it gives on entry."""
+        return self._stack.enter_context(context)
+
     def __exit__(self, exc_type, exc, tb, failed: bool = False) -> bool:
         try:
             if (exc_type is not None or failed) and self.snapshot is not None:
                 self.snapshot.restore()
         finally:
-            self._stack.close()
+            self._stack.__exit__(exc_type, exc, tb)  # each context told how the run ended
         if exc_type is None and not failed:
             self.snapshot.restore_modes()
         return False

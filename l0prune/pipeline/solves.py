@@ -25,8 +25,8 @@ import torch
 from solvers import Budget, LayerProblem, MethodInfo, method_info, solve
 from solvers.many import ensure_method
 
-__all__ = ["TargetSolution", "options_with_seed", "solve_problems", "solve_target",
-           "target_problems"]
+__all__ = ["TargetSolution", "options_with_seed", "solution_fault", "solve_problems",
+           "solve_target", "target_error", "target_problems"]
 
 
 def options_with_seed(method: str, options: Mapping | None, seed: int) -> dict:
@@ -102,27 +102,100 @@ def solve_problems(problems: Sequence[LayerProblem], budgets: Sequence[Budget], 
     """
     solutions = []
     for budget in budgets:
-        weights, masks, errors, seconds = [], [], [], 0.0
+        weights, masks, seconds = [], [], 0.0
         for base in problems:
             solution = solve(base.with_budget(budget), method, **options)
             weights.append(solution.weight)
             masks.append(solution.mask)
-            errors.append(
-                (solution.relative_error, 1.0) if base.reference is None
-                else base.output_error(solution.weight)
-            )
             seconds += solution.info["seconds"]
-        if len(errors) == 1 and problems[0].reference is None:
-            error = errors[0][0]
-        else:
-            num, den = sum(e[0] for e in errors), sum(e[1] for e in errors)
-            error = num / den if den > 0 else (0.0 if num <= 0 else math.inf)
+        error = target_error(problems, weights)
         if errors_only:
-            solutions.append(TargetSolution(None, None, float(error), seconds))
+            solutions.append(TargetSolution(None, None, error, seconds))
         else:
-            solutions.append(TargetSolution(torch.stack(weights), torch.stack(masks),
-                                            float(error), seconds))
+            solutions.append(TargetSolution(torch.stack(weights), torch.stack(masks), error,
+                                            seconds))
     return solutions
+
+
+def target_error(problems: Sequence[LayerProblem],
+                 weights: Sequence[torch.Tensor] | torch.Tensor) -> float:
+    """The error a target's solution is reported with (see the module docstring), from its
+    problems and its pruned weight per group: what a run reports, and what a solution read from
+    a file is reported with (recomputed, never taken from the file).
+
+    Args:
+        problems: from :func:`target_problems`.
+        weights: the pruned weight of each group (a ``(groups, out, in)`` tensor or a list).
+
+    Returns:
+        The relative error.
+
+    Example:
+        >>> W = torch.ones(1, 2, 2); H = torch.eye(2, dtype=torch.float64)[None]
+        >>> target_error(target_problems(W, H, None, None), torch.tensor([[[1.0, 0], [1, 0]]]))
+        0.5
+    """
+    errors = [
+        (base.relative_error(weight), 1.0) if base.reference is None
+        else base.output_error(weight)
+        for base, weight in zip(problems, weights, strict=True)
+    ]
+    if len(errors) == 1 and problems[0].reference is None:
+        return float(errors[0][0])
+    num, den = sum(e[0] for e in errors), sum(e[1] for e in errors)
+    return float(num / den if den > 0 else (0.0 if num <= 0 else math.inf))
+
+
+def solution_fault(weight: torch.Tensor, mask: torch.Tensor, budget: Budget,
+                   shape: Sequence[int], dtype: torch.dtype) -> str | None:
+    """What makes ``(weight, mask)`` not a solution of a target under ``budget``, or ``None``.
+
+    A solution read from a file (saved solutions, a resume checkpoint) is untrusted: its weight
+    must have the target's ``(groups, out, in)`` shape exactly (a transposed one is not
+    reshaped) and dtype, its mask be boolean of that shape, every value be finite, the weight
+    be zero off the mask, and the mask of every group meet ``budget`` exactly (the support
+    :meth:`~solvers.Budget.select` keeps from the mask itself).
+
+    Args:
+        weight: the pruned weight, ``(groups, out, in)``.
+        mask: its support.
+        budget: the sized budget of one group's problem.
+        shape: the target's ``(groups, out, in)``.
+        dtype: the dtype of the target's weight.
+
+    Returns:
+        One phrase naming what is wrong, or ``None``.
+
+    Example:
+        >>> from solvers import Unstructured
+        >>> W = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]); mask = W != 0
+        >>> solution_fault(W, mask, Unstructured(k=2), (1, 2, 2), torch.float32) is None
+        True
+        >>> solution_fault(W, mask, Unstructured(k=1), (1, 2, 2), torch.float32)
+        'its mask keeps 2 of 4 weights, not a support of the budget unstructured(k=1) (1 kept)'
+    """
+    shape = tuple(shape)
+    for name, tensor in (("weight", weight), ("mask", mask)):
+        if not isinstance(tensor, torch.Tensor):
+            return f"its {name} is not a tensor"
+        if tuple(tensor.shape) != shape:
+            return (f"its {name} is {'x'.join(map(str, tensor.shape)) or 'a scalar'}, not "
+                    f"{'x'.join(map(str, shape))}")
+    if weight.dtype != dtype:
+        return f"its weight is {weight.dtype}, not {dtype}"
+    if mask.dtype != torch.bool:
+        return f"its mask is {mask.dtype}, not boolean"
+    if not bool(torch.isfinite(weight).all()):
+        return f"its weight has {int((~torch.isfinite(weight)).sum())} NaN or Inf values"
+    if bool((weight[~mask] != 0).any()):
+        return f"its weight has {int((weight[~mask] != 0).sum())} non-zeros off its mask"
+    for group in mask:
+        kept = group.to(torch.float32)
+        if not torch.equal(budget.select(kept), group):
+            return (f"its mask keeps {int(group.sum())} of {group.numel()} weights, not a "
+                    f"support of the budget {budget.text} ({budget.kept(tuple(group.shape))} "
+                    "kept)")
+    return None
 
 
 def solve_target(

@@ -13,7 +13,7 @@ import l0prune
 from l0prune import NM, Finetune, Structured
 from l0prune.data.batches import cross_entropy, mean_loss
 from l0prune.demo.digits import digits_cnn
-from l0prune.model.masks import masked_weight
+from l0prune.model.masks import masked_weight, permanent_state_dict
 from l0prune.model.statistics import row_products, second_moments
 from solvers import LayerProblem, solve
 
@@ -201,7 +201,10 @@ def test_finetuning_keeps_masks_fixed_and_pruned_weights_zero(mlp):
                       lr=1e-3, keep_best=False)
     report = l0prune.prune(model, calibration, sparsity=0.8, finetune=config,
                            validation=data.loader("val"), progress=False)
-    assert report.finetune_steps == 2 * 17 and report.loss_before_finetune is not None
+    assert report.finetune_steps == 2 * 17
+    before = mean_loss(plain, data.loader("val"), cross_entropy, CPU)  # same masks, no tuning
+    assert report.loss_before_finetune == pytest.approx(before, rel=1e-9)
+    assert report.loss_before_finetune != pytest.approx(report.pruned_loss, rel=1e-6)
     for name in ("1", "3"):
         tuned, base = _layers(model)[name], _layers(plain)[name]
         assert torch.equal(tuned.weight_mask, base.weight_mask)
@@ -415,7 +418,12 @@ def test_bert_with_padding_and_shared_inputs(bert, tokens):
     for name in names:
         assert int(layers[name].weight_mask.sum()) == layers[name].weight_mask.numel() // 2
     out = bert(**tokens[0]).last_hidden_state
-    assert torch.isfinite(out).all()
+    # The masks act in the forward pass: the output is the dense model's with the pruned
+    # weights in place, and not the dense output.
+    pruned = copy.deepcopy(dense)
+    pruned.load_state_dict(permanent_state_dict(bert))
+    assert torch.allclose(out, pruned(**tokens[0]).last_hidden_state, atol=1e-6)
+    assert not torch.allclose(out, dense(**tokens[0]).last_hidden_state, atol=1e-3)
     # The first group's problem is the dense H with padding left out.
     H = second_moments(dense, tokens, targets=r".*layer\.0\.attention\.self\.query")
     name = "encoder.layer.0.attention.self.query"

@@ -127,7 +127,9 @@ def test_singular_H_without_ridge():
     W = torch.randn(8, 16, generator=g)
     problem = LayerProblem(W, X.T @ X / 5, lam=0.0, sparsity=0.5)
     solution = solve(problem, "admm")
-    assert torch.isfinite(solution.weight).all()
+    assert int(solution.mask.sum()) == 64 and not solution.weight[~solution.mask].any()
+    best = problem.refit(solution.mask, method="exact")  # the optimum on its support
+    assert solution.objective == pytest.approx(problem.objective(best), rel=1e-3, abs=1e-6)
     assert solution.objective <= solve(problem, "magnitude", refit=True).objective + 1e-5
 
 

@@ -63,10 +63,21 @@ def test_certify_on_singular_H_without_ridge(seed, method, bound):
     assert 0.0 <= solution.gap <= 1.0
 
 
+def _defined(problem: LayerProblem, weight: torch.Tensor) -> tuple[float, float]:
+    """``(objective, relative error)`` of ``weight`` from their definitions in float64, the
+    round-off below 0 counted as 0 (``lam = 0``: the objective is the output change)."""
+    D, W, H = (weight - problem.W).double(), problem.W.double(), problem.H.double()
+    change = max(float(((D @ H) * D).sum()), 0.0)
+    return change, change / float(((W @ H) * W).sum())
+
+
 @pytest.mark.parametrize("seed", [2, 3])
 def test_errors_are_never_negative(seed):
     problem = _singular(seed)
     for method in HEURISTICS:
         solution = solve(problem, method, **OPTIONS.get(method, {}))
+        objective, error = _defined(problem, solution.weight)
         assert solution.relative_error >= 0.0 and solution.objective >= 0.0
-        assert problem.relative_error(solution.weight) >= 0.0
+        assert solution.relative_error == pytest.approx(error, abs=1e-6), method
+        assert solution.objective == pytest.approx(objective, abs=1e-6 * problem.output_energy)
+        assert problem.relative_error(solution.weight) == solution.relative_error

@@ -171,7 +171,10 @@ def test_singular_H_without_ridge(budget, dtype):
     f = max(float(((D @ problem.damped.double()) * D).sum()), 0.0)
     assert solution.objective == pytest.approx(f, rel=1e-4, abs=1e-6 * problem.output_energy)
     assert 0.0 <= solution.lower_bound <= solution.objective
+    W, H = problem.W.double(), problem.H.double()
+    error = max(float(((D @ H) * D).sum()), 0.0) / float(((W @ H) * W).sum())
     assert solution.relative_error >= 0.0
+    assert solution.relative_error == pytest.approx(error, rel=1e-4, abs=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -42,9 +42,12 @@ def test_certified_table_orders_the_tiers():
         assert gaps[2] == pytest.approx(gaps[1], abs=0.2)  # cone program = first order
 
 
-def test_bad_options_are_refused(tmp_path):
-    with pytest.raises(SystemExit):
+def test_bad_options_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
         certify.main(["--time-limit", "0", "--out", str(tmp_path / "x.md")])
+    assert info.value.code == 2
+    assert "--time-limit must be a positive number, got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "x.md").exists()
 
 
 def test_real_table_has_every_tier_and_the_medians():

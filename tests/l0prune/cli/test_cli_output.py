@@ -8,6 +8,7 @@ import stat
 import pytest
 import torch
 
+import l0prune
 from tests.l0prune.cli.conftest import USER_MODEL, assert_one_line_error, run_main
 
 PRUNE = ["prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
@@ -93,25 +94,80 @@ def test_the_reports_list_their_own_sizes(tmp_path, capsys, monkeypatch):
         assert f"| {name} | {data['files'][name]:,} |" in markdown
 
 
-def test_progress_on_a_pipe_is_one_plain_line_per_step(tmp_path, capsys, monkeypatch):
-    """No carriage returns or cursor codes in a log; each trial a line with its count (the
-    captured stderr is not a terminal, as a pipe)."""
+def test_progress_on_a_pipe_is_one_plain_line_per_stage(tmp_path, capsys, monkeypatch):
+    """No carriage returns or cursor codes in a log, and no line per layer of every trial: one
+    line per stage (the captured stderr is not a terminal, as a pipe)."""
+    monkeypatch.setattr("l0prune.pipeline.progress.EVERY", 3600.0)
     (tmp_path / "outnet.py").write_text(USER_MODEL)
     done = run_main("prune", "--model", "outnet:build", "--calibration", "outnet:calibration",
                     "--validation", "outnet:validation", "--alpha", "1.05", "--method",
                     "magnitude", "--baseline", "none", "--finetune-epochs", "0", "--out", "run",
                     cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert done.returncode == 0, done.stderr
-    assert "\r" not in done.stderr and "\x1b" not in done.stderr
     trials = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]["report"][
         "trials"]
-    lines = [line for line in done.stderr.splitlines() if line.startswith("alpha search:")]
-    assert len(lines) == len(trials) > 3
-    for i, (line, trial) in enumerate(zip(lines, trials, strict=True), 1):
-        assert line.startswith(f"alpha search: trial {i} (stage {trial['stage']}, sparsity "
-                               f"{trial['sparsity']:.3f}, ratio ")
-    layers = [line for line in done.stderr.splitlines() if line.startswith("layers:")]
-    assert layers[:2] == ["layers: layer 1 / 2", "layers: layer 2 / 2"]
+    assert len(trials) > 3
+    assert done.stderr.splitlines() == ["pruning with magnitude",
+                                        f"alpha search: {len(trials)} trials"]
+
+
+def test_quiet_keeps_the_results_and_drops_the_progress(tmp_path, capsys, monkeypatch):
+    done = _run(tmp_path, capsys, monkeypatch, "--out", "run")  # --quiet
+    assert done.returncode == 0 and done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("magnitude: sparsity 50.0 % (")
+    assert lines[1].startswith("wrote run/: layers.png (")
+    with pytest.raises(SystemExit):
+        run_main("prune", "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert "print only the results and errors (no progress or log lines)" in " ".join(
+        capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("error, free, words", [
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"), 0,
+     "cannot write run/model.pt: [enforce fail at inline_container.cc:664] . unexpected pos "
+     "64 vs 0 (disk full?)"),
+    (RuntimeError("basic_ios::clear: iostream error"), 0,
+     "cannot write run/model.pt: basic_ios::clear: iostream error (disk full?)"),
+    (RuntimeError("basic_ios::clear: iostream error"), 1 << 30,
+     "cannot write run/model.pt: basic_ios::clear: iostream error (--traceback"),
+])
+def test_a_failed_write_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, error, free,
+                                                    words):
+    import shutil
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing)
+    monkeypatch.setattr("l0prune.io.files.shutil.disk_usage",
+                        lambda path: shutil._ntuple_diskusage(1 << 40, (1 << 40) - free, free))
+    done = _run(tmp_path, capsys, monkeypatch, "--out", "run")
+    assert_one_line_error(done, words, status=1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == [
+        "outnet.py"]
+
+
+def test_a_full_disk_under_a_checkpoint_names_the_block_file(tmp_path):
+    import errno
+
+    import safetensors.torch
+
+    from tests.l0prune import tiny_hf
+
+    pytest.importorskip("transformers")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    data = [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (2, 8))}]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", full)
+        with pytest.raises(OSError, match="cannot write .*block-0000.safetensors: No space "
+                                          "left on device \\(disk full\\?\\)"):
+            l0prune.prune(tiny_hf.model("llama"), data, sparsity=0.5, method="magnitude",
+                          checkpoint=tmp_path / "ckpt", progress=False)
+    assert not (tmp_path / "ckpt").exists()
 
 
 def _data(alpha, kept, losses):

@@ -97,3 +97,35 @@ def test_bench_help_and_bad_use(tmp_path, capsys, monkeypatch):
     done = run_main("bench", "--out", "x.md", cwd=tmp_path, capsys=capsys,
                     monkeypatch=monkeypatch)
     assert done.returncode == 2 and "give a benchmark name" in done.stderr
+
+
+def test_a_bfloat16_weight_is_refused_an_npy_out_before_solving(tmp_path, capsys, monkeypatch):
+    from tests.l0prune.cli.conftest import assert_one_line_error
+
+    torch.save(torch.randn(8, 16).to(torch.bfloat16), tmp_path / "W_bf16.pt")
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("solved before the output was checked")
+
+    monkeypatch.setattr("l0prune.cli.solve_run.solve", no_solve)
+    done = run_main("solve", "W_bf16.pt", "--sparsity", 0.5, "--method", "magnitude", "--out",
+                    "o.npy", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(done, "--out o.npy: numpy (.npy) has no bfloat16")
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_a_full_disk_under_solve_out_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch,
+                                                                 layer):
+    import errno
+
+    from tests.l0prune.cli.conftest import assert_one_line_error
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    done = run_main("solve", "W.pt", "--sparsity", 0.5, "--method", "magnitude", "--out",
+                    "W_sparse.npy", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(done, "cannot write W_sparse.npy: No space left on device (disk full?)",
+                          status=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["W.pt", "X.npy"]

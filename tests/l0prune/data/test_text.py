@@ -115,3 +115,66 @@ def test_dataset_without_the_datasets_package(monkeypatch):
 def test_other_sources_are_refused(source):
     with pytest.raises(ValueError, match="text:PATH or hf-dataset:NAME"):
         read_source(source)
+
+
+def _metaspace_tokenizer(text):
+    """A SentencePiece-style tokenizer (``▁`` for a space, BPE) adding ``<s>`` and ``</s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    bpe.decoder = decoders.Metaspace()
+    bpe.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe)
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "metaspace"])
+def test_pieces_give_the_tokens_of_the_whole_text(hf_folder, monkeypatch, kind):
+    from transformers import AutoTokenizer
+
+    text = (hf_folder / "valid.txt").read_text()
+    tokenizer = (AutoTokenizer.from_pretrained(hf_folder / "gpt2") if kind == "byte-level"
+                 else _metaspace_tokenizer((hf_folder / "train.txt").read_text()))
+    ids = torch.tensor(tokenizer(text, verbose=False)["input_ids"])
+    monkeypatch.setattr(text_module, "PIECE", 50)  # hundreds of cuts
+    consecutive = text_batches(tokenizer, text, nsamples=10 ** 6, seqlen=100, draw="consecutive")
+    assert torch.equal(torch.cat([b["input_ids"] for b in consecutive]).reshape(-1),
+                       ids[:ids.numel() // 100 * 100])
+    drawn = text_batches(tokenizer, text, nsamples=20, seqlen=100, seed=7)
+    starts = torch.randint(0, ids.numel() - 100 + 1, (20,),
+                           generator=torch.Generator().manual_seed(7))
+    assert all(torch.equal(b["input_ids"][0], ids[s:s + 100])
+               for b, s in zip(drawn, starts.tolist(), strict=True))
+
+
+class Spy(Characters):
+    """Characters with its special tokens (1 first, 2 last) that records what it is given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, text, add_special_tokens=True, **kwargs):
+        self.calls.append(len(text))
+        ids = super().__call__(text)["input_ids"]
+        return {"input_ids": [1, *ids, 2] if add_special_tokens else ids}
+
+
+def test_the_tokenizer_sees_pieces_not_the_whole_corpus(monkeypatch):
+    monkeypatch.setattr(text_module, "PIECE", 1000)
+    words = " ".join(f"w{i % 97}" for i in range(20000))  # 117,890 characters
+    spy = Spy()
+    batches = text_batches(spy, words, nsamples=4, seqlen=64, seed=0)
+    assert max(spy.calls) <= 1000 + 4 and sum(spy.calls) < len(words) + 2000
+    ids = torch.tensor([1, *(ord(c) for c in words), 2])
+    starts = torch.randint(0, ids.numel() - 64 + 1, (4,),
+                           generator=torch.Generator().manual_seed(0))
+    assert [b["input_ids"][0].tolist() for b in batches] == [
+        ids[s:s + 64].tolist() for s in starts.tolist()]
+    spy.calls.clear()
+    first = text_batches(spy, words, nsamples=2, seqlen=500, draw="consecutive")
+    assert sum(spy.calls) < 4000  # the two windows' pieces (and the first one's twice), no more
+    assert torch.equal(torch.cat([b["input_ids"] for b in first]).reshape(-1), ids[:1000])

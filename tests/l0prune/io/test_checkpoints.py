@@ -107,3 +107,18 @@ def test_bad_calls_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="holds no config.json"):
         l0prune.load_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("weights", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                     "link.safetensors"])
+def test_compressed_weights_outside_the_folder_are_refused(tmp_path, weights):
+    folder = tmp_path / "model"
+    l0prune.save_pretrained(_pruned("gpt2", sparsity=0.5), folder, format="compressed")
+    (folder / WEIGHTS_NAME).rename(tmp_path / "outside.safetensors")
+    (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["sparsity_config"]["weights"] = weights
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"config.json: sparsity_config.weights must be a path "
+                                         f"inside .*model, got '{weights}'"):
+        l0prune.load_pretrained(folder)

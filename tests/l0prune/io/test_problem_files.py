@@ -191,3 +191,125 @@ def test_solve_folder_flags_that_apply_to_one_problem_are_refused(tmp_path, caps
     assert_one_line_error(done, "--sparsity, --out apply to one problem W")
     assert main(["solve", str(tmp_path / "p"), "--workers", "0"]) == 2
     assert not (tmp_path / "p" / "solutions").exists()
+
+
+# --- untrusted files -----------------------------------------------------------------------------
+
+def _solved(tmp_path):
+    """A solved problem folder of ``_net(32)`` at 50 % and its calibration data."""
+    data = [torch.randn(64, 12, generator=torch.Generator().manual_seed(0))]
+    save_problems(_net(32), data, tmp_path / "p", sparsity=0.5, progress=False)
+    solve_folder(tmp_path / "p", "obs", show_progress=False)
+    return tmp_path / "p", data
+
+
+def _tamper(folder, number, change):
+    """Rewrite solution ``number`` as ``change(weight, mask)`` gives it back."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "solutions" / f"{number:04d}.safetensors"
+    saved = load_file(path)
+    weight, mask = change(saved["weight"], saved["mask"])
+    save_file({"weight": weight.contiguous(), "mask": mask.contiguous()}, path)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda w, m: (torch.randn_like(w), torch.ones_like(m)),
+     "its mask keeps 384 of 384 weights, not a support of the budget unstructured(k=192)"),
+    (lambda w, m: (w.transpose(1, 2), m.transpose(1, 2)), "its weight is 1x12x32, not 1x32x12"),
+    (lambda w, m: (w.reshape(1, 12, 32), m.reshape(1, 12, 32)),
+     "its weight is 1x12x32, not 1x32x12"),
+    (lambda w, m: (w.double(), m), "its weight is torch.float64, not torch.float32"),
+    (lambda w, m: (w, m.to(torch.uint8)), "its mask is torch.uint8, not boolean"),
+    (lambda w, m: (torch.where(m, w, 0.5), m), "its weight has 192 non-zeros off its mask"),
+    (lambda w, m: (torch.where(m, float("nan"), w), m), "its weight has 192 NaN or Inf values"),
+    (lambda w, m: (w * m.roll(1, 2), m & m.roll(1, 2)), "not a support of the budget"),
+])
+def test_a_tampered_solution_is_refused_naming_the_layer(tmp_path, change, words):
+    folder, data = _solved(tmp_path)
+    _tamper(folder, 0, change)
+    model = _net(32)
+    before = _state(model)
+    with pytest.raises(ValueError) as info:
+        apply_solutions(model, data, folder, sparsity=0.5, progress=False)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "0000.safetensors: the solution of layer '0' is refused" in message
+    assert words in message
+    _assert_state(model, before)
+
+
+def test_the_relative_error_is_recomputed_not_read_from_the_file(tmp_path):
+    folder, data = _solved(tmp_path)
+    path = folder / "solutions" / "solutions.json"
+    solved = json.loads(path.read_text())
+    truth = [s["relative_error"] for s in solved["solutions"]]
+    for entry in solved["solutions"]:
+        entry["relative_error"] = 0.0
+    path.write_text(json.dumps(solved))
+    report = apply_solutions(_net(32), data, folder, sparsity=0.5, progress=False)
+    assert [layer.relative_error for layer in report.layers] == truth
+    assert min(truth) > 0.001
+
+
+def test_a_tampered_solution_is_one_line_on_the_command_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "filesnet.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = dict(cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert run_main("prune", *USER_FLAGS, "--save-problems", "p", **args).returncode == 0
+    assert run_main("solve", "p", "--method", "obs", "--quiet", **args).returncode == 0
+    _tamper(tmp_path / "p", 1, lambda w, m: (torch.randn_like(w), torch.ones_like(m)))
+    done = run_main("prune", *USER_FLAGS, "--apply-solutions", "p", "--out", "run", **args)
+    assert_one_line_error(done, "the solution of layer '2' is refused",
+                          "not a support of the budget")
+    assert not (tmp_path / "run").exists()
+
+
+def _edit_index(folder, change):
+    path = folder / "index.json"
+    index = json.loads(path.read_text())
+    change(index)
+    path.write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("path", ["../outside.safetensors", "/etc/hostname", "link.safetensors"])
+def test_paths_in_a_problem_folder_stay_inside_it(tmp_path, path):
+    folder, data = _solved(tmp_path)
+    (tmp_path / "outside.safetensors").write_bytes((folder / "problems" / "0000.safetensors")
+                                                  .read_bytes())
+    (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    _edit_index(folder, lambda index: index["problems"][0].update(W=path))
+    for call in (lambda: solve_folder(folder, "obs", show_progress=False),
+                 lambda: apply_solutions(_net(32), data, folder, sparsity=0.5, progress=False)):
+        with pytest.raises(ValueError, match=f"index.json: problem 0 \\('0'\\): W must be a path "
+                                             f"inside .*, got '{path}'"):
+            call()
+
+
+@pytest.mark.parametrize("path", ["../../outside.safetensors", "/tmp/x.safetensors"])
+def test_a_solution_file_outside_the_folder_is_refused(tmp_path, path):
+    folder, data = _solved(tmp_path)
+    solutions = folder / "solutions" / "solutions.json"
+    solved = json.loads(solutions.read_text())
+    solved["solutions"][0]["file"] = path
+    solutions.write_text(json.dumps(solved))
+    with pytest.raises(ValueError, match="solutions.json: solution 0 \\('0'\\): file must be a "
+                                         "path inside"):
+        apply_solutions(_net(32), data, folder, sparsity=0.5, progress=False)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda index: index["problems"][1]["budget"].update(type="Evil"),
+     ["index.json: problem 1 ('2'): budget", "unknown budget type 'Evil'"]),
+    (lambda index: index["problems"][0].pop("H_sha256"),
+     ["index.json: problem 0 ('0'): H_sha256 must be a SHA-256 in hex, got None"]),
+    (lambda index: index["problems"][0].update(shape=[1, 32]),
+     ["index.json: problem 0 ('0'): shape must be [groups, out, in], got [1, 32]"]),
+])
+def test_a_malformed_index_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, change,
+                                                       words):
+    folder, _ = _solved(tmp_path)
+    _edit_index(folder, change)
+    done = run_main("solve", "p", "--method", "obs", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(done, *words)

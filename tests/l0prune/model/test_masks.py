@@ -66,9 +66,11 @@ def test_permanent_state_dict_has_the_dense_keys():
 
 
 def test_a_freshly_masked_layer_deep_copies():
-    layer, weight, _, _ = _pruned_layer()
+    layer, weight, mask, _ = _pruned_layer()
     other = copy.deepcopy(layer)
     assert torch.equal(other.weight, weight)
     x = torch.randn(2, 6, requires_grad=True)
     layer(x).sum().backward()  # the hook still gives the weight gradients in training
-    assert layer.weight_orig.grad is not None
+    # d sum(x (W o M)^T) / dW = M o (1 x^T summed over the batch): zero off the mask
+    expected = mask * x.detach().sum(dim=0).expand(4, 6)
+    assert torch.allclose(layer.weight_orig.grad, expected) and expected.abs().sum() > 0

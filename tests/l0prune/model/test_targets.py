@@ -143,3 +143,44 @@ def test_already_pruned_and_tied_targets_are_refused():
     tied[1].weight = tied[0].weight
     with pytest.raises(ValueError, match="share one weight"):
         select_targets(tied, ["0", "1", "2"])
+
+
+def test_a_tied_head_is_refused_naming_the_embedding_and_nothing_changes():
+    transformers = pytest.importorskip("transformers")
+    import l0prune
+
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight
+    embedding = gpt2.transformer.wte.weight.detach().clone()
+    calibration = [{"input_ids": torch.randint(0, 64, (2, 8))}]
+    with pytest.raises(ValueError) as info:
+        l0prune.prune(gpt2, calibration, sparsity=0.5, targets=["lm_head"], progress=False)
+    assert str(info.value).startswith("target 'lm_head' shares its weight with "
+                                      "'transformer.wte.weight', which is not a target")
+    assert torch.equal(gpt2.transformer.wte.weight, embedding)
+    assert not torch_prune.is_pruned(gpt2)
+    report = l0prune.prune(gpt2, calibration, sparsity=0.5, progress=False)  # head left out
+    assert "lm_head" not in [layer.name for layer in report.layers]
+    assert torch.equal(gpt2.transformer.wte.weight, embedding)
+
+
+def test_a_weight_shared_by_two_modules_is_refused_unless_both_are_chosen_together():
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="target '0' shares its weight with '2.weight'"):
+        select_targets(model, ["0", "2", "4"], targets=["0"])
+    with pytest.raises(ValueError, match="targets '0' and '2' share one weight tensor"):
+        select_targets(model, ["0", "2", "4"])
+
+
+def test_a_nan_weight_is_refused_naming_the_layer():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[2].weight[3, 1] = float("nan")
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="target '2' has 2 NaN or Inf values in its weight"):
+        select_targets(model, ["0", "2", "4"])
+    assert [t.name for t in select_targets(model, ["0", "2", "4"], ignore="2")] == ["0"]

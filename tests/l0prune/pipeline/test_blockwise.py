@@ -3,6 +3,7 @@ path, one calibration pass, rollback per block, resume bit for bit."""
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -329,7 +330,7 @@ def test_rollback_copies_on_disk_keep_one_block_in_memory(monkeypatch, tmp_path)
     model = tiny("llama", 4)
     before = _state(model)
     _fail_in_block(monkeypatch, 3, RuntimeError("solver failed"))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="solver failed"):
         l0prune.prune(model, data, sparsity=0.5, method="obs", rollback_dir=tmp_path,
                       progress=False)
     _assert_untouched(model, before)  # blocks 0-2 came back from their files
@@ -371,7 +372,7 @@ def test_a_resume_with_other_settings_or_data_is_refused_in_one_line(monkeypatch
     data = token_batches()
     with monkeypatch.context() as patch:
         _fail_in_block(patch, 1, RuntimeError("stop"))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="stop"):
             l0prune.prune(tiny("llama", 2), data, sparsity=0.5, method="obs",
                           checkpoint=tmp_path, progress=False)
     saved = json.loads((tmp_path / "settings.json").read_text())
@@ -397,6 +398,138 @@ def test_a_resume_with_other_settings_or_data_is_refused_in_one_line(monkeypatch
             other.model.layers[0].mlp.up_proj.weight.mul_(2)
         l0prune.prune(other, data, sparsity=0.5, method="obs", checkpoint=tmp_path,
                       resume=True, progress=False)
+
+
+def _stopped_in_block_1(monkeypatch, folder, data):
+    """A run of a 2-block LLaMA at 50 % stopped in block 1: block 0 is in ``folder``."""
+    with monkeypatch.context() as patch:
+        _fail_in_block(patch, 1, RuntimeError("stop"))
+        with pytest.raises(RuntimeError, match="stop"):
+            l0prune.prune(tiny("llama", 2), data, sparsity=0.5, method="obs",
+                          checkpoint=folder, progress=False)
+
+
+def _rewrite_block(path, change_tensors=None, change_figures=None):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(path)
+    if change_tensors is not None:
+        change_tensors(tensors)
+    if change_figures is not None:
+        figures = json.loads(metadata["results"])
+        change_figures(figures)
+        metadata["results"] = json.dumps(figures)
+    save_file(tensors, path, metadata)
+
+
+DOWN = "model.layers.0.mlp.down_proj"
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t.update({f"{DOWN}.weight": torch.randn(32, 64),
+                         f"{DOWN}.mask": torch.ones(32, 64, dtype=torch.bool)}),
+     f"layer '{DOWN}': its mask keeps 2048 of 2048 weights, not a support of the budget "
+     "unstructured(k=1024)"),
+    (lambda t: t[f"{DOWN}.weight"].view(-1).index_fill_(
+        0, t[f"{DOWN}.mask"].view(-1).nonzero()[0], float("nan")),
+     f"layer '{DOWN}': its weight has 1 NaN or Inf values"),
+    (lambda t: t.update({f"{DOWN}.weight": t[f"{DOWN}.weight"].T.contiguous(),
+                         f"{DOWN}.mask": t[f"{DOWN}.mask"].T.contiguous()}),
+     f"layer '{DOWN}': its weight is 64x32 and mask 64x32, not 32x64"),
+    (lambda t: t.pop(f"{DOWN}.mask"), "holds tensors other than each target's weight and mask"),
+    (lambda t: t.update({f"{DOWN}.mask": t[f"{DOWN}.mask"].float()}),
+     f"layer '{DOWN}': its mask is torch.float32, not boolean"),
+])
+def test_a_tampered_checkpoint_block_is_refused_in_one_line(monkeypatch, tmp_path, change,
+                                                           words):
+    data = token_batches()
+    _stopped_in_block_1(monkeypatch, tmp_path, data)
+    _rewrite_block(tmp_path / "block-0000.safetensors", change)
+    model = tiny("llama", 2)
+    before = _state(model)
+    with pytest.raises(ValueError) as info:
+        l0prune.prune(model, data, sparsity=0.5, method="obs", checkpoint=tmp_path,
+                      resume=True, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("resume refused: ")
+    assert "block-0000.safetensors" in message and words in message
+    _assert_untouched(model, before)
+
+
+def test_a_resumed_report_counts_from_the_model_not_the_file(monkeypatch, tmp_path):
+    data = token_batches()
+    _stopped_in_block_1(monkeypatch, tmp_path, data)
+
+    def lie(figures):
+        for f in figures:
+            f["kept"] = f["total"] // 4
+
+    _rewrite_block(tmp_path / "block-0000.safetensors", change_figures=lie)
+    model = tiny("llama", 2)
+    report = l0prune.prune(model, data, sparsity=0.5, method="obs", checkpoint=tmp_path,
+                           resume=True, progress=False)
+    modules = dict(model.named_modules())
+    assert [x.kept for x in report.layers] == [
+        int(modules[x.name].weight_mask.sum()) for x in report.layers]
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_checkpoint_in_use_by_another_run_is_refused_in_one_line(tmp_path):
+    from l0prune.io.files import FileLock
+
+    other = FileLock(tmp_path / ".lock")  # another run's lock (a lock of its own file handle)
+    assert other.acquire()
+    model = tiny("llama", 2)
+    before = _state(model)
+    try:
+        with pytest.raises(ValueError) as info:
+            l0prune.prune(model, token_batches(), sparsity=0.5, method="obs",
+                          checkpoint=tmp_path, progress=False)
+    finally:
+        other.release()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {tmp_path} is in use by another run (process "
+                              f"{os.getpid()}, which holds its .lock)")
+    _assert_untouched(model, before)
+    assert not any(tmp_path.iterdir())
+    l0prune.prune(model, token_batches(), sparsity=0.5, method="obs", checkpoint=tmp_path,
+                  progress=False)  # free again: the run takes the folder and lets it go
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "block-0000.safetensors", "block-0001.safetensors", "settings.json"]
+
+
+def test_a_run_that_fails_before_a_block_is_done_leaves_no_checkpoint(monkeypatch, tmp_path):
+    with monkeypatch.context() as patch:
+        _fail_in_block(patch, 0, RuntimeError("stop"))
+        with pytest.raises(RuntimeError, match="stop"):
+            l0prune.prune(tiny("llama", 2), token_batches(), sparsity=0.5, method="obs",
+                          checkpoint=tmp_path / "run.partial" / "obs", progress=False)
+    assert not any(tmp_path.iterdir())  # the folders it made went too
+
+
+def test_resume_says_how_many_blocks_it_takes_and_a_new_run_that_it_starts_again(
+        monkeypatch, tmp_path, capsys):
+    data = token_batches()
+    with monkeypatch.context() as patch:
+        _fail_in_block(patch, 2, RuntimeError("stop"))
+        with pytest.raises(RuntimeError, match="stop"):
+            l0prune.prune(tiny("llama", 4), data, sparsity=0.5, method="obs",
+                          checkpoint=tmp_path, progress=False)
+    capsys.readouterr()
+    settings = dict(sparsity=0.5, method="obs", checkpoint=tmp_path, progress=True)
+    l0prune.prune(tiny("llama", 4), data, resume=True, **settings)
+    news = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(
+        "blocks: ")]
+    assert news == [f"resume: 2 of 4 blocks taken from {tmp_path}"]
+    l0prune.prune(tiny("llama", 4), data, **settings)
+    news = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(
+        "blocks: ")]
+    assert news == [f"starting again: the 4 finished blocks in {tmp_path} are replaced "
+                    "(resume=True, --resume on the command line, takes them)"]
 
 
 def test_checkpoint_arguments_are_checked(tmp_path):
@@ -486,3 +619,44 @@ def test_the_cli_keeps_finished_blocks_and_resumes_bit_for_bit(tmp_path, monkeyp
     assert written.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.equal(written[key], value), key
+
+
+def _cli_llama(tmp_path, monkeypatch):
+    (tmp_path / "userllama.py").write_text(USER_LLAMA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return ["prune", "--model", "userllama:build", "--calibration", "userllama:calibration",
+            "--validation", "userllama:validation", "--sparsity", 0.5, "--method", "obs",
+            "--baseline", "none", "--finetune-epochs", 0, "--threads", 1, "--quiet"]
+
+
+def test_a_second_block_run_on_the_same_out_is_refused_in_one_line(tmp_path, monkeypatch,
+                                                                   capsys):
+    from l0prune.io.files import FileLock
+    from tests.l0prune.cli.conftest import assert_one_line_error, run_main
+
+    args = _cli_llama(tmp_path, monkeypatch)
+    (tmp_path / "out.partial" / "obs").mkdir(parents=True)
+    first = FileLock(tmp_path / "out.partial" / "obs" / ".lock")  # the first run's lock
+    assert first.acquire()
+    try:
+        done = run_main(*args, "--out", "out", cwd=tmp_path, capsys=capsys,
+                        monkeypatch=monkeypatch)
+    finally:
+        first.release()
+    assert_one_line_error(done, "checkpoint out.partial/obs is in use by another run")
+    assert not (tmp_path / "out").exists()
+    assert not any((tmp_path / "out.partial" / "obs").iterdir())
+
+
+def test_a_refused_apply_solutions_leaves_no_checkpoint(tmp_path, monkeypatch, capsys):
+    from tests.l0prune.cli.conftest import assert_one_line_error, run_main
+
+    args = _cli_llama(tmp_path, monkeypatch)
+    run = dict(cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert run_main(*args, "--no-sequential", "--save-problems", "p", **run).returncode == 0
+    assert run_main("solve", "p", "--method", "obs", "--quiet", **run).returncode == 0
+    done = run_main(*args, "--no-sequential", "--sparsity", 0.6, "--apply-solutions", "p",
+                    "--out", "out", **run)
+    assert_one_line_error(done, "is not for this run's problem: budget unstructured(k=")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == [
+        "p", "userllama.py"]
