@@ -48,7 +48,8 @@ PUBLISHED = {"schedule": "alps", "swap_rounds": 0}
 
 #: ``label -> admm options``: the library's settings and the variants the README reports.
 SETTINGS: dict[str, dict] = {
-    "default": {},
+    "auto (the default)": {},
+    "default": {"schedule": "default"},
     "fast": {"schedule": "fast"},
     "fast, refit_iter=15": {"schedule": "fast", "refit_iter": 15},
     "default, swap_flops=3e7": {"schedule": replace(SCHEDULES["default"], swap_flops=3e7)},
@@ -127,7 +128,7 @@ def phases(layers: dict, repeat: int = 3, sparsities=(0.5, 0.9)) -> str:
         for name, (W, H) in layers.items():
             for sparsity in sparsities:
                 for label, options in [("alps", PUBLISHED), ("fast", {"schedule": "fast"}),
-                                       ("default", {})]:
+                                       ("default", {"schedule": "default"})]:
                     rows = []
                     for _ in range(repeat):
                         spent.clear()

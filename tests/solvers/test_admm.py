@@ -189,3 +189,17 @@ def test_the_iteration_follows_the_layer_shape():
 
     assert _one_product((1536, 384)) and _one_product((256, 128))
     assert not _one_product((384, 1536)) and not _one_product((40, 16))  # wide; small
+
+
+def test_auto_runs_the_fast_schedule_where_an_iteration_is_costly(monkeypatch):
+    """The default picks the schedule by the cost of one iteration's product."""
+    import solvers.admm as admm_module
+
+    W, X = torch.randn(16, 32), torch.randn(128, 32)
+    problem = LayerProblem.from_inputs(W, X, sparsity=0.5)
+    default = solve(problem, "admm", schedule="default")
+    fast = solve(problem, "admm", schedule="fast")
+    assert torch.equal(solve(problem, "admm").weight, default.weight)
+    monkeypatch.setattr(admm_module, "AUTO_FAST_FLOPS", 16 * 32 * 16)
+    assert torch.equal(solve(problem, "admm").weight, fast.weight)
+    assert default.info["iterations"] != fast.info["iterations"]
