@@ -200,6 +200,7 @@ def write_folder(
         "format": format if chosen else "dense",
         "global_sparsity": zeros / total if total else 0.0,
         "ignore": [],
+        "registry_requires_subclass": False,
         "sparsity_structure": "2:4" if two_four else "unstructured",
         "targets": chosen,
     }

@@ -91,7 +91,7 @@ def test_folder_round_trips_bit_for_bit(tmp_path, kind, budget, format):
     assert quantization == {
         "quant_method": "compressed-tensors", "version": "0.13.0", "transform_config": {},
         "sparsity_config": {
-            "format": format, "targets": pruned, "ignore": [],
+            "format": format, "targets": pruned, "ignore": [], "registry_requires_subclass": False,
             "sparsity_structure": "2:4" if format == "sparse-24-bitmask" else "unstructured",
             "global_sparsity": pytest.approx(
                 sum(int((reference[f"{n}.weight"] == 0).sum()) for n in pruned)
