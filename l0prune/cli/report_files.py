@@ -39,6 +39,10 @@ def run_reports(data: dict) -> list[tuple[str, PruneReport]]:
     return [(run["method"], PruneReport.from_dict(run["report"])) for run in data["runs"]]
 
 
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _ratio(report: PruneReport) -> str:
     return f"{report.alpha_reached:.4f}" if report.alpha_reached is not None else "-"
 
@@ -98,7 +102,7 @@ def _result_table(data: dict) -> list[str]:
         ("sparsity of the pruned layers", "0.0 %",
          [f"{100 * r.sparsity:.1f} %" for _, r in reports]),
         ("weights kept", f"{reports[0][1].total:,}", [f"{r.kept:,}" for _, r in reports]),
-        ("validation loss", f"{dense['loss']:.4g}", [f"{r.pruned_loss:.4g}" for _, r in reports]),
+        ("validation loss", _loss(dense["loss"]), [_loss(r.pruned_loss) for _, r in reports]),
         ("loss / dense", "1.0000", [_ratio(r) for _, r in reports]),
         ("loss before finetuning", "", [
             f"{r.loss_before_finetune:.4g}" if r.loss_before_finetune is not None else "-"

@@ -54,6 +54,7 @@ __all__ = [
     "RECIPE_NAME",
     "WEIGHTS_NAME",
     "SavedModel",
+    "check_complete",
     "compressed_format",
     "load_folder",
     "load_pretrained",
@@ -322,9 +323,18 @@ def _compressed_state(directory: Path, data: dict, config,
     return state
 
 
-def _check_complete(model: nn.Module, info: dict, where: str) -> None:
+def check_complete(model: nn.Module, info: dict, where: str) -> None:
     """Refuse a model whose checkpoint lacked some of its tensors (``from_pretrained``
-    initialised them at random), naming the first in the model's order."""
+    initialised them at random), naming the first in the model's order.
+
+    Args:
+        model: what ``from_pretrained`` built.
+        info: its loading info (``output_loading_info=True``).
+        where: the checkpoint, for the message.
+
+    Raises:
+        ValueError: when ``info`` has missing keys.
+    """
     missing = set(info.get("missing_keys") or ())
     if not missing:
         return
@@ -334,6 +344,19 @@ def _check_complete(model: nn.Module, info: dict, where: str) -> None:
         "missing); refused rather than initialised at random (does config.json match the "
         "weights?)"
     )
+
+
+def _concrete(cls, config, where: str):
+    """An auto class's model class for ``config`` (building from a state dict needs one)."""
+    mapping = getattr(cls, "_model_mapping", None)
+    if mapping is None:
+        return cls
+    try:
+        found = mapping[type(config)]
+    except KeyError:
+        raise ValueError(f"{where}: {cls.__name__} has no model class for a "
+                         f"{type(config).__name__}") from None
+    return found[0] if isinstance(found, (list, tuple)) else found
 
 
 def load_folder(directory: str | Path, cls, trust_remote_code: bool = False,
@@ -361,6 +384,8 @@ def load_folder(directory: str | Path, cls, trust_remote_code: bool = False,
     data = _config_data(directory, where)
     config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
     state = _compressed_state(directory, data, config, where)
+    if state is not None:
+        cls = _concrete(cls, config, where)
     try:
         model, info = cls.from_pretrained(
             directory if state is None else None, config=config,
@@ -371,7 +396,7 @@ def load_folder(directory: str | Path, cls, trust_remote_code: bool = False,
             raise
         raise ValueError(f"{where}: its weights do not have the shapes config.json gives them "
                          "(does config.json match the weights?)") from None
-    _check_complete(model, info, where)
+    check_complete(model, info, where)
     return model.eval()
 
 

@@ -157,7 +157,8 @@ def test_class_names_and_re_prefixed_regexes_select_as_llm_compressor_does(caplo
     with caplog.at_level("INFO", logger="l0prune.targets"):
         chosen = select_targets(named, ["mlp", "head"], "re:.*", ignore=["re:.*hea"])
     assert [t.name for t in chosen] == ["mlp"]
-    assert caplog.messages == ["targets 're:.*' selects mlp, head", "ignore 're:.*hea' selects head"]
+    assert caplog.messages == ["targets 're:.*' selects mlp, head",
+                               "ignore 're:.*hea' selects head"]
 
 
 def test_a_pattern_that_selects_nothing_says_what_patterns_are():
