@@ -1,4 +1,4 @@
-"""The ``l0prune`` command line: ``prune``, ``solve`` and ``bench``.
+"""The ``l0prune`` command line: ``prune``, ``solve``, ``convert`` and ``bench``.
 
 Bad input (a flag's value, a missing file, a ``MODULE:NAME`` that does not import) ends with one
 line ``l0prune: error: ...`` and exit status 2; any other failure with one line and status 1
@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import bench_cmd, prune_cmd, solve_cmd
+from . import bench_cmd, convert_cmd, prune_cmd, solve_cmd
 from .errors import UsageError
 
 __all__ = ["build_parser", "main"]
@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``l0prune`` parser with its three commands."""
+    """The ``l0prune`` parser with its four commands."""
     parser = _Parser(
         prog="l0prune",
         description="Optimization-based pruning of neural networks. `l0prune prune` with no "
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     prune_cmd.add_parser(commands, [common])
     solve_cmd.add_parser(commands, [common])
+    convert_cmd.add_parser(commands, [common])
     bench_cmd.add_parser(commands)
     return parser
 

@@ -39,7 +39,7 @@ from .references import load_batches, load_callable
 from .sources import HF_PREFIX, is_text
 from .task import Task
 
-__all__ = ["DEFAULT_NSAMPLES", "DEFAULT_SEQLEN", "hf_task"]
+__all__ = ["DEFAULT_NSAMPLES", "DEFAULT_SEQLEN", "hf_task", "quiet_transformers"]
 
 log = logging.getLogger("l0prune.cli")
 
@@ -47,7 +47,7 @@ log = logging.getLogger("l0prune.cli")
 DEFAULT_NSAMPLES, DEFAULT_SEQLEN = 128, 2048
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No progress bars or warnings from ``transformers``: the run prints its own lines."""
     transformers = hf.require_transformers()
     transformers.utils.logging.set_verbosity_error()
@@ -138,7 +138,7 @@ def hf_task(settings: Settings) -> Task:
     """
     name = settings.model[len(HF_PREFIX):]
     trust = bool(settings.trust_remote_code)
-    _quiet_transformers()
+    quiet_transformers()
     label = f"--model {settings.model}"
     try:
         config = hf.load_config(name, trust, settings.revision)

@@ -161,12 +161,14 @@ def _remove_weight_files(directory: Path) -> None:
 def _recipe_text(recipe) -> str:
     from l0prune.config import PruneConfig
 
+    if isinstance(recipe, dict):
+        recipe = PruneConfig.from_dict(recipe)
     if isinstance(recipe, PruneConfig):
         return recipe.to_toml()
     if isinstance(recipe, str):
         return recipe
-    raise ValueError(f"recipe must be a PruneConfig or its TOML text, got "
-                     f"{type(recipe).__name__}")
+    raise ValueError(f"recipe must be a PruneConfig, its dict (a report's config) or its TOML "
+                     f"text, got {type(recipe).__name__}")
 
 
 def _shard_size(value, format: str) -> int | None:
@@ -200,8 +202,8 @@ def save_pretrained(
             no ``model.safetensors``); ``"compressed-tensors"``: compressed-tensors 0.13's
             ``sparse-bitmask`` / ``sparse-24-bitmask`` folder (see the module docstring). Both
             compressed formats are read by :func:`load_pretrained`.
-        recipe: the run's recipe, a :class:`~l0prune.PruneConfig` or its TOML text (such as
-            ``report.config``), written as ``recipe.toml``; ``None``: none.
+        recipe: the run's recipe, a :class:`~l0prune.PruneConfig`, its dict (a report's
+            ``config``) or its TOML text, written as ``recipe.toml``; ``None``: none.
         max_shard_size: the most bytes of one weights file (dense and compressed-tensors);
             default: ``transformers``' own (dense), 5 GB (compressed-tensors).
 

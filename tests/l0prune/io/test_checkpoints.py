@@ -166,9 +166,10 @@ def test_the_recipe_is_written_with_the_folder(tmp_path):
     config = l0prune.PruneConfig(sparsity=0.5, method="obs")
     l0prune.save_pretrained(model, tmp_path, recipe=config)
     assert l0prune.PruneConfig.from_toml((tmp_path / "recipe.toml").read_text()) == config
-    with pytest.raises(ValueError, match="recipe must be a PruneConfig or its TOML text, got "
-                                         "dict"):
-        l0prune.save_pretrained(model, tmp_path / "x", recipe={"sparsity": 0.5})
+    l0prune.save_pretrained(model, tmp_path / "from-dict", recipe=config.to_dict())
+    assert (tmp_path / "from-dict" / "recipe.toml").read_text() == config.to_toml()
+    with pytest.raises(ValueError, match="recipe must be a PruneConfig, its dict .* got list"):
+        l0prune.save_pretrained(model, tmp_path / "x", recipe=["sparsity"])
     with pytest.raises(ValueError, match="max_shard_size applies to the dense and "
                                          "compressed-tensors formats"):
         l0prune.save_pretrained(model, tmp_path / "x", format="compressed", max_shard_size=10)
