@@ -29,8 +29,9 @@ MODEL_FILES = {
 #: The pruned model in a Hugging Face model's output folder (instead of :data:`MODEL_FILES`:
 #: a second copy of an LLM's weights would double the folder).
 HF_FILES = {
-    "model/": "the pruned Hugging Face model and its tokenizer: `from_pretrained(path)` (dense) "
-              "or `l0prune.load_pretrained(path)` (`--save-format compressed`)",
+    "model/": "the pruned Hugging Face model, its tokenizer and recipe.toml: "
+              "`from_pretrained(path)` (dense) or `l0prune.load_pretrained(path)` "
+              "(`--save-format compressed` or `compressed-tensors`)",
 }
 
 
