@@ -12,13 +12,13 @@ import pytest
 from l0prune.cli import showing_messages
 from tests.l0prune.cli.conftest import USER_MODEL, assert_one_line_error, run_main
 
-RUN = ("prune", "--model", "mynet:build", "--calibration", "mynet:calibration",
+RUN = ("prune", "--model", "messages_net:build", "--calibration", "messages_net:calibration",
        "--method", "obs", "--baseline", "none", "--out", "run")
 
 
 @pytest.fixture
 def user(tmp_path):
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    (tmp_path / "messages_net.py").write_text(USER_MODEL)  # a name no other test imports
     return tmp_path
 
 
