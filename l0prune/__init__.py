@@ -10,7 +10,8 @@
 - :func:`export` writes the result with pruning made permanent (a dense state dict and a compact
   sparse file, read back by :func:`load_sparse`; the suffix picks safetensors or torch);
 - :func:`finalize` makes the pruning permanent in the model itself; :func:`save_pretrained` and
-  :func:`load_pretrained` write and read Hugging Face folders, dense or compressed;
+  :func:`load_pretrained` write and read Hugging Face folders, dense, compressed, or in
+  compressed-tensors' sparse formats;
 - :func:`text_batches` cuts tokenised text into calibration / validation windows, and
   :func:`next_token_nll` is the causal-LM loss whose ``exp`` the report gives as perplexity;
 - :func:`second_moments` gives the layer statistics ``H`` the solvers work on.

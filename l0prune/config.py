@@ -54,10 +54,13 @@ class PruneConfig:
         budget: the sparsity pattern, as a :class:`~solvers.Budget` or its text:
             ``"unstructured"`` (default), ``"per-row"``, ``"structured"`` (whole input
             features; whole channels on a convolution) or N:M such as ``"2:4"``.
-        targets: regex (or list) matched against full layer names (``re.fullmatch``); default:
-            every ``Linear`` / ``Conv1d`` / ``Conv2d`` / ``Conv1D`` that runs, except the last
-            to run (the output head).
-        ignore: regex (or list) of layer names left dense.
+        targets: the layers to prune (one or a list), as llm-compressor takes them: a regex
+            matched against the full layer name (``re.fullmatch``), ``"re:"`` and a regex
+            matched from the name's start (``re.match``), or a class name (``"Linear"``,
+            ``"Conv1D"``); see :class:`~l0prune.model.targets.Selector`. Default: every
+            ``Linear`` / ``Conv1d`` / ``Conv2d`` / ``Conv1D`` that runs, except the last to
+            run (the output head).
+        ignore: layers left dense, in the same forms.
         sequential: prune layer after layer, each fitted to reproduce the dense model's output
             from what it sees with the layers before it pruned; ``False``: every layer's
             statistics from the dense model, in one pass.

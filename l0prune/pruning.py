@@ -35,6 +35,7 @@ from torch import nn
 
 from .config import PruneConfig
 from .data.batches import LossFn, cross_entropy
+from .data.hf_datasets import batches_of
 from .data.regroup import regrouped
 from .model import blocks
 from .model.rollback import Rollback
@@ -75,10 +76,12 @@ def prune(
         model: a trained torch model (changed in place).
         calibration: re-iterable batches (a ``DataLoader`` or a list) whose inputs give each
             layer's statistics: tensors, ``(input, ..., target)`` tuples or dicts of keyword
-            inputs (``model(**batch)``; ``attention_mask`` zeros are left out).
+            inputs (``model(**batch)``; ``attention_mask`` zeros are left out); or a tokenised
+            ``datasets.Dataset`` / ``IterableDataset``, read in padded batches of 8 with their
+            attention mask (:mod:`l0prune.data.hf_datasets`).
         config: the run's settings (:class:`~l0prune.PruneConfig`), or ``None``.
-        validation: re-iterable batches for the loss (needed with ``alpha``); with a fixed
-            sparsity, the report gives the dense and pruned losses on them.
+        validation: re-iterable batches (or a dataset) for the loss (needed with ``alpha``);
+            with a fixed sparsity, the report gives the dense and pruned losses on them.
         loss_fn: ``loss_fn(outputs, batch) -> scalar``; default: the model's own ``loss``
             output or cross-entropy against the batch's last item / ``labels``. For a causal
             LM on :func:`~l0prune.text_batches`, :func:`~l0prune.next_token_nll` (a loss with
@@ -92,7 +95,9 @@ def prune(
             it was.
         **settings: fields of :class:`~l0prune.PruneConfig` (``sparsity``, ``alpha``,
             ``method``, ``budget``, ``targets``, ``ignore``, ``sequential``, ``finetune``,
-            ``seed``, ``device``, ``blockwise``, ``checkpoint``, ``resume``, ...).
+            ``seed``, ``device``, ``blockwise``, ``checkpoint``, ``resume``, ...), and
+            ``mask_structure``, llm-compressor's name for ``budget`` (``"2:4"``; ``"0:0"``:
+            unstructured).
 
     Returns:
         A :class:`~l0prune.report.PruneReport`.
@@ -108,6 +113,7 @@ def prune(
         (0.5, True)
     """
     config = workflow.configured(config, settings, "prune")
+    calibration, validation = batches_of(calibration), batches_of(validation)
     check_inputs(model, calibration, validation, loss_fn, config)
     return run(model, calibration, config, validation=validation, loss_fn=loss_fn,
                solves=layer_solves(executor))

@@ -124,20 +124,22 @@ def choice(value, name: str, choices: Sequence[str]) -> str:
 
 
 def patterns(value, name: str) -> tuple[str, ...]:
-    """One regular expression or a list of them, each compiling, as a tuple.
+    """One layer pattern or a list of them, as a tuple: regexes of the full name, ``re:``
+    regexes or class names (:class:`~l0prune.model.targets.Selector`), each compiling.
 
     Example:
-        >>> patterns(r"fc\\d", "targets")
-        ('fc\\\\d',)
+        >>> patterns(r"fc\\d", "targets"), patterns(["Linear", "re:.*mlp"], "targets")
+        (('fc\\\\d',), ('Linear', 're:.*mlp'))
     """
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items or not all(
         isinstance(p, str) for p in items
     ):
-        raise ValueError(f"{name} must be a regex or a list of them, got {show(value)}")
+        raise ValueError(f"{name} must be a regex, a 're:' regex or a class name, or a list of "
+                         f"them, got {show(value)}")
     for pattern in items:
         try:
-            re.compile(pattern)
+            re.compile(pattern[3:] if pattern.startswith("re:") else pattern)
         except re.error as err:
             raise ValueError(f"{name}: {pattern!r} is not a valid regex ({err})") from None
     return tuple(items)

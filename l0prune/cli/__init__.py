@@ -1,4 +1,4 @@
-"""The ``l0prune`` command line: ``prune``, ``solve`` and ``bench``.
+"""The ``l0prune`` command line: ``prune``, ``solve``, ``convert`` and ``bench``.
 
 Bad input (a flag's value, a missing file, a ``MODULE:NAME`` that does not import) ends with one
 line ``l0prune: error: ...`` and exit status 2; any other failure with one line and status 1
@@ -10,6 +10,12 @@ The parser is built from modules that import neither torch nor a solver; a comma
 answer at once. The command line runs OpenMP's threads with a passive wait
 (``OMP_WAIT_POLICY=PASSIVE`` unless set, before torch loads): on a busy machine spinning
 threads slowed runs many times over (:mod:`l0prune.pipeline.threads`).
+
+Messages go through the ``l0prune`` logger, which the command line shows on stderr, one line
+each (information as it is, warnings as ``l0prune: warning: ...``; ``--quiet`` keeps warnings
+and errors only); progress bars write to stderr themselves. dask's own log lines below warnings
+are kept off the console: ``DASK_LOGGING__DISTRIBUTED=warning`` unless set, which the worker
+processes inherit.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import logging
 import os
 import signal
 import sys
@@ -25,7 +32,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import bench_cmd, prune_cmd, solve_cmd
+from . import bench_cmd, convert_cmd, prune_cmd, solve_cmd
 from .errors import UsageError
 
 __all__ = ["build_parser", "main"]
@@ -39,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``l0prune`` parser with its three commands."""
+    """The ``l0prune`` parser with its four commands."""
     parser = _Parser(
         prog="l0prune",
         description="Optimization-based pruning of neural networks. `l0prune prune` with no "
@@ -56,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     prune_cmd.add_parser(commands, [common])
     solve_cmd.add_parser(commands, [common])
+    convert_cmd.add_parser(commands, [common])
     bench_cmd.add_parser(commands)
     return parser
 
@@ -104,6 +112,48 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + signal.SIGTERM
 
 
+class _Lines(logging.Formatter):
+    """A message as it is, a warning or worse as ``l0prune: warning: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"l0prune: {record.levelname.lower()}: {message}"
+        return message
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record comes (tests capture it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+@contextmanager
+def showing_messages(quiet: bool) -> Iterator[None]:
+    """While the block runs, the ``l0prune`` logger's messages are shown on stderr (warnings
+    and worse alone when ``quiet``); dask's below warnings are not."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logger = logging.getLogger("l0prune")
+    handler = _Stderr()
+    handler.setFormatter(_Lines())
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _command(reference: str):
     """The function of a ``MODULE:FUNCTION`` reference, its module imported now."""
     module, _, name = reference.partition(":")
@@ -122,7 +172,8 @@ def _main(argv: list[str] | None) -> int:
         elif extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see l0prune --help)")
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        return _command(args.run)(args)
+        with showing_messages(getattr(args, "quiet", False)):
+            return _command(args.run)(args)
     except KeyboardInterrupt:
         print("l0prune: interrupted", file=sys.stderr)
         return 130

@@ -81,9 +81,11 @@ OPTIONS: tuple[Option, ...] = (
            "file or folder) or hf-dataset:NAME[:CONFIG]:SPLIT; needed with --model",
            metavar="SOURCE"),
     Option("validation", data_source, "batches to measure the loss on, or text as for "
-           "--calibration; needed with --model", metavar="SOURCE"),
+           "--calibration; needed with --model and --alpha (at a fixed sparsity without it the "
+           "report gives no loss)", metavar="SOURCE"),
     Option("loss", reference, "loss_fn(outputs, batch) -> scalar; default: cross-entropy "
-           "against the batch's last item (an hf: causal LM: the mean next-token loss)",
+           "against the batch's last item (an hf: causal LM: the mean next-token loss; an hf: "
+           "encoder whose checkpoint has a masked-LM head: the masked-LM loss)",
            metavar="MODULE:NAME"),
     Option("nsamples", integer(1), "text windows: calibration windows drawn at random, at most "
            "this many consecutive validation windows (default: 128)", metavar="N"),
@@ -91,9 +93,15 @@ OPTIONS: tuple[Option, ...] = (
            "length if shorter)", metavar="N"),
     Option("trust-remote-code", flag, "let an hf: model run code shipped with its checkpoint "
            "(default: off)", kind="flag"),
-    Option("save-format", choice("dense", "compressed"), "the model/ folder of an hf: model: "
-           "dense (its own save_pretrained; default) or compressed (bitmask / 2:4 layouts, read "
-           "with l0prune.load_pretrained)", metavar="FORMAT"),
+    Option("revision", nonempty, "an hf: hub model's branch, tag or commit (default: its "
+           "main branch)", metavar="REV"),
+    Option("dtype", choice("auto", "float32", "float16", "bfloat16"), "the dtype an hf: model "
+           "loads in: auto (its checkpoint's), float32, float16 or bfloat16 (default: "
+           "transformers')", metavar="DTYPE"),
+    Option("save-format", choice("dense", "compressed", "compressed-tensors"), "the model/ "
+           "folder of an hf: model: dense (its own save_pretrained; default), compressed "
+           "(bitmask / 2:4 layouts, read with l0prune.load_pretrained) or compressed-tensors "
+           "(compressed-tensors 0.13's sparse-bitmask / sparse-24-bitmask)", metavar="FORMAT"),
     Option("method", solver(), f"layer solver: {', '.join(methods())} (default: admm)",
            metavar="NAME", run=True),
     Option("baseline", solver("none"), "solver compared against under the same "
@@ -105,10 +113,12 @@ OPTIONS: tuple[Option, ...] = (
            run=True),
     Option("budget", budget, "sparsity pattern: unstructured, per-row, structured (whole "
            "input channels) or N:M such as 2:4 (default: unstructured)", metavar="B", run=True),
-    Option("targets", patterns, "regexes of the layer names to prune (default: every Linear / "
-           "Conv that runs except the last)", kind="list", metavar="REGEX", run=True),
-    Option("ignore", patterns, "regexes of layer names left dense", kind="list",
-           metavar="REGEX", run=True),
+    Option("targets", patterns, "the layers to prune, each a regex of the full name, 're:' "
+           "and a regex matched from the name's start, or a class name such as Linear or Conv1D "
+           "(default: every Linear / Conv that runs except the last)", kind="list",
+           metavar="PATTERN", run=True),
+    Option("ignore", patterns, "layers left dense, given as --targets", kind="list",
+           metavar="PATTERN", run=True),
     Option("skip-incompatible", flag, "leave dense, with a warning, the layers the budget "
            "cannot apply to (N:M on an input width not divisible by M) instead of stopping",
            kind="flag", run=True),
@@ -183,6 +193,8 @@ class Settings:
     nsamples: int | None = None
     seqlen: int | None = None
     trust_remote_code: bool | None = None
+    revision: str | None = None
+    dtype: str | None = None
     save_format: str | None = None
     baseline: str = "magnitude"
     gradual: int | None = None
@@ -287,9 +299,17 @@ def _check(values: Mapping[str, object]) -> None:
             raise UsageError(f"{', '.join(given)} needs --model (your model); without it the "
                              "built-in digits CNN runs on its own data")
     else:
-        missing = [f"--{name}" for name in user[:2] if values.get(name) is None]
+        fixed = values.get("alpha") is None and values.get("gradual") is None and (
+            values.get("sparsity") is not None or (values.get("budget") is not None
+                                                   and values["budget"].sized))
+        needed = ("calibration",) if fixed else user[:2]
+        missing = [f"--{name}" for name in needed if values.get(name) is None]
         if missing:
-            raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of batches)")
+            text = " or text:PATH" if is_hf(values.get("model")) else ""
+            why = "" if fixed else (" (a loss tolerance is measured on validation data; at a "
+                                    "fixed --sparsity it may be left out)")
+            raise UsageError(f"--model needs {' and '.join(missing)} (MODULE:NAME of "
+                             f"batches{text}){why}")
     _check_hf(values)
     if values.get("gradual") is not None and nm:
         raise UsageError(f"--gradual needs a budget the schedule can size (unstructured, "
@@ -315,11 +335,15 @@ def _check_hf(values: Mapping[str, object]) -> None:
             raise UsageError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
                              "text data (text:PATH or hf-dataset:NAME[:CONFIG]:SPLIT), which no "
                              "data flag names")
-    if not hf and values.get("trust_remote_code"):
-        raise UsageError("--trust-remote-code applies to --model hf:NAME_OR_DIR only")
-    if not hf and values.get("save_format") == "compressed":
-        raise UsageError("--save-format compressed applies to --model hf:NAME_OR_DIR only (other "
-                         "models get model.pt and model.sparse.pt)")
+    if not hf:
+        given = [f"--{name.replace('_', '-')}" for name in ("trust_remote_code", "revision",
+                                                            "dtype") if values.get(name)]
+        if given:
+            raise UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                             "--model hf:NAME_OR_DIR only")
+    if not hf and values.get("save_format") not in (None, "dense"):
+        raise UsageError(f"--save-format {values['save_format']} applies to --model "
+                         "hf:NAME_OR_DIR only (other models get model.pt and model.sparse.pt)")
 
 
 def resolve(given: Mapping[str, object], config: str | None = None) -> Settings:

@@ -76,7 +76,11 @@ def sparsity_loss_plot(runs: Sequence[tuple[str, PruneReport]], path: Path) -> F
             edge = frontier([(0.0, 1.0)] + [(s, y) for s, y, _ in points])
             axes.plot([100 * s for s, _ in edge], [y for _, y in edge], color=color,
                       linewidth=1.8, label=f"{label}: frontier")
-        axes.scatter([100 * report.sparsity], [report.pruned_loss / report.dense_loss],
+        if report.alpha_reached is None:  # no validation data: the sparsity alone
+            axes.axvline(100 * report.sparsity, color=color,
+                         label=f"{label}: {100 * report.sparsity:.1f} % sparse (no loss)")
+            continue
+        axes.scatter([100 * report.sparsity], [report.alpha_reached],
                      marker="*", s=180, color=color, edgecolors="black", zorder=3,
                      label=f"{label}: returned, {100 * report.sparsity:.1f} % sparse")
     if alpha is not None:

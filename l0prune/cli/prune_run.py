@@ -21,9 +21,9 @@ import copy
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import re
 import shlex
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -251,10 +251,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         check_new_folder(settings.save_problems)
 
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(message, file=sys.stderr, flush=True)
-
+    log = logging.getLogger("l0prune.cli").info
     if settings.config.threads is not None or settings.model is None:
         torch.set_num_threads(settings.config.threads or 1)
     settings, solutions = _solutions(settings)

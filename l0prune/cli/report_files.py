@@ -29,14 +29,19 @@ MODEL_FILES = {
 #: The pruned model in a Hugging Face model's output folder (instead of :data:`MODEL_FILES`:
 #: a second copy of an LLM's weights would double the folder).
 HF_FILES = {
-    "model/": "the pruned Hugging Face model and its tokenizer: `from_pretrained(path)` (dense) "
-              "or `l0prune.load_pretrained(path)` (`--save-format compressed`)",
+    "model/": "the pruned Hugging Face model, its tokenizer and recipe.toml: "
+              "`from_pretrained(path)` (dense) or `l0prune.load_pretrained(path)` "
+              "(`--save-format compressed` or `compressed-tensors`)",
 }
 
 
 def run_reports(data: dict) -> list[tuple[str, PruneReport]]:
     """``(method, report)`` of each run in ``data["runs"]``, the pruned model's first."""
     return [(run["method"], PruneReport.from_dict(run["report"])) for run in data["runs"]]
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _ratio(report: PruneReport) -> str:
@@ -98,7 +103,7 @@ def _result_table(data: dict) -> list[str]:
         ("sparsity of the pruned layers", "0.0 %",
          [f"{100 * r.sparsity:.1f} %" for _, r in reports]),
         ("weights kept", f"{reports[0][1].total:,}", [f"{r.kept:,}" for _, r in reports]),
-        ("validation loss", f"{dense['loss']:.4g}", [f"{r.pruned_loss:.4g}" for _, r in reports]),
+        ("validation loss", _loss(dense["loss"]), [_loss(r.pruned_loss) for _, r in reports]),
         ("loss / dense", "1.0000", [_ratio(r) for _, r in reports]),
         ("loss before finetuning", "", [
             f"{r.loss_before_finetune:.4g}" if r.loss_before_finetune is not None else "-"

@@ -22,7 +22,8 @@ class Task:
         description: one line naming the model and data, for the report.
         model: the trained model (pruned in place).
         calibration: batches for the layer statistics.
-        validation: batches for the loss.
+        validation: batches for the loss, or ``None``: no loss is measured (a fixed
+            sparsity).
         loss_fn: ``loss_fn(outputs, batch) -> scalar``, or ``None`` for cross-entropy.
         finetune_data: finetuning batches; ``None``: the calibration batches.
         metrics: extra scores of a model, such as test accuracy (name -> value).
@@ -33,7 +34,7 @@ class Task:
     description: str
     model: nn.Module
     calibration: Iterable
-    validation: Iterable
+    validation: Iterable | None
     loss_fn: Callable | None = None
     finetune_data: Iterable | None = None
     metrics: Callable[[nn.Module], dict[str, float]] = field(default=lambda model: {})
@@ -49,6 +50,7 @@ def user_task(settings: Settings) -> Task:
                     f"{settings.validation})",
         model=load_model(settings.model),
         calibration=load_batches(settings.calibration, "--calibration"),
-        validation=load_batches(settings.validation, "--validation"),
+        validation=None if settings.validation is None else load_batches(settings.validation,
+                                                                          "--validation"),
         loss_fn=loss_fn,
     )

@@ -162,13 +162,15 @@ def flag(value, label: str) -> bool:
 
 
 def patterns(value, label: str) -> list[str]:
-    """One or more regular expressions that compile."""
+    """One or more layer patterns: regexes of the full name, ``re:`` regexes (matched from
+    the name's start) or class names, each compiling."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
-        raise UsageError(f"{label} must be one or more regular expressions, got {_show(value)}")
+        raise UsageError(f"{label} must be one or more regexes, 're:' regexes or class names, "
+                         f"got {_show(value)}")
     for pattern in items:
         try:
-            re.compile(pattern)
+            re.compile(pattern[3:] if pattern.startswith("re:") else pattern)
         except re.error as err:
             raise UsageError(f"{label}: {pattern!r} is not a valid regex ({err})") from None
     return list(items)

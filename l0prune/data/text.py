@@ -206,7 +206,9 @@ def text_batches(
     draw: str = "random",
     batch_size: int = 1,
 ) -> list[dict[str, torch.Tensor]]:
-    """Windows of ``seqlen`` tokens of ``text`` as batches ``{"input_ids": batch x seqlen}``.
+    """Windows of ``seqlen`` tokens of ``text`` as batches ``{"input_ids": batch x seqlen,
+    "attention_mask": batch x seqlen}`` (every window is full: its mask is all ones, there for
+    the models and losses that read one).
 
     The text is tokenised piece by piece (:data:`PIECE` characters, cut before a space between
     two words), keeping only the token ids (4 bytes a token): the tokens of the whole text,
@@ -241,6 +243,8 @@ def text_batches(
         ...                        draw="consecutive")
         >>> [b["input_ids"].tolist() for b in batches]
         [[[97, 98, 99]], [[100, 101, 102]]]
+        >>> batches[0]["attention_mask"].tolist()
+        [[1, 1, 1]]
     """
     _positive(nsamples, "nsamples")
     _positive(seqlen, "seqlen", 2)
@@ -263,4 +267,5 @@ def text_batches(
     else:
         starts = torch.arange(min(nsamples, ids.numel() // seqlen)) * seqlen
     windows = torch.stack([ids[s:s + seqlen] for s in starts.tolist()]).to(torch.int64)
-    return [{"input_ids": chunk} for chunk in windows.split(batch_size)]
+    return [{"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
+            for chunk in windows.split(batch_size)]

@@ -6,6 +6,11 @@ a machine without a network fails at once with a message that says how to give a
 A config is a causal LM when its ``architectures`` name a causal-LM class (``GPT2LMHeadModel``,
 ``LlamaForCausalLM``); a config without ``architectures`` when its model type has a causal-LM
 class and no masked-LM one (so BERT-class encoders, which have both, are not).
+
+A folder (or a hub snapshot) holding a compressed checkpoint, l0prune's own or compressed-tensors'
+sparse formats, is read by :func:`l0prune.io.checkpoints.load_folder`; a hub model in one of
+them is downloaded first (its ``*.json``, ``*.safetensors`` and tokenizer files). Weights that
+lack a tensor of the model are refused, naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 
 __all__ = [
     "NotFound",
+    "has_masked_lm_head",
     "is_causal_lm",
     "load_config",
     "load_model",
@@ -96,12 +102,17 @@ def _from(name: str, loader, **kwargs):
         raise _not_found(name, err) from None
 
 
-def load_config(name: str, trust_remote_code: bool = False):
+def _revision(revision: str | None) -> dict:
+    return {} if revision is None else {"revision": revision}
+
+
+def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None):
     """The ``transformers`` config of a hub name or folder.
 
     Args:
         name: a hub name (``"gpt2"``, ``"facebook/opt-125m"``) or a folder with ``config.json``.
         trust_remote_code: allow model code shipped with the checkpoint to run.
+        revision: a hub model's branch, tag or commit (default: its main branch).
 
     Returns:
         The config.
@@ -113,7 +124,7 @@ def load_config(name: str, trust_remote_code: bool = False):
     transformers = require_transformers()
     try:
         return _from(name, transformers.AutoConfig.from_pretrained,
-                     trust_remote_code=trust_remote_code)
+                     trust_remote_code=trust_remote_code, **_revision(revision))
     except (OSError, KeyError) as err:
         raise ValueError(f"model {name!r}: no usable config.json ({err})") from None
 
@@ -148,32 +159,76 @@ def model_class(config):
     return transformers.AutoModelForCausalLM if is_causal_lm(config) else transformers.AutoModel
 
 
-def load_model(name: str, trust_remote_code: bool = False) -> nn.Module:
+def has_masked_lm_head(config) -> bool:
+    """Whether ``config``'s ``architectures`` name a masked-LM class (``BertForMaskedLM``): the
+    checkpoint holds that head's weights.
+
+    Example:
+        >>> from transformers import BertConfig
+        >>> has_masked_lm_head(BertConfig(architectures=["BertForMaskedLM"]))
+        True
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    masked = set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
+    return any(a in masked for a in getattr(config, "architectures", None) or [])
+
+
+#: The files a compressed hub model is read from.
+_SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.toml"]
+
+
+def _snapshot(name: str, revision: str | None) -> Path:
+    """The local folder of a hub model's files (the cache first, else the hub)."""
+    from huggingface_hub import snapshot_download
+
+    return Path(_from(name, snapshot_download, allow_patterns=_SNAPSHOT_FILES,
+                      **_revision(revision)))
+
+
+def load_model(name: str, trust_remote_code: bool = False, cls=None, **kwargs) -> nn.Module:
     """A Hugging Face model by hub name or folder, in eval mode.
 
-    ``AutoModelForCausalLM`` loads a causal LM, ``AutoModel`` anything else (an encoder without
-    its head).
+    ``cls`` loads it; by default ``AutoModelForCausalLM`` a causal LM, ``AutoModel`` anything
+    else (an encoder without its head). A compressed checkpoint (see the module docstring) is
+    decoded; weights that lack a tensor of the model are refused.
 
     Args:
         name: a hub name or a folder.
         trust_remote_code: allow model code shipped with the checkpoint to run.
+        cls: the ``transformers`` class to load it with.
+        **kwargs: more keyword arguments of ``from_pretrained`` (``revision``, ``dtype``...).
 
     Returns:
         The model.
 
     Raises:
-        ValueError: one line, as :func:`load_config`.
+        ValueError: one line, as :func:`load_config`, or when its weights do not load.
     """
-    config = load_config(name, trust_remote_code)
-    loader = model_class(config).from_pretrained
+    from .checkpoints import check_complete, compressed_format, load_folder
+
+    revision = kwargs.pop("revision", None)
+    config = load_config(name, trust_remote_code, revision)
+    cls = model_class(config) if cls is None else cls
+    folder = Path(name).expanduser()
+    if not folder.is_dir() and compressed_format(config.to_dict(), repr(name)) is not None:
+        try:
+            folder = _snapshot(name, revision)
+        except OSError as err:
+            raise ValueError(f"model {name!r}: its files do not download ({err})") from None
+    if folder.is_dir():
+        return load_folder(folder, cls, trust_remote_code, **kwargs)
     try:
-        model = _from(name, loader, config=config, trust_remote_code=trust_remote_code)
+        model, info = _from(name, cls.from_pretrained, config=config,
+                            trust_remote_code=trust_remote_code, output_loading_info=True,
+                            **_revision(revision), **kwargs)
     except OSError as err:
         raise ValueError(f"model {name!r}: its weights do not load ({err})") from None
+    check_complete(model, info, repr(name))
     return model.eval()
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
     """The tokenizer saved with a model, or a ``ValueError`` when there is none.
 
     ``transformers`` builds an empty tokenizer for a folder without tokenizer files; a tokenizer
@@ -182,6 +237,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     Args:
         name: a hub name or a folder.
         trust_remote_code: allow tokenizer code shipped with the checkpoint to run.
+        revision: a hub model's branch, tag or commit.
 
     Returns:
         The tokenizer.
@@ -193,7 +249,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     )
     try:
         tokenizer = _from(name, transformers.AutoTokenizer.from_pretrained,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, **_revision(revision))
     except NotFound:
         raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError):  # no files to build from

@@ -44,7 +44,10 @@ __all__ = [
     "decompress_bitmask",
     "decompress_two_four",
     "fits_two_four",
+    "pack_bits",
     "two_four_bytes",
+    "two_four_mask",
+    "unpack_bits",
 ]
 
 _BITS = 1 << torch.arange(8, dtype=torch.int32)  # least significant bit first
@@ -55,16 +58,27 @@ def _rows(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1)
 
 
-def _pack(mask: torch.Tensor) -> torch.Tensor:
-    """``rows x cols`` booleans as ``rows x ceil(cols / 8)`` bytes, least significant bit first."""
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """``rows x cols`` booleans as ``rows x ceil(cols / 8)`` bytes, least significant bit first
+    (``numpy.packbits(mask, axis=-1, bitorder="little")``).
+
+    Example:
+        >>> pack_bits(torch.tensor([[True, False, True]])).tolist()
+        [[5]]
+    """
     rows, cols = mask.shape
     padded = torch.zeros(rows, math.ceil(cols / 8) * 8, dtype=torch.int32)
     padded[:, :cols] = mask.to(torch.int32)
     return (padded.reshape(rows, -1, 8) * _BITS).sum(dim=2).to(torch.uint8)
 
 
-def _unpack(bits: torch.Tensor, cols: int) -> torch.Tensor:
-    """``rows x cols`` booleans from :func:`_pack`'s bytes (in uint8: a byte per entry)."""
+def unpack_bits(bits: torch.Tensor, cols: int) -> torch.Tensor:
+    """``rows x cols`` booleans from :func:`pack_bits`'s bytes (eight bytes per stored byte).
+
+    Example:
+        >>> unpack_bits(torch.tensor([[5]], dtype=torch.uint8), 3).tolist()
+        [[True, False, True]]
+    """
     expanded = (bits.unsqueeze(-1) & _BYTE_BITS) != 0
     return expanded.reshape(bits.shape[0], -1)[:, :cols]
 
@@ -110,7 +124,7 @@ def compress_bitmask(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     counts = nonzero.sum(dim=1)
     return {
         "shape": torch.tensor(list(tensor.shape), dtype=torch.int64),
-        "bitmask": _pack(nonzero),
+        "bitmask": pack_bits(nonzero),
         "compressed": matrix[nonzero].contiguous(),
         "row_offsets": (torch.cumsum(counts, 0) - counts).to(
             torch.int32 if _offset_bytes(int(counts.sum())) == 4 else torch.int64
@@ -142,7 +156,7 @@ def decompress_bitmask(parts: dict[str, torch.Tensor]) -> torch.Tensor:
         raise ValueError(
             f"bitmask of shape {tuple(bits.shape)} does not fit a tensor of shape {shape}"
         )
-    mask = _unpack(bits, cols)
+    mask = unpack_bits(bits, cols)
     if int(mask.sum()) != values.numel():
         raise ValueError(
             f"bitmask marks {int(mask.sum())} non-zeros but {values.numel()} values are stored"
@@ -190,6 +204,37 @@ def two_four_bytes(tensor: torch.Tensor) -> int:
     return rows * cols // 2 * tensor.element_size() + rows * math.ceil(cols / 8)
 
 
+def _kept_positions(groups: torch.Tensor) -> torch.Tensor:
+    """The two positions kept of each group of four (``... x 4``), in input order: the
+    non-zeros, filled up with the first zeros."""
+    order = torch.argsort((groups == 0).to(torch.int64) * 4 + torch.arange(4), dim=-1)
+    return order[..., :2].sort(dim=-1).values
+
+
+def two_four_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """Two marked entries in every group of four consecutive entries of the last dimension:
+    the non-zeros, filled up with the first zeros (the group must hold at most two non-zeros).
+
+    This is the mask of compressed-tensors' ``sparse-24-bitmask`` format over a stored weight;
+    its own compressor picks the largest two magnitudes, which are the same entries wherever a
+    group holds exactly two non-zeros.
+
+    Args:
+        tensor: a tensor whose last dimension is a multiple of four.
+
+    Returns:
+        A boolean tensor of ``tensor``'s shape.
+
+    Example:
+        >>> two_four_mask(torch.tensor([[0.0, 5.0, 0.0, 0.0]])).tolist()
+        [[True, True, False, False]]
+    """
+    groups = tensor.reshape(*tensor.shape[:-1], -1, 4)
+    mask = torch.zeros(groups.shape, dtype=torch.bool)
+    mask.scatter_(-1, _kept_positions(groups), True)
+    return mask.reshape(tensor.shape)
+
+
 def compress_two_four(tensor: torch.Tensor, transposed: bool = False) -> dict[str, torch.Tensor]:
     """``tensor`` in the 2:4 layout; it must pass :func:`fits_two_four`.
 
@@ -208,10 +253,7 @@ def compress_two_four(tensor: torch.Tensor, transposed: bool = False) -> dict[st
     matrix = _matrix(tensor.detach().cpu(), transposed)
     rows, cols = matrix.shape
     groups = matrix.reshape(rows, cols // 4, 4)
-    position = torch.arange(4)
-    # non-zeros first, then zeros, each in input order; keep two, in input order
-    order = torch.argsort((groups == 0).to(torch.int64) * 4 + position, dim=2)
-    kept = order[:, :, :2].sort(dim=2).values
+    kept = _kept_positions(groups)
     values = torch.gather(groups, 2, kept).reshape(rows, cols // 2)
     nibbles = (kept[:, :, 0] | (kept[:, :, 1] << 2)).to(torch.int32)
     if nibbles.shape[1] % 2:

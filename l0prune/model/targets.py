@@ -18,6 +18,7 @@ convolutions.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -28,8 +29,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "check_finite", "check_unshared", "layer_types", "prunable_layers",
-           "select_targets", "targets_by_name"]
+__all__ = ["Selector", "Target", "check_finite", "check_unshared", "layer_types",
+           "prunable_layers", "select_targets", "targets_by_name"]
+
+log = logging.getLogger("l0prune.targets")
 
 
 def layer_types() -> tuple[type, ...]:
@@ -232,38 +235,92 @@ class Target:
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def _patterns(value, name: str) -> list[re.Pattern] | None:
+@dataclass(frozen=True)
+class Selector:
+    """One entry of ``targets`` / ``ignore``, as llm-compressor reads its own.
+
+    - ``"re:REGEX"``: the regex matched from the start of a layer's full name (``re.match``, as
+      llm-compressor and compressed-tensors match theirs: ``"re:.*mlp"`` is every name with
+      ``mlp`` in it);
+    - anything else: a regex matched against the whole name (``re.fullmatch``, so a plain name
+      selects exactly that layer), or the name of the layer's class or of a class it derives
+      from (``"Linear"``, ``"Conv1D"``, ``"Conv2d"``).
+
+    Example:
+        >>> fc = nn.Linear(2, 2)
+        >>> [Selector.parse(t, "targets").matches("mlp.fc", fc)
+        ...  for t in ("Linear", "re:mlp", "mlp", "mlp.fc", "Conv2d")]
+        [True, True, False, True, False]
+    """
+
+    text: str
+    regex: re.Pattern
+    from_start: bool
+
+    @classmethod
+    def parse(cls, text: str, name: str) -> Selector:
+        """The selector ``text`` (``name`` is the argument, for the message)."""
+        from_start = text.startswith("re:")
+        try:
+            regex = re.compile(text[3:] if from_start else text)
+        except re.error as err:
+            raise ValueError(f"{name} pattern {text!r} is not a valid regex: {err}") from None
+        return cls(text, regex, from_start)
+
+    def matches_name(self, name: str) -> bool:
+        """Whether the regex matches ``name``."""
+        match = self.regex.match if self.from_start else self.regex.fullmatch
+        return match(name) is not None
+
+    def matches(self, name: str, module: nn.Module) -> bool:
+        """Whether ``module`` named ``name`` is selected, by its name or its class."""
+        return self.matches_name(name) or (not self.from_start and any(
+            c.__name__ == self.text for c in type(module).__mro__
+            if issubclass(c, nn.Module)))
+
+
+def _selectors(value, name: str) -> list[Selector] | None:
     if value is None:
         return None
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, Sequence) or not all(isinstance(p, str) for p in items):
         raise ValueError(
-            f"{name} must be a regex string or a list of them, got {type(value).__name__}"
+            f"{name} must be a regex, a 're:' regex or a class name, or a list of them, got "
+            f"{type(value).__name__}"
         )
-    compiled = []
-    for pattern in items:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as err:
-            raise ValueError(f"{name} pattern {pattern!r} is not a valid regex: {err}") from None
-    return compiled
+    return [Selector.parse(pattern, name) for pattern in items]
 
 
-def _unmatched(pattern: re.Pattern, name: str, model: nn.Module, layers, executed) -> str:
-    hits = [n for n, _ in model.named_modules() if pattern.fullmatch(n)]
+_FORMS = ("a regex of the full name such as 'model\\.layers\\.0\\..*', 're:' and a regex "
+          "matched from the name's start such as 're:.*mlp', or a class name such as 'Linear'")
+
+
+def _unmatched(selector: Selector, name: str, model: nn.Module, layers) -> str:
+    modules = dict(model.named_modules())
+    hits = [n for n, m in modules.items() if selector.matches(n, m)]
     if not hits:
-        return f"{name} pattern {pattern.pattern!r} matches no module name in the model"
+        examples = list(layers)[:3]
+        classes = sorted({type(m).__name__ for m in layers.values()})
+        return (
+            f"{name} pattern {selector.text!r} matches no module name or class in the model "
+            f"(a pattern is {_FORMS}); its prunable layers are named like {examples} and of "
+            f"class {', '.join(classes)}"
+        )
     layer_hits = [n for n in hits if n in layers]
     if layer_hits:
         return (
-            f"{name} pattern {pattern.pattern!r} matches only layers that never run in the "
+            f"{name} pattern {selector.text!r} matches only layers that never run in the "
             f"forward pass on the calibration data: {layer_hits[:5]}"
         )
-    kinds = sorted({type(dict(model.named_modules())[n]).__name__ for n in hits})
+    kinds = sorted({type(modules[n]).__name__ for n in hits})
     return (
-        f"{name} pattern {pattern.pattern!r} matches no prunable layer (it matches {hits[:5]} "
+        f"{name} pattern {selector.text!r} matches no prunable layer (it matches {hits[:5]} "
         f"of type {', '.join(kinds)}; prunable: Linear, Conv1d, Conv2d, Conv1D)"
     )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
 
 
 def select_targets(
@@ -274,36 +331,44 @@ def select_targets(
 ) -> list[Target]:
     """The layers to prune, in the order they run.
 
-    Names are fully qualified module names; patterns are regular expressions matched against the
-    whole name (``re.fullmatch``), so a plain name selects exactly that layer.
+    ``targets`` and ``ignore`` take what llm-compressor's take (:class:`Selector`): regexes of
+    the full layer name, ``re:`` regexes and class names. Each must select a layer that runs;
+    what each selects is logged (logger ``l0prune.targets``, level INFO).
 
     Args:
         model: the model.
         executed: prunable layer names in the order they first run on a calibration batch
             (layers that never run cannot be pruned from data).
-        targets: patterns choosing the layers; default: every layer that runs except the last
+        targets: what chooses the layers; default: every layer that runs except the last
             one to run (the classifier / output head).
-        ignore: patterns removing layers from the choice.
+        ignore: what removes layers from the choice.
 
     Returns:
         The :class:`Target` list.
+
+    Raises:
+        ValueError: naming a pattern that selects no layer that runs, and why.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> [t.name for t in select_targets(model, ["0", "2"])]
         ['0']
+        >>> [t.name for t in select_targets(model, ["0", "2"], "Linear", ignore="re:2")]
+        ['0']
     """
     layers = prunable_layers(model)
-    patterns, ignores = _patterns(targets, "targets"), _patterns(ignore, "ignore")
-    for pattern_list, name in ((patterns, "targets"), (ignores, "ignore")):
-        for pattern in pattern_list or ():
-            if not any(pattern.fullmatch(n) for n in executed):
-                raise ValueError(_unmatched(pattern, name, model, layers, executed))
-    if patterns is None:
+    selectors, ignores = _selectors(targets, "targets"), _selectors(ignore, "ignore")
+    for selector_list, name in ((selectors, "targets"), (ignores, "ignore")):
+        for selector in selector_list or ():
+            hits = [n for n in executed if selector.matches(n, layers[n])]
+            if not hits:
+                raise ValueError(_unmatched(selector, name, model, layers))
+            log.info("%s %r selects %s", name, selector.text, _shown(hits))
+    if selectors is None:
         chosen = executed[:-1]
     else:
-        chosen = [n for n in executed if any(p.fullmatch(n) for p in patterns)]
-    chosen = [n for n in chosen if not any(p.fullmatch(n) for p in ignores or ())]
+        chosen = [n for n in executed if any(s.matches(n, layers[n]) for s in selectors)]
+    chosen = [n for n in chosen if not any(s.matches(n, layers[n]) for s in ignores or ())]
     if not chosen:
         raise ValueError(
             "no layer to prune: targets/ignore leave none of the layers that run "

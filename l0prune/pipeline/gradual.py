@@ -38,6 +38,7 @@ from torch.nn.utils import prune as torch_prune
 from l0prune import validate
 from l0prune.config import PruneConfig
 from l0prune.data.batches import LossFn, cross_entropy, mean_loss
+from l0prune.data.hf_datasets import batches_of
 from l0prune.data.regroup import regrouped
 from l0prune.model.input_check import explained
 from l0prune.model.snapshot import Snapshot
@@ -117,6 +118,7 @@ def gradual(
         [0.531, 0.719, 0.75]
     """
     config = configured(config, settings, "gradual")
+    train, validation = batches_of(train), batches_of(validation)
     check_workflow(model, train, validation, loss_fn, config, "gradual", needs_validation=True)
     _check_settings(steps, schedule, initial_sparsity, config)
     final = config.sparsity if config.sparsity is not None else MAX_SPARSITY

@@ -66,6 +66,7 @@ from torch import nn
 from l0prune import validate
 from l0prune.config import PruneConfig
 from l0prune.data.batches import LossFn, cross_entropy, forward, mean_loss
+from l0prune.data.hf_datasets import batches_of
 from l0prune.model.input_check import explained
 from l0prune.model.masks import attach
 from l0prune.model.targets import Target
@@ -165,6 +166,7 @@ def train_l0(
         (128, 0.5)
     """
     config = configured(config, settings, "train_l0")
+    train, validation = batches_of(train), batches_of(validation)
     check_workflow(model, train, validation, loss_fn, config, "train_l0",
                    needs_validation=False, unused=_UNUSED)
     _check_settings(epochs, lr, gate_lr, warmup, config)

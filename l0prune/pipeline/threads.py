@@ -13,6 +13,13 @@ So the default counts the CPUs this process may use, from the scheduler affinity
 (``os.sched_getaffinity``) and the cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
 ``cpu.cfs_period_us``), leaves out those the one-minute load average says other processes keep
 busy, and runs on at most that many threads (at least one).
+
+That cap is for torch's own count. A count the user chose is kept as it is: torch tells no
+``set_num_threads`` call from its default, so l0prune takes as the user's any count set through
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and any count other than those torch starts with by
+itself, which are the CPUs this process may run on or the whole machine's, logical or physical
+(:func:`torch_default_counts`). A ``torch.set_num_threads(n)`` with ``n`` one of those cannot
+be told from torch's default and is capped; ``threads=`` (``--threads``) is always kept.
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available_cpus", "cgroup_cpu_limit", "default_threads", "idle_cpus", "using_threads"]
+__all__ = ["available_cpus", "cgroup_cpu_limit", "default_threads", "idle_cpus",
+           "set_by_user", "torch_default_counts", "using_threads"]
 
 _CGROUP = Path("/sys/fs/cgroup")
+_CPUS = Path("/sys/devices/system/cpu")
+_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cgroup_cpu_limit(root: Path = _CGROUP) -> float | None:
@@ -86,14 +96,57 @@ def idle_cpus(cpus: int | None = None) -> int:
     return max(1, min(cpus, cpus - round(max(load - 1.0, 0.0))))
 
 
-def default_threads() -> int:
-    """The threads a run uses when none are asked for: torch's count, capped by
-    :func:`available_cpus` and by :func:`idle_cpus`.
+def _physical_cores(cpus, root: Path = _CPUS) -> int | None:
+    """The physical cores among the logical CPUs ``cpus`` (from the kernel's topology), or
+    ``None`` where it cannot be read."""
+    cores = set()
+    for cpu in cpus:
+        topology = root / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:
+            return None
+    return len(cores) or None
+
+
+def torch_default_counts(root: Path = _CPUS) -> set[int]:
+    """The thread counts torch starts with by itself on this machine: the CPUs this process may
+    run on and the whole machine's, logical or physical (torch's builds differ in which).
 
     Example:
-        >>> 1 <= default_threads() <= available_cpus()
+        >>> os.cpu_count() in torch_default_counts()
         True
     """
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        mine = set(range(os.cpu_count() or 1))
+    every = range(os.cpu_count() or len(mine))
+    counts = {len(mine), os.cpu_count() or len(mine), _physical_cores(mine, root),
+              _physical_cores(every, root)}
+    return {n for n in counts if n}
+
+
+def set_by_user() -> bool:
+    """Whether torch's thread count is the user's: set through ``OMP_NUM_THREADS`` /
+    ``MKL_NUM_THREADS``, or none of :func:`torch_default_counts`."""
+    if any(os.environ.get(name, "").strip() for name in _ENVIRONMENT):
+        return True
+    return torch.get_num_threads() not in torch_default_counts()
+
+
+def default_threads() -> int:
+    """The threads a run uses when none are asked for: torch's count, capped by
+    :func:`available_cpus` and by :func:`idle_cpus` unless the user set it
+    (:func:`set_by_user`).
+
+    Example:
+        >>> 1 <= default_threads() <= max(available_cpus(), torch.get_num_threads())
+        True
+    """
+    if set_by_user():
+        return torch.get_num_threads()
     return max(1, min(torch.get_num_threads(), idle_cpus()))
 
 

@@ -31,12 +31,25 @@ __all__ = ["Kept", "check_inputs", "check_workflow", "configured", "run_device",
 def configured(config: PruneConfig | None, settings: Mapping, caller: str) -> PruneConfig:
     """``config`` with ``settings`` (keyword arguments of ``caller``) in place of its fields.
 
+    ``mask_structure``, llm-compressor's name for the sparsity pattern, is taken for
+    ``budget`` (``"2:4"``; its ``"0:0"`` is ``"unstructured"``).
+
     Example:
         >>> configured(None, {"sparsity": 0.5}, "prune").sparsity
         0.5
+        >>> configured(None, {"sparsity": 0.5, "mask_structure": "2:4"}, "prune").budget.text
+        '2:4'
     """
     if config is not None and not isinstance(config, PruneConfig):
         raise ValueError(f"config must be a PruneConfig or None, got {type(config).__name__}")
+    if "mask_structure" in settings:
+        settings = dict(settings)
+        structure = settings.pop("mask_structure")
+        if "budget" in settings:
+            raise ValueError(f"give budget= or mask_structure= (llm-compressor's name for it), "
+                             f"not both (got budget={settings['budget']!r}, mask_structure="
+                             f"{structure!r})")
+        settings["budget"] = "unstructured" if structure == "0:0" else structure
     try:
         return PruneConfig(**settings) if config is None else config.replace(**settings)
     except TypeError as err:

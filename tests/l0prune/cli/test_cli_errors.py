@@ -57,7 +57,7 @@ def test_bad_prune_input(tmp_path, capsys, monkeypatch, args, words):
     ("sparsity = 0.5\nalpha = 1.1\n", ["not both"]),
     ("speed = 3\n", ["unknown key 'speed'"]),
     ("sparsity = \n", ["not valid TOML"]),
-    ("targets = 3\n", ["targets in recipe.toml", "regular expressions"]),
+    ("targets = 3\n", ["targets in recipe.toml", "regexes, 're:' regexes or class names"]),
 ])
 def test_bad_recipe(tmp_path, capsys, monkeypatch, recipe, words):
     (tmp_path / "recipe.toml").write_text(recipe)

@@ -77,8 +77,9 @@ def test_prunes_a_causal_lm_folder_on_text(hf_folder, tmp_path, capsys, monkeypa
     assert model.config.use_cache  # as loaded, not as pruned
     _check_model_folder(model, run, hf_folder, folder / "model")
     assert sorted(p.name for p in (folder / "model").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-        "tokenizer_config.json"]
+        "config.json", "generation_config.json", "model.safetensors", "recipe.toml",
+        "tokenizer.json", "tokenizer_config.json"]
+    assert (folder / "model" / "recipe.toml").read_text() == (folder / "recipe.toml").read_text()
     assert data["files"]["model/"] == sum(
         p.stat().st_size for p in (folder / "model").iterdir())
     # the model/ folder is the pruned model: no second copy of its weights next to it
@@ -160,7 +161,6 @@ def short_text(tmp_path_factory):
     ("short", ["--calibration text:", "short.txt", "fewer than one window of seqlen=32"]),
     ("no tokenizer", ["has no tokenizer", "tokenizer.save_pretrained"]),
     ("seqlen", ["--seqlen 100 is above the model's maximum length of 64 tokens"]),
-    ("encoder", ["is a BertModel, not a causal LM: give --loss MODULE:NAME"]),
     ("missing folder", ["model folder './nowhere/gpt2' does not exist"]),
     ("text without hf", ["--calibration text:", "needs --model hf:NAME_OR_DIR"]),
     ("nsamples without text", ["--nsamples applies to text data"]),
@@ -175,7 +175,6 @@ def test_bad_hf_input(hf_folder, no_tokenizer, short_text, tmp_path, capsys, mon
         "short": [*model, "--calibration", f"text:{short_text}", *text[2:], *WINDOWS],
         "no tokenizer": ["--model", f"hf:{no_tokenizer}", *text, *WINDOWS],
         "seqlen": [*model, *text, "--seqlen", "100"],
-        "encoder": ["--model", f"hf:{hf_folder / 'bert'}", *text],
         "missing folder": ["--model", "hf:./nowhere/gpt2", *text],
         "text without hf": ["--model", "mynet:build", *text],
         "nsamples without text": ["--model", "mynet:build", "--calibration", "mynet:data",
@@ -224,3 +223,131 @@ def test_dataset_source_without_the_datasets_package(hf_folder, tmp_path, capsys
     assert_one_line_error(done, "--validation hf-dataset:wikitext:wikitext-2-raw-v1:test",
                           "needs the datasets package and a network", "text:PATH")
     assert_nothing_written(tmp_path)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_an_encoder_at_a_fixed_sparsity_needs_no_loss(hf_folder, tmp_path, capsys, monkeypatch,
+                                                     validation):
+    from transformers import AutoModel
+
+    data = _text(hf_folder) if validation else _text(hf_folder)[:2]
+    done = run_main("prune", "--model", f"hf:{hf_folder / 'bert'}", *data, "--sparsity", "0.5",
+                    "--method", "wanda", "--baseline", "none", *WINDOWS, "--out", "run",
+                    cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    unused = "l0prune: warning: --validation text:"
+    assert (unused in done.stderr) == validation
+    if validation:
+        assert "is not used: BertModel has no loss of its own (give --loss" in done.stderr
+    run = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]["report"]
+    assert run["dense_loss"] is None and run["pruned_loss"] is None
+    assert run["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert "| validation loss | - | - |" in (tmp_path / "run" / "report.md").read_text()
+    state = AutoModel.from_pretrained(tmp_path / "run" / "model").state_dict()
+    for layer in run["layers"]:
+        assert int((state[f"{layer['name']}.weight"] != 0).sum()) == layer["kept"]
+
+
+@pytest.fixture(scope="module")
+def masked_lm_folder(hf_folder, tmp_path_factory):
+    """A tiny BERT with its masked-LM head, and a tokenizer with a mask token."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("mlm") / "bert-mlm"
+    tokenizer = AutoTokenizer.from_pretrained(hf_folder / "bert")
+    tokenizer.add_special_tokens({"mask_token": "[MASK]"})
+    config = tiny_hf.config("bert")
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_with_a_masked_lm_head_is_judged_by_the_masked_lm_loss(
+        hf_folder, masked_lm_folder, tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from l0prune.data.batches import cross_entropy
+    from l0prune.data.masked_lm import masked_lm_batches
+
+    done = run_main("prune", "--model", f"hf:{masked_lm_folder}", *_text(hf_folder),
+                    "--alpha", "1.05", "--method", "wanda", "--baseline", "none", *WINDOWS,
+                    "--out", "run", "--quiet", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "run" / "report.json").read_text())
+    run = data["runs"][0]["report"]
+    assert "BertForMaskedLM" in data["model"] and "masked-LM loss" in data["model"]
+    assert run["pruned_loss"] <= 1.05 * run["dense_loss"] and run["sparsity"] > 0
+    model = BertForMaskedLM.from_pretrained(tmp_path / "run" / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(masked_lm_folder)
+    windows = l0prune.text_batches(tokenizer, (hf_folder / "valid.txt").read_text(),
+                                   nsamples=4, seqlen=32, draw="consecutive")
+    masked = masked_lm_batches(windows, tokenizer.mask_token_id, seed=0,
+                               special_ids=tokenizer.all_special_ids)
+    assert mean_loss(model, masked, cross_entropy, torch.device("cpu")) == pytest.approx(
+        run["pruned_loss"], rel=1e-5)
+
+
+def test_an_encoder_without_a_loss_of_its_own_needs_one_for_alpha(hf_folder, tmp_path, capsys,
+                                                                 monkeypatch):
+    done = run_main("prune", "--model", f"hf:{hf_folder / 'bert'}", *_text(hf_folder),
+                    "--alpha", "1.05", "--out", "run", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_one_line_error(done, "is a BertModel, neither a causal LM nor an encoder with a "
+                          "masked-LM head: --alpha 1.05 needs --loss MODULE:NAME",
+                          "sentence-embedding distance")
+    assert_nothing_written(tmp_path)
+
+
+def test_the_documented_encoder_loss_runs_with_alpha(hf_folder, tmp_path, capsys, monkeypatch):
+    page = (ROOT / "docs" / "huggingface.md").read_text()
+    code = page.split("#### A loss for an encoder", 1)[1].split("```python", 1)[1]
+    code = code.split("```", 1)[0].replace("path/to/minilm", str(hf_folder / "bert"))
+    (tmp_path / "embedding_loss.py").write_text(code)
+    done = run_main("prune", "--model", f"hf:{hf_folder / 'bert'}", *_text(hf_folder),
+                    "--loss", "embedding_loss:loss", "--alpha", "1.02", "--method", "wanda",
+                    "--baseline", "none", *WINDOWS, "--out", "run", "--quiet", cwd=tmp_path,
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    run = json.loads((tmp_path / "run" / "report.json").read_text())["runs"][0]["report"]
+    assert run["dense_loss"] == pytest.approx(1.0, abs=1e-6)
+    assert run["pruned_loss"] <= 1.02 * run["dense_loss"] and run["sparsity"] > 0
+
+
+def test_a_folder_l0prune_wrote_compressed_is_pruned_again(hf_folder, tmp_path, capsys,
+                                                          monkeypatch):
+    first = ("prune", "--model", f"hf:{hf_folder / 'llama'}", *_text(hf_folder), "--sparsity",
+             "0.3", "--method", "wanda", "--baseline", "none", *WINDOWS, "--quiet")
+    for format in ("compressed", "compressed-tensors"):
+        done = run_main(*first, "--save-format", format, "--out", format, cwd=tmp_path,
+                        capsys=capsys, monkeypatch=monkeypatch)
+        assert done.returncode == 0, done.stderr
+        again = run_main("prune", "--model", f"hf:{tmp_path / format / 'model'}",
+                         *_text(hf_folder), "--sparsity", "0.6", "--method", "wanda",
+                         "--baseline", "none", *WINDOWS, "--out", f"{format}-again", "--quiet",
+                         cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+        assert again.returncode == 0, again.stderr
+        report = json.loads((tmp_path / f"{format}-again" / "report.json").read_text())
+        assert report["runs"][0]["report"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_dtype_and_revision_reach_the_model(hf_folder, tmp_path, capsys, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    done = run_main("prune", "--model", f"hf:{hf_folder / 'llama'}", *_text(hf_folder),
+                    "--sparsity", "0.5", "--method", "wanda", "--baseline", "none", *WINDOWS,
+                    "--dtype", "bfloat16", "--out", "run", "--quiet", cwd=tmp_path,
+                    capsys=capsys, monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model", dtype="auto")
+    assert model.dtype == torch.bfloat16
+    assert 'dtype = "bfloat16"' in (tmp_path / "run" / "recipe.toml").read_text()
+    bad = run_main("prune", "--model", "mynet:build", "--calibration", "mynet:data",
+                   "--sparsity", "0.5", "--revision", "v1", "--out", "x", cwd=tmp_path,
+                   capsys=capsys, monkeypatch=monkeypatch)
+    assert_one_line_error(bad, "--revision applies to --model hf:NAME_OR_DIR only")

@@ -21,7 +21,8 @@ def _loaded(code: str) -> list[str]:
 def test_help_and_bad_flags_import_no_torch():
     code = ("from l0prune.cli import main\n"
             "for argv in (['--help'], ['prune', '--help'], ['solve', '--help'], ['bench', "
-            "'--help'], ['prune', '--spasity', '0.5']):\n"
+            "'--help'], ['convert', '--help'], ['prune', '--spasity', '0.5'], ['convert', 'a', "
+            "'b']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass")
     assert _loaded(code) == []
 

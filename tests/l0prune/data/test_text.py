@@ -48,6 +48,14 @@ def test_consecutive_windows_tile_the_text_from_the_start():
     assert torch.equal(torch.cat([b["input_ids"] for b in batches]).reshape(-1), IDS[:900])
 
 
+@pytest.mark.parametrize("draw", ["random", "consecutive"])
+def test_windows_carry_their_attention_mask(draw):
+    batches = text_batches(Characters(), TEXT, nsamples=3, seqlen=50, draw=draw, batch_size=2)
+    for batch in batches:
+        assert sorted(batch) == ["attention_mask", "input_ids"]
+        assert torch.equal(batch["attention_mask"], torch.ones_like(batch["input_ids"]))
+
+
 def test_a_window_may_be_the_whole_text_but_not_longer():
     assert text_batches(Characters(), TEXT, nsamples=2, seqlen=1000)[0]["input_ids"].shape == (
         1, 1000)

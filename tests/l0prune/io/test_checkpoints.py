@@ -97,7 +97,8 @@ def test_compressed_and_dense_sizes(tmp_path):
 
 def test_bad_calls_write_nothing(tmp_path):
     model = _pruned("llama", hidden=32, sparsity=0.5)
-    with pytest.raises(ValueError, match="format must be one of dense, compressed, got 'zip'"):
+    with pytest.raises(ValueError, match="format must be one of dense, compressed, "
+                                         "compressed-tensors, got 'zip'"):
         l0prune.save_pretrained(model, tmp_path / "a", format="zip")
     with pytest.raises(ValueError, match="Hugging Face model .* got Linear; .* l0prune.export"):
         l0prune.save_pretrained(nn.Linear(2, 2), tmp_path / "b")
@@ -119,6 +120,72 @@ def test_compressed_weights_outside_the_folder_are_refused(tmp_path, weights):
     config = json.loads((folder / "config.json").read_text())
     config["sparsity_config"]["weights"] = weights
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=f"config.json: sparsity_config.weights must be a path "
-                                         f"inside .*model, got '{weights}'"):
+    with pytest.raises(ValueError, match=f"sparsity_config.weights must be a path inside "
+                                         f".*model, got '{weights}'"):
         l0prune.load_pretrained(folder)
+
+
+def test_a_weight_dropped_from_a_compressed_folder_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    l0prune.save_pretrained(_pruned("gpt2", hidden=32, sparsity=0.5), tmp_path,
+                            format="compressed")
+    path = tmp_path / WEIGHTS_NAME
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(str(path))
+    layouts = json.loads(metadata["layouts"])
+    name = "transformer.h.1.attn.c_proj.weight"
+    for key in [k for k in tensors if k == name or k.startswith(f"{name}.")]:
+        del tensors[key]
+    del layouts[name]
+    save_file(tensors, str(path), metadata={**metadata, "layouts": json.dumps(layouts)})
+    with pytest.raises(ValueError, match=f"lack '{name}' .* refused rather than initialised"):
+        l0prune.load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("format", ["dense", "compressed"])
+def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(tmp_path, format):
+    l0prune.save_pretrained(_pruned("gpt2", hidden=32, sparsity=0.5), tmp_path, format=format)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_layer"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="lack 'transformer.h.2.ln_1.weight' \\(12 of the "
+                                         "model's tensors are missing\\)"):
+        l0prune.load_pretrained(tmp_path)
+
+
+def test_weights_of_another_shape_than_the_config_gives_are_refused(tmp_path):
+    l0prune.save_pretrained(_pruned("gpt2", hidden=32, sparsity=0.5), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_embd"] = 16
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not have the shapes config.json gives them"):
+        l0prune.load_pretrained(tmp_path)
+
+
+def test_keyword_arguments_reach_from_pretrained(tmp_path):
+    model = _pruned("llama", hidden=32, sparsity=0.5)
+    reference = l0prune.model.masks.permanent_state_dict(model)
+    for format in ("dense", "compressed", "compressed-tensors"):
+        l0prune.save_pretrained(model, tmp_path / format, format=format)
+        back = l0prune.load_pretrained(tmp_path / format, dtype=torch.bfloat16)
+        assert back.dtype == torch.bfloat16, format
+        weight = "model.layers.0.mlp.up_proj.weight"
+        assert torch.equal(back.state_dict()[weight], reference[weight].to(torch.bfloat16))
+
+
+def test_the_recipe_is_written_with_the_folder(tmp_path):
+    model = _pruned("llama", hidden=32, sparsity=0.5)
+    config = l0prune.PruneConfig(sparsity=0.5, method="obs")
+    l0prune.save_pretrained(model, tmp_path, recipe=config)
+    assert l0prune.PruneConfig.from_toml((tmp_path / "recipe.toml").read_text()) == config
+    l0prune.save_pretrained(model, tmp_path / "from-dict", recipe=config.to_dict())
+    assert (tmp_path / "from-dict" / "recipe.toml").read_text() == config.to_toml()
+    with pytest.raises(ValueError, match="recipe must be a PruneConfig, its dict .* got list"):
+        l0prune.save_pretrained(model, tmp_path / "x", recipe=["sparsity"])
+    with pytest.raises(ValueError, match="max_shard_size applies to the dense and "
+                                         "compressed-tensors formats"):
+        l0prune.save_pretrained(model, tmp_path / "x", format="compressed", max_shard_size=10)
+    assert not (tmp_path / "x").exists()

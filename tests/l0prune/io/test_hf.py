@@ -50,3 +50,55 @@ def test_a_folder_without_tokenizer_files_has_no_tokenizer(tmp_path):
     tiny_hf.save("llama", tmp_path)
     with pytest.raises(ValueError, match="has no tokenizer"):
         hf.load_tokenizer(str(tmp_path))
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline Hugging Face cache under ``tmp_path``; ``add(name, save)`` puts a model in
+    it (``save(folder)`` writes the snapshot) and returns the snapshot folder."""
+    import huggingface_hub.constants
+
+    root = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def add(name, save):
+        repo = root / f"models--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        snapshot = repo / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        save(snapshot)
+        return snapshot
+
+    return add
+
+
+@pytest.mark.parametrize("format", ["compressed", "compressed-tensors"])
+def test_a_compressed_hub_model_is_read_from_its_snapshot(hub_cache, format):
+    import torch
+
+    import l0prune
+
+    model = tiny_hf.model("llama")
+    l0prune.prune(model, [{"input_ids": torch.arange(16).reshape(1, 16)}], sparsity=0.5,
+                  method="magnitude", progress=False)
+    hub_cache("org/tiny", lambda folder: l0prune.save_pretrained(model, folder, format=format))
+    back = hf.load_model("org/tiny")
+    reference = l0prune.model.masks.permanent_state_dict(model)
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_a_hub_model_lacking_a_tensor_is_refused(hub_cache):
+    def save(folder):
+        config = tiny_hf.config("gpt2")
+        config.n_layer = 1
+        transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+        config.n_layer = 2
+        config.save_pretrained(folder)
+
+    hub_cache("org/short", save)
+    with pytest.raises(ValueError, match="'org/short': its weights lack "
+                                         "'transformer.h.1.ln_1.weight'"):
+        hf.load_model("org/short")

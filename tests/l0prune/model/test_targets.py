@@ -121,7 +121,7 @@ def test_patterns_match_whole_names():
         (None, "nope", "ignore pattern 'nope' matches no module"),
         ("3", "3", "no layer to prune"),
         ("[", None, "not a valid regex"),
-        (3, None, "regex string"),
+        (3, None, "a regex, a .re:. regex or a class name, or a list of them, got int"),
     ],
 )
 def test_selection_errors(targets, ignore, message):
@@ -184,3 +184,29 @@ def test_a_nan_weight_is_refused_naming_the_layer():
     with pytest.raises(ValueError, match="target '2' has 2 NaN or Inf values in its weight"):
         select_targets(model, ["0", "2", "4"])
     assert [t.name for t in select_targets(model, ["0", "2", "4"], ignore="2")] == ["0"]
+
+
+def test_class_names_and_re_prefixed_regexes_select_as_llm_compressor_does(caplog):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1), nn.Linear(4, 2))
+    executed = ["0", "1", "2"]
+    assert [t.name for t in select_targets(model, executed, ["Linear"])] == ["0", "2"]
+    assert [t.name for t in select_targets(model, executed, "Module", ignore="Conv1d")] == [
+        "0", "2"]
+    assert [t.name for t in select_targets(model, executed, "re:[01]")] == ["0", "1"]
+    # re: matches from the start of the name, as re.match does
+    named = nn.ModuleDict({"mlp": nn.Linear(2, 2), "head": nn.Linear(2, 2)})
+    with caplog.at_level("INFO", logger="l0prune.targets"):
+        chosen = select_targets(named, ["mlp", "head"], "re:.*", ignore=["re:.*hea"])
+    assert [t.name for t in chosen] == ["mlp"]
+    assert caplog.messages == ["targets 're:.*' selects mlp, head",
+                               "ignore 're:.*hea' selects head"]
+
+
+def test_a_pattern_that_selects_nothing_says_what_patterns_are():
+    with pytest.raises(ValueError, match=r"targets pattern 'Linearr' matches no module name or "
+                                         r"class .* 're:' and a regex .* a class name such as "
+                                         r"'Linear'\); its prunable layers are named like "
+                                         r"\['0', '3', '5'\] and of class Conv2d, Linear"):
+        select_targets(_model(), ["0", "3", "5", "7"], "Linearr")
+    with pytest.raises(ValueError, match="'re:\\(' is not a valid regex"):
+        select_targets(_model(), ["0", "3", "5", "7"], "re:(")

@@ -16,10 +16,12 @@ from l0prune.pipeline import threads
 def test_the_cap_follows_affinity():
     code = (
         "import os, torch; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
-        "torch.set_num_threads(8); from l0prune.pipeline import threads; "
+        "torch.set_num_threads(os.cpu_count()); from l0prune.pipeline import threads; "
         "print(threads.available_cpus(), threads.default_threads())"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )  # torch's count as on a machine where it sees every core, the process held to one
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
     assert out == ["1", "1"]
@@ -77,3 +79,37 @@ def test_thread_bench_table_ratios_are_against_one_thread_in_the_same_load():
     lines = table(rows).splitlines()
     assert lines[3] == "| none | l0prune default | 2 | 1.00 | 0.50 |"
     assert lines[5] == "| busy loop | l0prune default | 1 | 4.40 | 1.10 |"
+
+
+def test_a_count_the_user_set_is_kept(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "idle_cpus", lambda: 1)  # a busy machine
+    monkeypatch.setattr(threads, "torch_default_counts", lambda: {4, 8})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)  # one torch picks itself: capped by the idle CPUs
+        assert not threads.set_by_user() and threads.default_threads() == 1
+        torch.set_num_threads(2)  # the user's: kept
+        assert threads.set_by_user() and threads.default_threads() == 2
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        data = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
+        report = l0prune.prune(model, data, sparsity=0.5, method="wanda", progress=False)
+        assert report.threads == 2
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # set through the environment: the user's
+        assert threads.set_by_user() and threads.default_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_default_counts_read_the_topology(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    for cpu, core in enumerate((0, 0, 1, 1)):  # two hyperthreads per core
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    assert threads.torch_default_counts(tmp_path) == {1, 2, 4}
+    assert threads.torch_default_counts(tmp_path / "none") == {2, 4}
