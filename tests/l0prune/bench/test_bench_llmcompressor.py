@@ -53,7 +53,7 @@ def test_dense_model_against_itself(encoder):
 def test_l0prune_row(encoder):
     folder, calibration, heldout, dense = encoder
     rows = [side.run_l0prune(folder, "obs", calibration, heldout, dense, 0.5,
-                             sequential=sequential, blockwise=blockwise)
+                             sequential=sequential, blockwise=blockwise)[0]
             for sequential, blockwise in ((True, True), (False, True), (True, False))]
     assert [r.setting for r in rows] == ["block by block, sequential",
                                          "block by block, not sequential",
@@ -87,12 +87,14 @@ def test_bench_without_llmcompressor_writes_the_l0prune_rows(encoder, tmp_path):
     out = tmp_path / "side.md"
     assert l0prune_main(["bench", "llmcompressor", "--encoder", str(folder), "--texts", "8",
                          "--heldout-texts", "4", "--max-tokens", "16", "--methods", "wanda",
-                         "--sequential", "no", "--out", str(out)]) == 0
+                         "--sequential", "no", "--workers", "1", "--out", str(out)]) == 0
     text = out.read_text()
     assert f"Encoder: the encoder in {folder}" in text and "torch threads: 1" in text
     assert "| llm-compressor | sparsegpt | sequential pipeline, batch 1 | - |" in text
     assert "skipped" in text
     assert "| l0prune | wanda | block by block, not sequential |" in text
+    assert "| l0prune | wanda | block by block, not sequential, dask workers: 1 |" in text
+    assert "weights equal in-process bit for bit |" in text
     assert "| 50.0 % |" in text and "sequential |" in text
 
 
