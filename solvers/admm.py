@@ -56,7 +56,7 @@ ADMM on this non-convex set is a heuristic, and its dual can carry it away from 
 already optimal (a diagonal ``H``): :func:`solvers.safeguard.finish` keeps the scaled-magnitude or
 the magnitude support, refitted, when either is better.
 
-Figures: ``python -m l0prune.bench solvers`` (README, "Layer solvers").
+Figures: ``l0prune bench solvers`` and ``l0prune bench admm`` (docs, "Layer solvers").
 
 References:
     Meng, Behdin, Wang, Mazumder. "ALPS: Improved Optimization for Highly Sparse One-Shot

@@ -11,7 +11,7 @@ the eigendecomposition ADMM and IHT already hold), each CG iteration also proves
 the candidate's optimum (:func:`solvers.refit.refit`, ``above=``); a candidate proven worse than
 the solver's answer is dropped at once. The decision is the one the full check would make, so
 results do not change; it saves most where a candidate is far above the solver's answer
-(``python -m l0prune.bench admm`` times the safeguard with and without it).
+(``l0prune bench admm`` times the safeguard with and without it).
 """
 
 from __future__ import annotations
