@@ -37,10 +37,9 @@ inputs and its members' outputs, one hidden width each for the four groups of a 
 or LLaMA block (4 in all, against 2 for the cached streams). They are taken in one pass when
 they fit :data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive
 groups that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``).
-Where
-the model is (the CPU): the model, with its pruned weights in place (the results refer to
-them, no second copy), boolean masks until they are attached, and the rollback's copies of the
-blocks changed so far, or of one block when they go to disk
+Where the model is (the CPU): the model, with its pruned weights in place (the results refer
+to them, no second copy), the masks as bits (1/32 of a float32 weight), and the rollback's
+copies of the blocks changed so far, or of one block when they go to disk
 (:class:`~l0prune.model.rollback.Rollback` with a folder).
 
 Targets outside the stack run after it (a pooler, a projection after the last block): they are
@@ -306,8 +305,8 @@ class BlockPruner:
 
         Returns:
             A :class:`~l0prune.pipeline.layerwise.LayerResult` per target name, in the order the
-            layers run; each ``weight`` is the layer's own ``weight_orig`` (not a copy), each
-            mask on the model's device.
+            layers run; each ``weight`` is the layer's own (not a copy), each mask's bits on
+            the model's device.
         """
         self.last_budgets = dict(budgets)
         results = self._sweep(budgets, self.checkpoint, None)
@@ -506,7 +505,7 @@ class BlockPruner:
         pruned model; masks where the model is."""
         modules = {t.name: t.module for t in self.targets}
         return {
-            name: dataclasses.replace(r, weight=modules[name].weight, mask=r.mask.to(self.home))
+            name: dataclasses.replace(r, weight=modules[name].weight, bits=r.bits.to(self.home))
             for name, r in done.items()
         }
 

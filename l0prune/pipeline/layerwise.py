@@ -24,6 +24,7 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -203,7 +204,8 @@ class LayerPruner:
             budgets: a sized budget per target name (for one problem of the layer).
 
         Returns:
-            A :class:`LayerResult` per target name, in the order the layers run.
+            A :class:`LayerResult` per target name, in the order the layers run; each
+            ``weight`` is the layer's own (not a copy).
         """
         results: dict[str, LayerResult] = {}
         plan = [[group] for group in self.groups] if self.sequential else [self.groups]
@@ -231,6 +233,7 @@ class LayerPruner:
         for target in self.targets:
             result = results[target.name]
             attach(target.module, result.weight, result.mask)
+            results[target.name] = dataclasses.replace(result, weight=target.module.weight)
         return results
 
     def curve_basis(self) -> dict[str, Moments]:
@@ -305,14 +308,5 @@ class LayerPruner:
 
 
 def _result(target: Target, solution: TargetSolution) -> LayerResult:
-    mask = target.unmatrix(solution.mask)
-    return LayerResult(
-        name=target.name,
-        shape=target.weight_shape,
-        kept=int(mask.sum()),
-        total=target.total,
-        relative_error=solution.relative_error,
-        seconds=solution.seconds,
-        weight=target.unmatrix(solution.weight),
-        mask=mask,
-    )
+    return LayerResult.of(target.name, solution.relative_error, solution.seconds,
+                          target.unmatrix(solution.weight), target.unmatrix(solution.mask))

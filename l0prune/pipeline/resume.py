@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from l0prune.model.masks import pack
 from l0prune.model.targets import Target
 
 from .interface import LayerResult
@@ -141,7 +142,7 @@ class Checkpoint:
         >>> import tempfile
         >>> from torch import nn
         >>> target = Target("fc", nn.Linear(2, 2))
-        >>> result = LayerResult("fc", (2, 2), 2, 4, 0.1, 0.0, torch.eye(2), torch.eye(2) > 0)
+        >>> result = LayerResult.of("fc", 0.1, 0.0, torch.eye(2), torch.eye(2) > 0)
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     Checkpoint(folder, resume=False).start({"method": "obs"})
         ...     Checkpoint(folder, resume=False).save(0, [result], "dense")
@@ -249,7 +250,7 @@ class Checkpoint:
             f["name"]: LayerResult(
                 name=f["name"], shape=shapes[f["name"]], kept=f["kept"], total=f["total"],
                 relative_error=f["relative_error"], seconds=f["seconds"],
-                weight=tensors[f"{f['name']}.weight"], mask=tensors[f"{f['name']}.mask"],
+                weight=tensors[f"{f['name']}.weight"], bits=pack(tensors[f"{f['name']}.mask"]),
             )
             for f in json.loads(metadata["results"])
         }

@@ -72,5 +72,5 @@ def test_prune_runs_a_registered_method():
                            sequential=False, progress=False)
     assert report.method == "test_halve"
     for t in targets:
-        kept = t.module.weight_mask.bool()
+        kept = l0prune.mask_of(t.module)
         assert torch.equal(t.module.weight.detach()[kept], dense[t.name][kept] / 2)
