@@ -144,16 +144,18 @@ class LayerPruner:
         A problem caches its scaled form and eigendecomposition (and, from paired statistics,
         its sequential target solve), so every budget tried on the same statistics (an
         allocation's error curve, a search's trials) reuses them. One entry per target: new
-        statistics replace it.
+        statistics replace it, and it goes as soon as its statistics are freed (block by
+        block, once its group is solved), so no stale problem holds memory.
         """
         cached = self._cache.get(target.name)
         if cached is not None and cached[0]() is moments:
             return cached[1]
+        self._cache.pop(target.name, None)  # before the new problems are built
         W = self._dense_matrix(target)
         problems = target_problems(W, moments.H, moments.dense_cross(W), moments.energy,
                                    check_psd=False)  # H = X^T X, summed here
-        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
-        self._cache[target.name] = (weakref.ref(moments), problems)
+        freed = partial(_forget, self._cache, target.name)
+        self._cache[target.name] = (weakref.ref(moments, freed), problems)
         return problems
 
     def solve(self, target: Target, budget: Budget, moments: Moments) -> LayerResult:
@@ -305,6 +307,12 @@ class LayerPruner:
             for (target, _), fam, found, solutions in zip(layers, families, counts, solved,
                                                          strict=True)
         ]
+
+
+def _forget(cache: dict, name: str, ref: weakref.ref) -> None:
+    """Drop ``cache[name]`` if it still holds the problems of the statistics behind ``ref``."""
+    if name in cache and cache[name][0] is ref:
+        del cache[name]
 
 
 def _result(target: Target, solution: TargetSolution) -> LayerResult:

@@ -234,3 +234,16 @@ def test_safetensors_of_the_state_dict_loads_into_a_fresh_model(tmp_path):
     fresh = tiny_hf.model("llama", seed=1)
     fresh.load_state_dict(load_file(tmp_path / "model.safetensors"))
     assert torch.equal(_outputs(fresh, ids), _outputs(model, ids))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masks_are_packed_and_unpacked_on_the_device_without_a_host_sync():
+    layer = nn.Linear(130, 64).cuda()
+    mask = torch.rand(64, 130, device="cuda") < 0.5
+    torch.cuda.set_sync_debug_mode("error")  # a host synchronisation raises
+    try:
+        attach(layer, layer.weight, mask)
+        back = mask_of(layer)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert layer._buffers[BITS].device == mask.device and torch.equal(back, mask)
