@@ -112,10 +112,10 @@ def attach(module: nn.Module, weight: torch.Tensor, mask: torch.Tensor) -> None:
         >>> layer.weight.tolist(), sorted(layer.state_dict())
         ([[1.0, 0.0], [0.0, 1.0]], ['bias', 'weight'])
     """
-    device = module.weight.device
+    mask = mask.to(module.weight.device)
     with torch.no_grad():
-        module.weight.copy_(weight * mask)
-    module.register_buffer(BITS, pack(mask.to(device)), persistent=False)
+        module.weight.copy_(weight.to(mask.device) * mask)
+    module.register_buffer(BITS, pack(mask), persistent=False)
 
 
 def forget(module: nn.Module) -> bool:
