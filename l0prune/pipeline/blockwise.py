@@ -136,10 +136,11 @@ def give_back_freed_memory() -> None:
     """Return the memory freed in the C heap to the system (glibc's ``malloc_trim``; elsewhere
     nothing).
 
-    glibc keeps freed blocks of up to 32 MiB in its heap, where they stay resident: a group's
-    statistics and its solver's temporaries would sit beside the next group's. Block by block
-    that is most of the peak above the model; given back after every group, the peak is the
-    model, one block, the activations and one layer solve.
+    glibc keeps freed blocks of up to 32 MiB in its heap, where they stay resident: the
+    temporaries of the forward passes and of earlier solves would sit beside the next solve.
+    Block by block that is most of the peak above the model; given back before every solve and
+    after every block, the peak is about the model, one block, the activations and one layer
+    solve.
 
     Example:
         >>> give_back_freed_memory()
@@ -461,7 +462,6 @@ class BlockPruner:
                               dense=None if side is None else [side])
             self._solve([group], budgets, moments, done, curves)
             del moments, side
-            give_back_freed_memory()
         if not final:
             self._advance(block, inputs, dense, pruned, done, dense_done=advanced)
         return done
@@ -516,7 +516,9 @@ class BlockPruner:
         return _moved(found, self.device)
 
     def _solve(self, groups, budgets, moments, done, curves) -> None:
-        """Solve the layers of ``groups`` together and write their weights."""
+        """Solve the layers of ``groups`` together and write their weights (the memory freed
+        since the last solve given back first: a solve is block mode's peak)."""
+        give_back_freed_memory()
         members = [t for group in groups for t in group]
         solved = self.layers.solve_all([(t, budgets[t.name], moments[t.name]) for t in members])
         if curves is not None:
