@@ -9,8 +9,11 @@
 - :class:`Finetune` configures the masked finetuning it can run;
 - :func:`export` writes the result with pruning made permanent (a dense state dict and a compact
   sparse file, read back by :func:`load_sparse`; the suffix picks safetensors or torch);
-- :func:`finalize` makes the pruning permanent in the model itself; :func:`save_pretrained` and
-  :func:`load_pretrained` write and read Hugging Face folders, dense, compressed, or in
+- a pruned model holds its pruned weights in place, so its state dict saves like the dense
+  one's; :func:`mask_of` / :func:`masks_of` give the masks kept beside them, :func:`torch_prune`
+  puts them into ``torch.nn.utils.prune``'s form for training, and :func:`finalize` makes the
+  pruning permanent in the model itself; :func:`save_pretrained` and :func:`load_pretrained`
+  write and read Hugging Face folders, dense, compressed, or in
   compressed-tensors' sparse formats;
 - :func:`text_batches` cuts tokenised text into calibration / validation windows, and
   :func:`next_token_nll` is the causal-LM loss whose ``exp`` the report gives as perplexity;
@@ -35,6 +38,8 @@ _WHERE = {
     "ExportReport": "l0prune.io.exporting", "export": "l0prune.io.exporting",
     "load_sparse": "l0prune.io.exporting",
     "finalize": "l0prune.model.finalize",
+    "mask_of": "l0prune.model.masks", "masks_of": "l0prune.model.masks",
+    "torch_prune": "l0prune.model.masks",
     "Finetune": "l0prune.pipeline.finetune", "masked_finetune": "l0prune.pipeline.finetune",
     "gradual": "l0prune.pipeline.gradual",
     "L0Report": "l0prune.pipeline.l0_training", "train_l0": "l0prune.pipeline.l0_training",
@@ -64,12 +69,15 @@ __all__ = [
     "gradual",
     "load_pretrained",
     "load_sparse",
+    "mask_of",
     "masked_finetune",
+    "masks_of",
     "next_token_nll",
     "prune",
     "save_pretrained",
     "second_moments",
     "text_batches",
+    "torch_prune",
     "train_l0",
 ]
 
@@ -95,6 +103,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and documentation too
     from .io.checkpoints import load_pretrained, save_pretrained
     from .io.exporting import ExportReport, export, load_sparse
     from .model.finalize import finalize
+    from .model.masks import mask_of, masks_of, torch_prune
     from .model.statistics import second_moments
     from .pipeline.allocation import IncompatibleBudget
     from .pipeline.finetune import Finetune, masked_finetune

@@ -70,7 +70,9 @@ def prune(
     (``prune(model, data, sparsity=0.5, method="obs")``), or both (the keywords replace the
     config's fields). Give exactly one of ``sparsity`` (a fixed target) or ``alpha`` (the
     sparsest model whose validation loss is at most ``alpha`` times the dense one), or a sized
-    ``budget`` such as ``"2:4"``. Masks are stored the ``torch.nn.utils.prune`` way.
+    ``budget`` such as ``"2:4"``. Each pruned layer holds its pruned weight in place (its state
+dict saves and loads like the dense model's), with its mask beside it as bits
+(:func:`~l0prune.mask_of`).
 
     Args:
         model: a trained torch model (changed in place).
@@ -109,8 +111,8 @@ def prune(
         >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
         >>> data = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
         >>> report = l0prune.prune(model, data, sparsity=0.5, method="wanda", progress=False)
-        >>> round(report.sparsity, 2), torch.nn.utils.prune.is_pruned(model)
-        (0.5, True)
+        >>> round(report.sparsity, 2), sorted(l0prune.masks_of(model))
+        (0.5, ['0'])
     """
     config = workflow.configured(config, settings, "prune")
     calibration, validation = batches_of(calibration), batches_of(validation)

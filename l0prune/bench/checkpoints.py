@@ -87,7 +87,7 @@ def measure(pattern: str, hidden: int, blocks: int, vocab: int, folder: Path) ->
         options["budget"] = l0prune.NM(2, 4)
     l0prune.prune(model, [window], method="magnitude", sequential=False, progress=False,
                   **options)
-    pruned = {f"{n}.weight" for n, m in model.named_modules() if hasattr(m, "weight_mask")}
+    pruned = {f"{n}.weight" for n in l0prune.masks_of(model)}
     dense, dense_save = _timed(lambda: l0prune.save_pretrained(model, folder / "dense"))
     compressed, compressed_save = _timed(
         lambda: l0prune.save_pretrained(model, folder / "compressed", format="compressed"))

@@ -76,7 +76,7 @@ class Row:
 
 
 def _sparsity(model: nn.Module) -> float:
-    masks = [m.weight_mask for m in model.modules() if hasattr(m, "weight_mask")]
+    masks = list(l0prune.masks_of(model).values())
     return 1.0 - sum(int(mask.sum()) for mask in masks) / sum(mask.numel() for mask in masks)
 
 

@@ -1,27 +1,31 @@
-"""The memory benchmark: peak memory of block-by-block pruning against the whole-model path.
+"""The memory benchmark: peak memory of block-by-block pruning against the whole-model path,
+and the pruned model's size against the dense one's.
 
-``l0prune bench memory [--blocks 8] [--hidden 1024] [--device cpu] [--threads 1] ...``
+``l0prune bench memory [--blocks 8] [--hidden 1024] [--dtype float32] [--device cpu] ...``
 
 A random-init LLaMA-style causal LM (``transformers.LlamaConfig``: ``--blocks`` blocks of hidden
-size ``--hidden``, MLP ``--intermediate``, vocabulary ``--vocab``, float32) is pruned to
+size ``--hidden``, MLP ``--intermediate``, vocabulary ``--vocab``, in ``--dtype``) is pruned to
 ``--sparsity`` with ``--method`` and sequential statistics, on ``--samples`` random token
 windows of ``--seqlen`` tokens, once block by block and once on the whole-model path. Each run
 is a fresh Python process that first prunes a tiny model the same way (so that modules and
 kernels loaded on first use are not counted), then measures its peak resident set above that
 point (Linux ``VmHWM``, restarted once the model is built so that building it does not count;
 ``ru_maxrss`` elsewhere); on a CUDA ``--device`` the peak CUDA memory
-(``torch.cuda.max_memory_allocated``) too.
+(``torch.cuda.max_memory_allocated``) too. After the run it measures the model as ``prune``
+left it: the bytes of its tensors (parameters, buffers and any tensor a module holds as an
+attribute, such as the masked ``weight`` of ``torch.nn.utils.prune``'s form) and the resident
+set above the baseline once freed memory is given back (``malloc_trim``), both against the dense
+model's bytes.
 
 The budget of the block-by-block design, in the same units:
 
-    budget = 1.2 x (pruned model + one block + cached activations + layer solve)
+    budget = 1.2 x (dense model + one block + cached activations + layer solve)
 
-- *pruned model*: the model as ``prune`` returns it: every pruned weight is stored the
-  ``torch.nn.utils.prune`` way, as ``weight_orig``, ``weight_mask`` and the masked ``weight``
-  (three tensors of the weight's size);
+- *dense model*: the model's parameters and buffers before the run (a pruned model holds its
+  weights in place, with a mask of 1/32 of a float32 weight beside each);
 - *one block*: one block's parameters (the block on the device; its rollback copy);
 - *cached activations*: the activation streams, ``streams x samples x seqlen x hidden`` values
-  (two streams with sequential statistics, one without);
+  in ``--dtype`` (two streams with sequential statistics, one without);
 - *layer solve*: what solving the widest layer (LLaMA's ``down_proj``) takes: its float64
   second moment ``H`` (``in x in``; with sequential statistics also ``G = Y_0^T X``,
   ``out x in``) and the solver's working memory, measured in the same process by
@@ -66,7 +70,8 @@ class Figures:
         mode: ``"block"`` or ``"whole"``.
         peak: peak resident set above the resident set before the model was built.
         model: the dense model's parameters and buffers.
-        pruned_model: the model as returned (pruned weights as three tensors).
+        pruned_model: the tensors of the model as ``prune`` left it (:func:`model_bytes`).
+        resident: the resident set above the baseline after the run, freed memory given back.
         block: one block's parameters.
         activations: the cached activations of block mode.
         solve: the widest layer's statistics and solver working memory.
@@ -79,6 +84,7 @@ class Figures:
     peak: int
     model: int
     pruned_model: int
+    resident: int
     block: int
     activations: int
     solve: int
@@ -88,8 +94,8 @@ class Figures:
 
     @property
     def budget(self) -> int:
-        """``1.2 x (pruned model + one block + cached activations + layer solve)``."""
-        return int(1.2 * (self.pruned_model + self.block + self.activations + self.solve))
+        """``1.2 x (dense model + one block + cached activations + layer solve)``."""
+        return int(1.2 * (self.model + self.block + self.activations + self.solve))
 
     @property
     def device_budget(self) -> int:
@@ -122,10 +128,18 @@ def _peak() -> int:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_peak() -> None:
-    """Give freed memory back to the system and restart the peak from here (Linux)."""
+def _give_back() -> None:
+    """Give freed memory in glibc's heap back to the system (Linux)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _reset_peak() -> None:
+    """Give freed memory back to the system and restart the peak from here (Linux)."""
+    _give_back()
+    try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
     except OSError:
@@ -136,7 +150,36 @@ def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _llama(blocks: int, hidden: int, intermediate: int, vocab: int, seqlen: int):
+def model_bytes(model) -> int:
+    """The bytes of every tensor ``model`` holds, each once: parameters, buffers and tensors
+    its modules keep as attributes (``torch.nn.utils.prune``'s masked ``weight`` is one).
+
+    Args:
+        model: a torch module.
+
+    Returns:
+        The bytes.
+
+    Example:
+        >>> import torch
+        >>> from torch.nn.utils import prune
+        >>> layer = torch.nn.Linear(4, 4, bias=False)
+        >>> before = model_bytes(layer)
+        >>> _ = prune.random_unstructured(layer, "weight", amount=0.5)
+        >>> before, model_bytes(layer)  # weight_orig, weight_mask and weight
+        (64, 192)
+    """
+    import torch
+
+    tensors = {}
+    for module in model.modules():
+        held = [*module._parameters.values(), *module._buffers.values(),
+                *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+        tensors.update((id(t), t) for t in held if t is not None)
+    return _bytes(tensors.values())
+
+
+def _llama(blocks: int, hidden: int, intermediate: int, vocab: int, seqlen: int, dtype: str):
     import torch
     import transformers
 
@@ -146,7 +189,7 @@ def _llama(blocks: int, hidden: int, intermediate: int, vocab: int, seqlen: int)
         num_hidden_layers=blocks, num_attention_heads=max(hidden // 64, 1),
         num_key_value_heads=max(hidden // 64, 1), max_position_embeddings=seqlen,
     )
-    return transformers.LlamaForCausalLM(config).eval()
+    return transformers.LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
 
 
 def _tokens(samples: int, seqlen: int, vocab: int):
@@ -173,7 +216,7 @@ def _layer_solve(args: argparse.Namespace, device) -> int:
     from solvers import Unstructured
 
     cols = args.intermediate
-    layer = nn.Linear(cols, args.hidden, bias=False).to(device)
+    layer = nn.Linear(cols, args.hidden, bias=False).to(device, getattr(torch, args.dtype))
     target = Target("down_proj", layer)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -233,13 +276,14 @@ def measure(args: argparse.Namespace) -> Figures:
         )
 
     with tempfile.TemporaryDirectory() as folder:
-        run(_llama(2, 64, 128, 256, 16), _tokens(2, 16, 256), folder)
+        run(_llama(2, 64, 128, 256, 16, args.dtype), _tokens(2, 16, 256), folder)
         solve = _layer_solve(args, device)
         _reset_peak()
         baseline = _resident()
-        model = _llama(args.blocks, args.hidden, args.intermediate, args.vocab, args.seqlen)
+        model = _llama(args.blocks, args.hidden, args.intermediate, args.vocab, args.seqlen,
+                       args.dtype)
         data = _tokens(args.samples, args.seqlen, args.vocab)
-        model_bytes = _bytes([*model.parameters(), *model.buffers()])
+        dense = model_bytes(model)
         block = _bytes(model.model.layers[0].parameters())
         _reset_peak()
         if device.type == "cuda":
@@ -248,12 +292,15 @@ def measure(args: argparse.Namespace) -> Figures:
         report = run(model, data, folder)
         seconds = time.perf_counter() - start
         peak = _peak() - baseline
+    _give_back()
+    resident = _resident() - baseline
     cuda = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    targets = sum(layer.total for layer in report.layers) * 4
+    itemsize = torch.empty(0, dtype=getattr(torch, args.dtype)).element_size()
     return Figures(
-        mode=args.child, peak=peak, model=model_bytes, pruned_model=model_bytes + 2 * targets,
-        block=block, activations=(2 if args.sequential else 1) * args.samples * args.seqlen
-        * args.hidden * 4, solve=solve, cuda_peak=cuda, seconds=seconds,
+        mode=args.child, peak=peak, model=dense, pruned_model=model_bytes(model),
+        resident=resident, block=block,
+        activations=(2 if args.sequential else 1) * args.samples * args.seqlen * args.hidden
+        * itemsize, solve=solve, cuda_peak=cuda, seconds=seconds,
         passes=report.calibration_passes,
     )
 
@@ -283,14 +330,14 @@ def table(rows: list[Figures], args: argparse.Namespace, command: str) -> str:
         The table with its context lines.
 
     Example:
-        >>> row = Figures("block", 600 * MiB, 400 * MiB, 500 * MiB, 50 * MiB, 8 * MiB,
-        ...               40 * MiB, None, 10.0, 1)
+        >>> row = Figures("block", 500 * MiB, 400 * MiB, 412 * MiB, 430 * MiB, 50 * MiB,
+        ...               8 * MiB, 40 * MiB, None, 10.0, 1)
         >>> args = argparse.Namespace(blocks=8, hidden=1024, intermediate=2816, vocab=8192,
         ...                           samples=8, seqlen=128, method="obs", sparsity=0.5,
         ...                           sequential=True, device="cpu", threads=1, offload=True,
-        ...                           mmap_threshold=None)
+        ...                           mmap_threshold=None, dtype="float32")
         >>> print(table([row], args, "cmd").splitlines()[8])
-        | block | 600 | 400 | 500 | 50 | 8 | 40 | 718 | 0.84 | - | 1 | 10.0 |
+        | block | 500 | 400 | 412 (1.03x) | 430 (1.07x) | 50 | 8 | 40 | 598 | 0.84 | - | 1 | 10.0 |
     """
     lines = [
         "# Memory benchmark",
@@ -298,24 +345,28 @@ def table(rows: list[Figures], args: argparse.Namespace, command: str) -> str:
         f"command: `{command}`; {args.threads or 'default'} CPU thread(s)",
         "",
         f"Random-init LLaMA-style model: {args.blocks} blocks, hidden {args.hidden}, MLP "
-        f"{args.intermediate}, vocabulary {args.vocab}, float32; {args.samples} windows of "
+        f"{args.intermediate}, vocabulary {args.vocab}, {args.dtype}; {args.samples} windows of "
         f"{args.seqlen} tokens; {args.method} at {args.sparsity:g}, "
         f"{'sequential' if args.sequential else 'parallel'} statistics, device {args.device}; "
         f"block mode's rollback copies {'on disk' if args.offload else 'in memory'}; "
         + ("glibc's adaptive mmap threshold. " if args.mmap_threshold is None else
            f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}. ") +
-        "MiB; peak: resident memory above the process before the model was built; budget = "
-        "1.2 x (pruned model + one block + activations + layer solve).",
+        "MiB; peak: resident memory above the process before the model was built; pruned "
+        "model: its tensors after the run, and the resident set then (freed memory given "
+        "back), each x the dense model; budget = 1.2 x (dense model + one block + activations "
+        "+ layer solve).",
         "",
-        "| mode | peak RSS | model | pruned model | one block | activations | layer solve | "
-        "budget | peak / budget | peak CUDA | passes | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | peak RSS | dense model | pruned model | resident after | one block | "
+        "activations | layer solve | budget | peak / budget | peak CUDA | passes | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         cuda = "-" if row.cuda_peak is None else f"{row.cuda_peak / MiB:.0f}"
         lines.append(
             f"| {row.mode} | {row.peak / MiB:.0f} | {row.model / MiB:.0f} | "
-            f"{row.pruned_model / MiB:.0f} | {row.block / MiB:.0f} | "
+            f"{row.pruned_model / MiB:.0f} ({row.pruned_model / row.model:.2f}x) | "
+            f"{row.resident / MiB:.0f} ({row.resident / row.model:.2f}x) | "
+            f"{row.block / MiB:.0f} | "
             f"{row.activations / MiB:.0f} | {row.solve / MiB:.0f} | "
             f"{row.budget / MiB:.0f} | {row.peak / row.budget:.2f} | {cuda} | {row.passes} | "
             f"{row.seconds:.1f} |"
@@ -347,6 +398,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="sequential statistics (default) or --no-sequential")
     parser.add_argument("--offload", action=argparse.BooleanOptionalAction, default=True,
                         help="block mode's rollback copies on disk (default) or in memory")
+    parser.add_argument("--dtype", default="float32",
+                        choices=("float32", "bfloat16", "float16"),
+                        help="the model's dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
                         help="run both with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (allocations "

@@ -83,7 +83,7 @@ def _run_one(workflow: str, dense: nn.Module, data: DigitsData, epochs: int, *,
 
 
 def _sparsity(model: nn.Module) -> float:
-    masks = [m.weight_mask for m in model.modules() if hasattr(m, "weight_mask")]
+    masks = list(l0prune.masks_of(model).values())
     return 1.0 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
 
 

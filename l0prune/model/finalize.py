@@ -1,11 +1,12 @@
-"""Making pruning permanent in a model: plain ``weight`` parameters with the zeros in them.
+"""Making pruning permanent in a model: plain weights with the zeros in them, no masks kept.
 
-After :func:`l0prune.prune` every pruned tensor is the ``torch.nn.utils.prune`` triple
-``weight_orig`` / ``weight_mask`` / forward pre-hook, which tools that read ``state_dict()``
-(Hugging Face ``save_pretrained``, ``torch.save``, serving stacks) do not understand: they see
-extra keys and no ``weight``. :func:`finalize` folds each mask into its tensor,
-``weight = weight_orig * weight_mask``, and removes the rest, so the model is an ordinary model
-again whose state dict has the dense model's keys.
+After :func:`l0prune.prune` every pruned layer already holds its pruned weight in its plain
+``weight`` parameter, so its state dict saves and loads like the dense model's; the masks sit
+beside the weights as bits (:mod:`l0prune.model.masks`), which masked finetuning needs to keep
+the zeros. :func:`finalize` drops them, and folds any mask in ``torch.nn.utils.prune``'s form
+(``weight_orig`` / ``weight_mask`` / forward pre-hook, from :func:`l0prune.torch_prune` or torch's
+own pruning functions) into its tensor, ``weight = weight_orig * weight_mask``: the model is an
+ordinary model again.
 """
 
 from __future__ import annotations
@@ -13,28 +14,32 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import prune
 
+from .masks import forget
+
 __all__ = ["finalize"]
 
 
 def finalize(model: nn.Module) -> list[str]:
-    """Remove the pruning re-parametrisation from every module of ``model``, keeping the zeros.
+    """Make the pruning of every module of ``model`` permanent, keeping the zeros.
 
-    Each pruned tensor keeps its parameter object (``weight_orig`` becomes ``weight`` again, with
-    the masked values), so optimizers and tied weights that hold it stay valid. Afterwards
-    ``prune.is_pruned(model)`` is False and masked finetuning can no longer hold the zeros.
+    Each pruned tensor keeps its parameter object (in ``torch.nn.utils.prune``'s form,
+    ``weight_orig`` becomes ``weight`` again, with the masked values), so optimizers and tied
+    weights that hold it stay valid. Afterwards no mask is left: masked finetuning can no
+    longer hold the zeros, and the model can be pruned again.
 
     Args:
-        model: a model pruned the ``torch.nn.utils.prune`` way (or not: then nothing changes).
+        model: a model pruned by l0prune or the ``torch.nn.utils.prune`` way (or not: then
+            nothing changes).
 
     Returns:
         The full names of the tensors made permanent (``"fc1.weight"``), in module order.
 
     Example:
         >>> import torch
-        >>> from l0prune.model.masks import attach
+        >>> from l0prune.model.masks import attach, is_masked
         >>> model = nn.Sequential(nn.Linear(2, 2))
         >>> attach(model[0], torch.ones(2, 2), torch.eye(2))
-        >>> finalize(model), prune.is_pruned(model), sorted(model.state_dict())
+        >>> finalize(model), is_masked(model[0]), sorted(model.state_dict())
         (['0.weight'], False, ['0.bias', '0.weight'])
         >>> model[0].weight.sum().item()
         2.0
@@ -47,8 +52,10 @@ def finalize(model: nn.Module) -> list[str]:
             hook for hook in module._forward_pre_hooks.values()
             if isinstance(hook, prune.BasePruningMethod)
         ]
-        for hook in hooks:
-            name = hook._tensor_name
+        names = [hook._tensor_name for hook in hooks]
+        for name in names:
             prune.remove(module, name)
-            done.append(f"{prefix}.{name}" if prefix else name)
+        if forget(module) and "weight" not in names:
+            names.append("weight")
+        done += [f"{prefix}.{name}" if prefix else name for name in names]
     return done

@@ -1,10 +1,11 @@
 """A model's state, captured so that a run can put it back exactly.
 
-A run changes a model in place: weights are rewritten, masks attached, parameters and buffers
-finetuned, the model moved between devices and switched between train and eval mode. A
-:class:`Snapshot` records every module's parameter and buffer objects (and their values), its
+A run changes a model in place: weights are rewritten, masks attached (as buffers), parameters
+and buffers finetuned, the model moved between devices and switched between train and eval mode.
+A :class:`Snapshot` records every module's parameter and buffer objects (and their values), its
 hooks and its mode, and :meth:`Snapshot.restore` puts all of it back: the same tensor objects,
-the same values, on the same devices, with any pruning re-parametrization undone. The search uses
+the same values, on the same devices, without the buffers and hooks added since (masks, any
+pruning re-parametrization). The search uses
 it to start each trial from the dense model; a failed run uses it to leave the model untouched.
 A run on another device captures the model where it is (the copy stays there, off the run's
 device), then moves it with :func:`move`, which keeps every tensor object, so the snapshot still
@@ -52,6 +53,7 @@ class _ModuleState:
     def __init__(self, module: nn.Module):
         self.params = list(module._parameters.items())
         self.buffers = list(module._buffers.items())
+        self.non_persistent = set(module._non_persistent_buffers_set)
         self.pre_hooks = set(module._forward_pre_hooks)
         self.hooks = set(module._forward_hooks)
         self.attributes = set(module.__dict__)
@@ -132,6 +134,8 @@ class Snapshot:
             module._parameters.update(state.params)
             module._buffers.clear()
             module._buffers.update(state.buffers)
+            module._non_persistent_buffers_set.clear()
+            module._non_persistent_buffers_set.update(state.non_persistent)
             module.training = state.training
         for tensor, saved, requires_grad, grad in self.values.values():
             put_back(tensor, saved, requires_grad, grad, devices=devices)

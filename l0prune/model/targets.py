@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .masks import is_masked
+
 __all__ = ["Selector", "Target", "check_finite", "check_unshared", "layer_types",
            "prunable_layers", "select_targets", "targets_by_name"]
 
@@ -389,6 +391,11 @@ def _check_weights(targets: list[Target]) -> None:
             raise ValueError(
                 f"target {t.name!r} is already pruned (it has weight_orig / weight_mask); call "
                 f"torch.nn.utils.prune.remove(module, 'weight') on it first"
+            )
+        if is_masked(t.module):
+            raise ValueError(
+                f"target {t.name!r} is already pruned (it holds a mask from an earlier run); "
+                f"call l0prune.finalize(model) first to keep its zeros as plain weights"
             )
         if parametrize.is_parametrized(t.module, "weight"):
             raise ValueError(f"target {t.name!r} has a parametrized weight; remove it first")

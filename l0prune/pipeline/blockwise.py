@@ -43,10 +43,9 @@ inputs and its members' outputs, one hidden width each for the four groups of a 
 or LLaMA block (4 in all, against 2 for the cached streams). They are taken in one pass when
 they fit :data:`DENSE_ROW_WIDTHS` (8) stream widths per position, else in runs of consecutive
 groups that do (:func:`dense_runs`; one dense pass per run, and one more to advance ``X_0``).
-Where
-the model is (the CPU): the model, with its pruned weights in place (the results refer to
-them, no second copy), boolean masks until they are attached, and the rollback's copies of the
-blocks changed so far, or of one block when they go to disk
+Where the model is (the CPU): the model, with its pruned weights in place (the results refer
+to them, no second copy), the masks as bits (1/32 of a float32 weight), and the rollback's
+copies of the blocks changed so far, or of one block when they go to disk
 (:class:`~l0prune.model.rollback.Rollback` with a folder).
 
 A method that reads no statistics (magnitude) runs no pass at all: each block visits the
@@ -67,10 +66,11 @@ them back by one more sweep over the blocks at that trial's budgets, from the ca
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import nn
@@ -99,7 +99,8 @@ from .layerwise import LayerPruner
 from .progress import note, progress
 from .resume import Checkpoint, weights_digest
 
-__all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "outside_problem"]
+__all__ = ["DENSE_ROW_WIDTHS", "BlockPruner", "dense_runs", "give_back_freed_memory",
+           "outside_problem"]
 
 
 def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discovery) -> str | None:
@@ -132,6 +133,32 @@ def outside_problem(stack: Stack, targets: Sequence[Target], discovery: Discover
         if stack.index(t.module) is None and position[t.name] < end:
             return f"target {t.name!r} runs before the last block of {stack.name!r}"
     return None
+
+
+@cache
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc's Linux
+        return None
+
+
+def give_back_freed_memory() -> None:
+    """Return the memory freed in the C heap to the system (glibc's ``malloc_trim``; elsewhere
+    nothing).
+
+    glibc keeps freed blocks of up to 32 MiB in its heap, where they stay resident: the
+    temporaries of the forward passes and of earlier solves would sit beside the next solve.
+    Block by block that is most of the peak above the model; given back before every solve and
+    after every block, the peak is about the model, one block, the activations and one layer
+    solve.
+
+    Example:
+        >>> give_back_freed_memory()
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 #: The dense sides of a block's input groups are captured in one dense pass when they take at
@@ -319,8 +346,8 @@ class BlockPruner:
 
         Returns:
             A :class:`~l0prune.pipeline.layerwise.LayerResult` per target name, in the order the
-            layers run; each ``weight`` is the layer's own ``weight_orig`` (not a copy), each
-            mask on the model's device.
+            layers run; each ``weight`` is the layer's own (not a copy), each mask's bits on
+            the model's device.
         """
         self.last_budgets = dict(budgets)
         results = self._sweep(budgets, self.checkpoint, None)
@@ -433,6 +460,7 @@ class BlockPruner:
                     results.update(self._in_place(done))
                 move(block, self.home)
                 self.rollback.release(block)
+                give_back_freed_memory()
                 bar.update()
             results.update(self._finish(pending, checkpoint))
         del dense, pruned
@@ -582,7 +610,9 @@ class BlockPruner:
         return finish
 
     def _solve(self, groups, budgets, moments, done, curves) -> None:
-        """Solve the layers of ``groups`` together and write their weights."""
+        """Solve the layers of ``groups`` together and write their weights (the memory freed
+        since the last solve given back first: a solve is block mode's peak)."""
+        give_back_freed_memory()
         members = [t for group in groups for t in group]
         solved = self.layers.solve_all([(t, budgets[t.name], moments[t.name]) for t in members])
         if curves is not None:
@@ -600,7 +630,7 @@ class BlockPruner:
         pruned model; masks where the model is."""
         modules = {t.name: t.module for t in self.targets}
         return {
-            name: dataclasses.replace(r, weight=modules[name].weight, mask=r.mask.to(self.home))
+            name: dataclasses.replace(r, weight=modules[name].weight, bits=r.bits.to(self.home))
             for name, r in done.items()
         }
 

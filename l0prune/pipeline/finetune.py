@@ -1,8 +1,10 @@
 """Masked finetuning: train a pruned model with its masks fixed.
 
-Pruned layers compute ``weight = weight_orig * weight_mask`` before every forward (see
-:mod:`l0prune.model.masks`), so the gradient of ``weight_orig`` is zero off the mask and the pruned
-weights stay exactly zero whatever the optimizer does; the masks are buffers, never trained.
+For the duration of the training every pruned layer is in ``torch.nn.utils.prune``'s form
+(:func:`~l0prune.model.masks.reparametrized`): it computes ``weight = weight_orig * weight_mask``
+before every forward, so the gradient of ``weight_orig`` is zero off the mask and the pruned
+weights stay exactly zero whatever the optimizer does; the masks are buffers, never trained. At
+the end each layer holds its pruned weight in place again, the mask as bits beside it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from l0prune.data.batches import LossFn, check_data, forward, to_device, unchanged_generators
-from l0prune.model.masks import refresh
+from l0prune.model.masks import refresh, reparametrized
 
 __all__ = ["Finetune", "FinetuneResult", "masked_finetune"]
 
@@ -146,39 +148,40 @@ def masked_finetune(
         params, lr=config.lr, weight_decay=config.weight_decay
     )
     checkpoints = validate is not None and config.keep_best
-    model.eval()
-    before = best = validate() if validate is not None else None
-    best_state = _state(model) if checkpoints else None
     steps = passes = best_pass = 0
     done = False
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), unchanged_generators(batches):
-        torch.manual_seed(seed)
-        try:
-            while not done:
-                model.train()
-                for batch in batches:
-                    _step(model, optimizer, loss_fn, batch, device, steps, config.lr)
-                    steps += 1
-                    if steps == config.steps:
-                        break
-                passes += 1
+    with reparametrized(model):
+        model.eval()
+        before = best = validate() if validate is not None else None
+        best_state = _state(model) if checkpoints else None
+        with torch.random.fork_rng(devices=cuda), unchanged_generators(batches):
+            torch.manual_seed(seed)
+            try:
+                while not done:
+                    model.train()
+                    for batch in batches:
+                        _step(model, optimizer, loss_fn, batch, device, steps, config.lr)
+                        steps += 1
+                        if steps == config.steps:
+                            break
+                    passes += 1
+                    model.eval()
+                    if checkpoints:
+                        loss = validate()
+                        if loss < best:
+                            best, best_state, best_pass = loss, _state(model), passes
+                    if config.steps is not None:
+                        done = steps == config.steps
+                    else:
+                        done = passes == (config.epochs or 1)
+            finally:
+                optimizer.zero_grad(set_to_none=True)
                 model.eval()
-                if checkpoints:
-                    loss = validate()
-                    if loss < best:
-                        best, best_state, best_pass = loss, _state(model), passes
-                if config.steps is not None:
-                    done = steps == config.steps
-                else:
-                    done = passes == (config.epochs or 1)
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-            model.eval()
-    if checkpoints:
-        model.load_state_dict(best_state)
-    for module in model.modules():
-        refresh(module)
+        if checkpoints:
+            model.load_state_dict(best_state)
+        for module in model.modules():
+            refresh(module)
     loss = best if checkpoints else (validate() if validate is not None else None)
     return FinetuneResult(steps, before, loss, best_pass if checkpoints else passes)
 

@@ -33,7 +33,6 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from l0prune import validate
 from l0prune.config import PruneConfig
@@ -41,6 +40,7 @@ from l0prune.data.batches import LossFn, cross_entropy, mean_loss
 from l0prune.data.hf_datasets import batches_of
 from l0prune.data.regroup import regrouped
 from l0prune.model.input_check import explained
+from l0prune.model.masks import mask_of
 from l0prune.model.snapshot import Snapshot
 from l0prune.model.targets import Target
 from l0prune.report import LayerReport, PruneReport, Trial
@@ -225,14 +225,12 @@ class _Gradual:
         self.snapshot.restore(devices=False)
         self.model.eval()
         if self.best is not None:
-            for t in self.targets:
-                torch_prune.identity(t.module, "weight")
             self.best.put_back(self.model)
         self.last = self.best
 
     def step(self, target: float, stage: str) -> bool:
         """Prune every target to ``target`` from the current weights, finetune, evaluate."""
-        allowed = self._make_permanent()
+        allowed = self._masks()
         pruner = LayerPruner(self.model, self.statistics_data, self.targets, self.discovery,
                              Snapshot(self.model), self.config, device=self.device)
         results = pruner.run({t.name: self._budget(t, target, allowed[t.name])
@@ -264,15 +262,13 @@ class _Gradual:
         self.bar.update()
         return met
 
-    def _make_permanent(self) -> dict[str, torch.Tensor | None]:
-        """Each target's current mask (``None`` if dense), then its masked weight made its
-        weight (``torch.nn.utils.prune.remove``, which keeps the parameter object)."""
+    def _masks(self) -> dict[str, torch.Tensor | None]:
+        """Each target's current mask as a matrix (``None`` if dense): the support a step
+        may keep. Its weights, zeros in place, are the step's dense weights."""
         allowed = {}
         for t in self.targets:
-            mask = getattr(t.module, "weight_mask", None)
-            allowed[t.name] = None if mask is None else t.matrix(mask.bool())[0]
-            if mask is not None:
-                torch_prune.remove(t.module, "weight")
+            mask = mask_of(t.module)
+            allowed[t.name] = None if mask is None else t.matrix(mask)[0]
         return allowed
 
     def _budget(self, target: Target, sparsity: float, allowed: torch.Tensor | None) -> Budget:

@@ -17,6 +17,7 @@ import torch
 
 from solvers import Budget
 
+from ..model.masks import pack, unpack
 from ..model.targets import Target
 from .allocation import Curve
 
@@ -36,7 +37,13 @@ class LayerResult:
             :mod:`l0prune.pipeline.layerwise`).
         seconds: solver time.
         weight: the pruned weight, in the stored shape.
-        mask: its support, boolean.
+        bits: its support, packed a bit per weight (:func:`~l0prune.model.masks.pack`): the
+            results of a whole run take 1/32 of a float32 model beside it.
+
+    Example:
+        >>> result = LayerResult.of("fc", 0.1, 0.0, torch.eye(2), torch.eye(2) > 0)
+        >>> result.kept, result.total, result.mask.tolist()
+        (2, 4, [[True, False], [False, True]])
     """
 
     name: str
@@ -46,7 +53,20 @@ class LayerResult:
     relative_error: float
     seconds: float
     weight: torch.Tensor
-    mask: torch.Tensor
+    bits: torch.Tensor
+
+    @classmethod
+    def of(cls, name: str, relative_error: float, seconds: float, weight: torch.Tensor,
+           mask: torch.Tensor) -> LayerResult:
+        """The result for a ``weight`` and its boolean ``mask`` (shape, counts and bits from
+        them)."""
+        return cls(name, tuple(weight.shape), int(mask.count_nonzero()), mask.numel(),
+                   relative_error, seconds, weight, pack(mask))
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The support, boolean in the stored shape (unpacked now, where the bits are)."""
+        return unpack(self.bits, self.shape)
 
 
 class Pipeline(Protocol):

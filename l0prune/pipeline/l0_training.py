@@ -35,8 +35,9 @@ At the end the deterministic gates ``clamp(sigmoid(log_alpha)(zeta - gamma) + ga
 are projected to the exact budget: the ``k = round((1 - s) n)`` weights with the largest
 ``log_alpha`` (whole groups in score order for a structured budget, at most ``k`` weights and
 at least one group per layer). The kept weights take the gate values they were trained with
-(``W z``; a kept weight whose gate closed enters at ``W``), the masks are stored the
-``torch.nn.utils.prune`` way, and the model is finetuned with them fixed.
+(``W z``; a kept weight whose gate closed enters at ``W``), the pruned weights are written in
+place with the masks kept beside them (:mod:`l0prune.model.masks`), and the model is finetuned
+with them fixed.
 
 With ``alpha`` the target falls on the cubic schedule towards
 :data:`~l0prune.pipeline.search.MAX_SPARSITY` over all the epochs; at 20 points evenly spaced over

@@ -30,6 +30,7 @@ layer's output is from the dense model's (in parallel mode, the layer problem's 
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -150,16 +151,18 @@ class LayerPruner:
         A problem caches its scaled form and eigendecomposition (and, from paired statistics,
         its sequential target solve), so every budget tried on the same statistics (an
         allocation's error curve, a search's trials) reuses them. One entry per target: new
-        statistics replace it.
+        statistics replace it, and it goes as soon as its statistics are freed (block by
+        block, once its group is solved), so no stale problem holds memory.
         """
         cached = self._cache.get(target.name)
         if cached is not None and cached[0]() is moments:
             return cached[1]
+        self._cache.pop(target.name, None)  # before the new problems are built
         W = self._dense_matrix(target)
         problems = target_problems(W, moments.H, moments.dense_cross(W), moments.energy,
                                    check_psd=False)  # H = X^T X (or its diagonal), summed here
-        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
-        self._cache[target.name] = (weakref.ref(moments), problems)
+        freed = partial(_forget, self._cache, target.name)
+        self._cache[target.name] = (weakref.ref(moments, freed), problems)
         return problems
 
     def solve(self, target: Target, budget: Budget, moments: Moments) -> LayerResult:
@@ -221,7 +224,8 @@ class LayerPruner:
             budgets: a sized budget per target name (for one problem of the layer).
 
         Returns:
-            A :class:`LayerResult` per target name, in the order the layers run.
+            A :class:`LayerResult` per target name, in the order the layers run; each
+            ``weight`` is the layer's own (not a copy).
         """
         results: dict[str, LayerResult] = {}
         sequential = self.sequential and self.kind != "none"
@@ -252,6 +256,7 @@ class LayerPruner:
         for target in self.targets:
             result = results[target.name]
             attach(target.module, result.weight, result.mask)
+            results[target.name] = dataclasses.replace(result, weight=target.module.weight)
         return results
 
     def curve_basis(self) -> dict[str, Moments]:
@@ -325,15 +330,12 @@ class LayerPruner:
         ]
 
 
+def _forget(cache: dict, name: str, ref: weakref.ref) -> None:
+    """Drop ``cache[name]`` if it still holds the problems of the statistics behind ``ref``."""
+    if name in cache and cache[name][0] is ref:
+        del cache[name]
+
+
 def _result(target: Target, solution: TargetSolution) -> LayerResult:
-    mask = target.unmatrix(solution.mask)
-    return LayerResult(
-        name=target.name,
-        shape=target.weight_shape,
-        kept=int(mask.sum()),
-        total=target.total,
-        relative_error=solution.relative_error,
-        seconds=solution.seconds,
-        weight=target.unmatrix(solution.weight),
-        mask=mask,
-    )
+    return LayerResult.of(target.name, solution.relative_error, solution.seconds,
+                          target.unmatrix(solution.weight), target.unmatrix(solution.mask))

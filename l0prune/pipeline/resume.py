@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from l0prune.io.files import FileLock, save_safetensors, writing
+from l0prune.model.masks import pack
 from l0prune.model.targets import Target
 from l0prune.validate import first_line
 from solvers import Budget
@@ -161,7 +162,7 @@ class Checkpoint:
         >>> from torch import nn
         >>> from solvers import Unstructured
         >>> target = Target("fc", nn.Linear(2, 2))
-        >>> result = LayerResult("fc", (2, 2), 2, 4, 0.1, 0.0, torch.eye(2), torch.eye(2) > 0)
+        >>> result = LayerResult.of("fc", 0.1, 0.0, torch.eye(2), torch.eye(2) > 0)
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     Checkpoint(folder, resume=False).start({"method": "obs"})
         ...     Checkpoint(folder, resume=False).save(0, [result], "dense")
@@ -323,7 +324,7 @@ class Checkpoint:
             results[t.name] = LayerResult(
                 name=t.name, shape=t.weight_shape, kept=int(mask.sum()), total=t.total,
                 relative_error=float(by_name[t.name]["relative_error"]),
-                seconds=float(by_name[t.name]["seconds"]), weight=weight, mask=mask,
+                seconds=float(by_name[t.name]["seconds"]), weight=weight, bits=pack(mask),
             )
         return results
 

@@ -22,7 +22,7 @@ from solvers import Budget, kept_at
 from ..config import PruneConfig
 from ..data.batches import LossFn, mean_loss
 from ..model.input_check import explained
-from ..model.masks import attach, refresh
+from ..model.masks import attach
 from ..model.snapshot import Snapshot
 from ..model.targets import Target
 from ..report import LayerReport, PruneReport, Trial
@@ -186,12 +186,9 @@ class Trials:
         """Make the model hold ``outcome``'s state again."""
         self.snapshot.restore(devices=False)
         self.model.eval()
-        for t in self.pipeline.targets:
-            result = outcome.results[t.name]
-            attach(t.module, result.weight, result.mask)
         self.model.load_state_dict(outcome.state)
-        for module in self.model.modules():
-            refresh(module)
+        for t in self.pipeline.targets:
+            attach(t.module, t.module.weight, outcome.results[t.name].mask)
         outcome.loss = self.evaluate()
 
     def report(self, config: PruneConfig) -> PruneReport:

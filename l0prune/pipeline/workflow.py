@@ -20,7 +20,7 @@ from torch import nn
 
 from l0prune.config import PruneConfig
 from l0prune.data.batches import check_data
-from l0prune.model.masks import refresh
+from l0prune.model.masks import attach, mask_of, masks_of, pack, unpack
 from l0prune.model.statistics import discover
 from l0prune.model.targets import Target, select_targets
 
@@ -148,7 +148,7 @@ def sparsity_of(targets: Sequence[Target]) -> float:
     """
     kept = total = 0
     for t in targets:
-        mask = getattr(t.module, "weight_mask", None)
+        mask = mask_of(t.module)
         kept += t.total if mask is None else int(mask.count_nonzero())
         total += t.total
     return 1.0 - kept / total
@@ -160,6 +160,8 @@ class Kept:
 
     Attributes:
         state: the model's ``state_dict``, copied to the CPU (``None`` when not kept).
+        masks: the masks of its pruned layers as bits (:func:`~l0prune.model.masks.pack`), on
+            the CPU, by module name (``None`` when not kept).
         sparsity: its sparsity over the targets.
         loss: its validation loss.
         loss_before_finetune: the loss before its last finetuning, if any.
@@ -167,6 +169,7 @@ class Kept:
     """
 
     state: dict[str, torch.Tensor] | None
+    masks: dict[str, torch.Tensor] | None
     sparsity: float
     loss: float
     loss_before_finetune: float | None
@@ -174,14 +177,18 @@ class Kept:
 
     @classmethod
     def of(cls, model: nn.Module, *, copy: bool = True, **figures) -> Kept:
-        """``model``'s figures, and with ``copy`` its state now (a run that never goes back
-        to an earlier model keeps only the figures)."""
-        state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                 if copy else None)
-        return cls(state=state, **figures)
+        """``model``'s figures, and with ``copy`` its state and masks now (a run that never
+        goes back to an earlier model keeps only the figures)."""
+        if not copy:
+            return cls(state=None, masks=None, **figures)
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        kept = {name: pack(mask).cpu() for name, mask in masks_of(model).items()}
+        return cls(state=state, masks=kept, **figures)
 
     def put_back(self, model: nn.Module) -> None:
-        """Load the state into ``model`` (same structure: the same layers masked)."""
+        """Load the state into ``model`` (the same model, with no masks) and attach the
+        masks."""
         model.load_state_dict(self.state)
-        for module in model.modules():
-            refresh(module)
+        for name, bits in self.masks.items():
+            module = model.get_submodule(name)
+            attach(module, module.weight, unpack(bits, module.weight.shape))

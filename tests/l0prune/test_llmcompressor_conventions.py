@@ -3,7 +3,6 @@ targets, the budget as text, ``mask_structure`` for it, a sparsity that agrees w
 
 import pytest
 import torch
-from torch.nn.utils import prune as torch_prune
 
 import l0prune
 from tests.l0prune import tiny_hf
@@ -18,8 +17,7 @@ def _windows(n=2, length=16):
 
 
 def _pruned_names(model):
-    return sorted(n for n, m in model.named_modules() if torch_prune.is_pruned(m)
-                  and hasattr(m, "weight_mask"))
+    return sorted(l0prune.masks_of(model))
 
 
 def _run(kind, **settings):

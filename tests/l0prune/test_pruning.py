@@ -36,7 +36,7 @@ def _state(model):
 
 def _assert_untouched(model, before):
     after = _state(model)
-    assert not torch_prune.is_pruned(model)
+    assert l0prune.masks_of(model) == {}
     assert after["params"] == before["params"] and after["hooks"] == before["hooks"]
     assert after["modes"] == before["modes"]
     assert after["state"].keys() == before["state"].keys()
@@ -50,20 +50,23 @@ def _calibration(data):
 
 # --- fixed sparsity ------------------------------------------------------------------------------
 
-def test_fixed_sparsity_writes_exact_masks_the_torch_way(mlp):
+def test_fixed_sparsity_writes_exact_masks_and_the_weights_in_place(mlp):
     model, data = mlp
+    keys = list(model.state_dict())
     report = l0prune.prune(model, _calibration(data), sparsity=0.7, progress=False)
     layers = _layers(model)
     assert [layer.name for layer in report.layers] == ["1", "3"]
     for layer in report.layers:
         module = layers[layer.name]
-        expected = round(0.3 * module.weight_orig.numel())
-        assert int(module.weight_mask.sum()) == layer.kept == expected
-        assert torch.equal(module.weight[module.weight_mask == 0],
-                           torch.zeros(module.weight_orig.numel() - expected))
-    assert not hasattr(layers["5"], "weight_mask")  # the classifier is left dense
-    assert torch_prune.is_pruned(model) and report.sparsity == pytest.approx(0.7, abs=1e-4)
+        mask = l0prune.mask_of(module)
+        expected = round(0.3 * module.weight.numel())
+        assert int(mask.sum()) == layer.kept == expected
+        assert torch.equal(module.weight[~mask], torch.zeros(module.weight.numel() - expected))
+    assert l0prune.mask_of(layers["5"]) is None  # the classifier is left dense
+    assert list(model.state_dict()) == keys and not torch_prune.is_pruned(model)
+    assert report.sparsity == pytest.approx(0.7, abs=1e-4)
     assert report.calibration_passes == 2 and report.method == "admm"
+    assert l0prune.torch_prune(model) == ["1.weight", "3.weight"]  # torch's form, on request
     for name in ("1", "3"):
         torch_prune.remove(layers[name], "weight")
     assert not torch_prune.is_pruned(model)
@@ -80,7 +83,7 @@ def test_per_layer_results_equal_solvers_on_the_captured_H(mlp):
     for layer in report.layers:
         W = dense_layers[layer.name].weight.detach()
         solution = solve(LayerProblem(W, H[layer.name], sparsity=0.8), "admm")
-        assert torch.equal(layers[layer.name].weight_mask.bool(), solution.mask)
+        assert torch.equal(l0prune.mask_of(layers[layer.name]), solution.mask)
         assert torch.equal(layers[layer.name].weight, solution.weight)
         assert layer.relative_error == solution.relative_error
 
@@ -124,7 +127,7 @@ def test_sequential_layers_reproduce_the_dense_output_from_pruned_inputs(mlp):
     W = dense[3].weight.detach().double()
     target = torch.linalg.solve(H + lam * torch.eye(len(H), dtype=H.dtype), G.T + lam * W.T).T
     solution = solve(LayerProblem(target.float(), H, lam=lam, sparsity=0.8), "admm")
-    assert torch.equal(layers["3"].weight_mask.bool(), solution.mask)
+    assert torch.equal(l0prune.mask_of(layers["3"]), solution.mask)
     assert (layers["3"].weight - solution.weight).abs().max() < 1e-4  # CG refit tolerance
     # The reported error is the layer's output error against the dense model's.
     P = masked_weight(layers["3"]).detach().double()
@@ -161,7 +164,7 @@ def test_grouped_convolutions_are_pruned_group_by_group():
     l0prune.prune(model, batches, sparsity=0.5, sequential=False, method="admm", progress=False)
     H = second_moments(dense, batches)["2"]
     W = dense[2].weight.detach().reshape(4, 2, 18)  # groups x out/groups x in/groups*9
-    mask = model[2].weight_mask.reshape(4, 2, 18)
+    mask = l0prune.mask_of(model[2]).reshape(4, 2, 18)
     for g in range(4):
         solution = solve(LayerProblem(W[g], H[g], sparsity=0.5), "admm")
         assert int(mask[g].sum()) == 18
@@ -171,14 +174,14 @@ def test_grouped_convolutions_are_pruned_group_by_group():
 def test_budget_families(cnn, mlp):
     model, data = cnn
     l0prune.prune(model, _calibration(data), sparsity=0.5, budget=Structured(), progress=False)
-    mask = model[2].weight_mask.reshape(32, 16, 9)
+    mask = l0prune.mask_of(model[2]).reshape(32, 16, 9)
     per_channel = mask.sum(dim=(0, 2))
     assert set(per_channel.tolist()) == {0.0, 32 * 9.0} and int((per_channel > 0).sum()) == 8
 
     model, data = mlp
     report = l0prune.prune(model, _calibration(data), budget=NM(2, 4), progress=False)
-    groups = model[1].weight_mask.reshape(256, 16, 4).sum(dim=-1)
-    assert torch.equal(groups, torch.full((256, 16), 2.0)) and report.sparsity == 0.5
+    groups = l0prune.mask_of(model[1]).reshape(256, 16, 4).sum(dim=-1)
+    assert torch.equal(groups, torch.full((256, 16), 2)) and report.sparsity == 0.5
     assert report.budget == "2:4"
 
 
@@ -186,7 +189,7 @@ def test_sparsity_per_layer(mlp):
     model, data = mlp
     report = l0prune.prune(model, _calibration(data), sparsity={"3": 0.9}, progress=False)
     assert [(layer.name, layer.kept) for layer in report.layers] == [("3", 3277)]
-    assert not hasattr(model[1], "weight_mask")
+    assert l0prune.mask_of(model[1]) is None
     report = l0prune.prune(copy.deepcopy(mlp[0]), _calibration(data),
                            sparsity={"1": 0.5, "5": 0.2}, method="wanda", progress=False)
     assert [layer.kept for layer in report.layers] == [8192, 1024]
@@ -207,9 +210,9 @@ def test_finetuning_keeps_masks_fixed_and_pruned_weights_zero(mlp):
     assert report.loss_before_finetune != pytest.approx(report.pruned_loss, rel=1e-6)
     for name in ("1", "3"):
         tuned, base = _layers(model)[name], _layers(plain)[name]
-        assert torch.equal(tuned.weight_mask, base.weight_mask)
-        assert torch.equal(tuned.weight[tuned.weight_mask == 0],
-                           torch.zeros(int((tuned.weight_mask == 0).sum())))
+        mask = l0prune.mask_of(tuned)
+        assert torch.equal(mask, l0prune.mask_of(base))
+        assert torch.equal(tuned.weight[~mask], torch.zeros(int((~mask).sum())))
         assert not torch.equal(tuned.weight, base.weight)
     assert report.pruned_loss == pytest.approx(
         mean_loss(model, data.loader("val"), cross_entropy, CPU), rel=1e-9
@@ -250,7 +253,7 @@ def test_alpha_with_finetuning_goes_at_least_as_far(mlp):
     assert report.finetune_steps == 30 * len(report.trials)
     assert report.sparsity >= plain.sparsity
     for layer in report.layers:
-        assert int(_layers(model)[layer.name].weight_mask.sum()) == layer.kept
+        assert int(l0prune.mask_of(_layers(model)[layer.name]).sum()) == layer.kept
 
 
 # --- failures leave the model as it was ----------------------------------------------------------
@@ -385,10 +388,9 @@ def test_the_pruned_model_round_trips(cnn, tmp_path):
     same.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     copies.append(same)
     for other in copies:
-        assert torch_prune.is_pruned(other)
         with torch.no_grad():
             assert torch.equal(other(x), expected)
-        assert torch.equal(other[2].weight_mask, model[2].weight_mask)
+        assert torch.equal(l0prune.mask_of(other[2]), l0prune.mask_of(model[2]))
     report = l0prune.export(model, tmp_path / "cnn.pt")
     fresh = digits_cnn()
     fresh.load_state_dict(l0prune.load_sparse(report.sparse_path))
@@ -416,7 +418,8 @@ def test_bert_with_padding_and_shared_inputs(bert, tokens):
     assert report.calibration_passes == 8 < len(names)  # query, key, value share a pass
     layers = _layers(bert)
     for name in names:
-        assert int(layers[name].weight_mask.sum()) == layers[name].weight_mask.numel() // 2
+        mask = l0prune.mask_of(layers[name])
+        assert int(mask.sum()) == mask.numel() // 2
     out = bert(**tokens[0]).last_hidden_state
     # The masks act in the forward pass: the output is the dense model's with the pruned
     # weights in place, and not the dense output.
@@ -429,7 +432,7 @@ def test_bert_with_padding_and_shared_inputs(bert, tokens):
     name = "encoder.layer.0.attention.self.query"
     solution = solve(LayerProblem(_layers(dense)[name].weight.detach(), H[name], sparsity=0.5),
                      "admm")
-    assert torch.equal(layers[name].weight_mask.bool(), solution.mask)
+    assert torch.equal(l0prune.mask_of(layers[name]), solution.mask)
     parallel = l0prune.prune(dense, tokens, sparsity=0.5, sequential=False, progress=False,
                              blockwise=False)
     assert parallel.calibration_passes == 1
@@ -450,5 +453,5 @@ def test_gpt2_conv1d_layers():
     W = _layers(dense)["h.0.attn.c_attn"].weight.detach().T  # Conv1D stores in x out
     solution = solve(LayerProblem(W, H, sparsity=0.75), "admm")
     layer = _layers(model)["h.0.attn.c_attn"]
-    assert torch.equal(layer.weight_mask.bool(), solution.mask.T)
+    assert torch.equal(l0prune.mask_of(layer), solution.mask.T)
     assert torch.equal(layer.weight, solution.weight.T)

@@ -6,7 +6,6 @@ import re
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 import l0prune
 import l0prune.pipeline.session
@@ -26,7 +25,7 @@ def _values(model):
 
 
 def _assert_as_before(model, values, ids):
-    assert not torch_prune.is_pruned(model)
+    assert l0prune.masks_of(model) == {}
     assert [id(p) for p in model.parameters()] == ids
     for key, value in model.state_dict().items():
         assert value.device.type == "cpu" and torch.equal(value, values[key]), key
@@ -74,7 +73,7 @@ def test_dead_calibration_data_keeps_the_budget_and_the_weights(method):
                            progress=False)
     first = report.layers[0]
     assert (first.name, first.kept, first.total) == ("0", 64, 128)
-    mask = model[0].weight_mask.bool()
+    mask = l0prune.mask_of(model[0])
     assert int(mask.sum()) == 64
     assert torch.equal(model[0].weight[mask], dense[mask])
 
@@ -141,9 +140,9 @@ def test_skip_incompatible_leaves_those_layers_dense_with_a_warning():
                                progress=False)
     assert list(report.skipped) == ["0"]
     assert [layer.name for layer in report.layers] == ["2"]
-    assert torch.equal(model[0].weight, dense) and not torch_prune.is_pruned(model[0])
-    groups = model[2].weight_mask.reshape(8, 4, 4).sum(dim=-1)
-    assert torch.equal(groups, torch.full((8, 4), 2.0))
+    assert torch.equal(model[0].weight, dense) and l0prune.mask_of(model[0]) is None
+    groups = l0prune.mask_of(model[2]).reshape(8, 4, 4).sum(dim=-1)
+    assert torch.equal(groups, torch.full((8, 4), 2))
     assert "left dense, the budget does not fit them: 0" in report.summary()
 
 

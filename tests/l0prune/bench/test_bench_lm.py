@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import l0prune
 from l0prune.bench import lm as bench
 from l0prune.cli import main as l0prune_main
 
@@ -72,11 +73,12 @@ def test_prune_once_meets_the_pattern_and_leaves_the_dense_model(tiny_lm):
     assert row.perplexity > dense
     row, model = bench.prune_once(tiny_lm.model, calibration, heldout, "magnitude", "2:4", True)
     assert row.sparsity == 0.5 and row.sequential is None
-    for name, weight in model.named_modules():
-        if hasattr(weight, "weight_mask"):
-            assert name.startswith("model.layers.")
-            groups = weight.weight_mask.reshape(weight.weight_mask.shape[0], -1, 4)
-            assert (groups.sum(-1) == 2).all(), name
+    masks = l0prune.masks_of(model)
+    assert masks
+    for name, mask in masks.items():
+        assert name.startswith("model.layers.")
+        groups = mask.reshape(mask.shape[0], -1, 4)
+        assert (groups.sum(-1) == 2).all(), name
     for name, value in tiny_lm.model.state_dict().items():
         assert value.equal(before[name]), name
 

@@ -1,4 +1,4 @@
-"""``finalize``: the pruning made permanent in place, so any tool sees plain weights."""
+"""``finalize``: the pruning made permanent, no mask left, whichever form it was in."""
 
 import pytest
 import torch
@@ -24,25 +24,37 @@ def test_finalized_model_saves_and_reloads_with_identical_logits(kind, tmp_path)
     ids = _windows(seed=1)[0]["input_ids"]
     with torch.no_grad():
         before = model(ids).logits
-    masks = {name: module.weight_mask.clone() for name, module in model.named_modules()
-             if hasattr(module, "weight_mask")}
-    params = {name: module.weight_orig for name, module in model.named_modules()
-              if hasattr(module, "weight_orig")}
+    masks = l0prune.masks_of(model)
+    params = {name: model.get_submodule(name).weight for name in masks}
 
     done = l0prune.finalize(model)
 
     assert done == [f"{name}.weight" for name in masks]
-    assert not torch_prune.is_pruned(model) and set(model.state_dict()) == dense_keys
-    for name, module in model.named_modules():
-        if name in masks:
-            assert module.weight is params[name]  # the same parameter object
-            assert torch.equal(module.weight != 0, masks[name].bool())
-            assert not module._forward_pre_hooks
+    assert l0prune.masks_of(model) == {} and set(model.state_dict()) == dense_keys
+    for name, mask in masks.items():
+        module = model.get_submodule(name)
+        assert module.weight is params[name]  # the same parameter object
+        assert not module.weight[~mask].any()
     model.save_pretrained(tmp_path)  # the model's own method, no l0prune involved
     reloaded = type(model).from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(model(ids).logits, before)
         assert torch.equal(reloaded(ids).logits, before)
+
+
+def test_finalize_folds_torchs_form_too():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    data = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
+    l0prune.prune(model, data, sparsity=0.5, method="wanda", progress=False)
+    weight = model[0].weight
+    expected = weight.detach().clone()
+    l0prune.torch_prune(model)
+    torch_prune.l1_unstructured(model[2], "weight", amount=0.5)  # a user's own
+    assert l0prune.finalize(model) == ["0.weight", "2.weight"]
+    assert not torch_prune.is_pruned(model) and l0prune.masks_of(model) == {}
+    assert model[0].weight is weight and torch.equal(weight, expected)
+    assert int((model[2].weight == 0).sum()) == 16
 
 
 def test_finalize_on_a_plain_model_changes_nothing_and_refuses_non_modules():
@@ -54,14 +66,13 @@ def test_finalize_on_a_plain_model_changes_nothing_and_refuses_non_modules():
         l0prune.finalize({})
 
 
-def test_torch_save_of_a_finalized_model_has_the_dense_keys(tmp_path):
+def test_a_finalized_model_can_be_pruned_again():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     data = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
     l0prune.prune(model, data, sparsity=0.5, method="wanda", progress=False)
+    with pytest.raises(ValueError, match="target '0' is already pruned .* l0prune.finalize"):
+        l0prune.prune(model, data, sparsity=0.75, method="wanda", progress=False)
     l0prune.finalize(model)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    fresh = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
-    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))  # strict
-    assert torch.equal(fresh(data[0][0]), model(data[0][0]))
-    assert int((fresh[0].weight == 0).sum()) == 64
+    l0prune.prune(model, data, sparsity=0.75, method="wanda", progress=False)
+    assert int((model[0].weight == 0).sum()) == 96

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from l0prune.model.masks import attach
+import l0prune
+from l0prune.model.masks import attach, masks_of
 from l0prune.model.snapshot import Snapshot, move
 
 
@@ -21,6 +22,7 @@ def _frozen(model):
         "buffers": [(n, id(b)) for n, b in model.named_buffers()],
         "modes": [m.training for m in model.modules()],
         "hooks": [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()],
+        "non_persistent": [set(m._non_persistent_buffers_set) for m in model.modules()],
         "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
     }
 
@@ -28,7 +30,7 @@ def _frozen(model):
 def _same(a, b):
     assert a["state"].keys() == b["state"].keys()
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
-    for key in ("params", "buffers", "modes", "hooks"):
+    for key in ("params", "buffers", "modes", "hooks", "non_persistent"):
         assert a[key] == b[key], key
     assert len(a["grads"]) == len(b["grads"])
     for g, h in zip(a["grads"], b["grads"], strict=True):
@@ -47,13 +49,15 @@ def test_restore_undoes_everything_a_run_does():
     model(torch.randn(8, 2, 6, 6)).sum().backward()
     optimizer.step()
     attach(model[0], torch.zeros_like(model[0].weight), torch.zeros_like(model[0].weight))
+    attach(model[4], model[4].weight, torch.ones_like(model[4].weight))
+    l0prune.torch_prune(model[4])  # torch's form: a hook, weight_orig and weight_mask
     model[4].register_forward_pre_hook(lambda m, a: None)
-    model[4].weight.requires_grad_(True)
+    model[4].weight_orig.requires_grad_(True)
     model.eval()
-    assert torch_prune.is_pruned(model)
+    assert torch_prune.is_pruned(model) and sorted(masks_of(model)) == ["0", "4"]
 
     snapshot.restore()
-    assert not torch_prune.is_pruned(model)
+    assert not torch_prune.is_pruned(model) and masks_of(model) == {}
     _same(before, _frozen(model))
 
 

@@ -5,9 +5,11 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
+import l0prune
 from l0prune.data.batches import cross_entropy, mean_loss
-from l0prune.model.masks import attach, masked_weight
+from l0prune.model.masks import attach, mask_of, masked_weight
 from l0prune.pipeline.finetune import Finetune, masked_finetune
 
 CPU = torch.device("cpu")
@@ -27,17 +29,30 @@ def _pruned(mlp):
 def test_masks_stay_fixed_and_pruned_weights_zero(mlp):
     model, data, masks = _pruned(mlp)
     before = copy.deepcopy(model.state_dict())
+    params = {name: model.get_submodule(name).weight for name in masks}
     done = masked_finetune(model, Finetune(data=data.loader("train"), epochs=2, lr=1e-2),
                            cross_entropy, CPU)
     assert done.steps == 2 * len(data.loader("train")) and done.loss is None
-    modules = dict(model.named_modules())
+    assert not torch_prune.is_pruned(model) and list(model.state_dict()) == list(before)
     for name, mask in masks.items():
-        layer = modules[name]
-        assert torch.equal(layer.weight_mask, mask.float())
-        assert torch.equal(layer.weight_orig[~mask], torch.zeros(int((~mask).sum())))
-        assert torch.equal(layer.weight, masked_weight(layer))  # refreshed after the last step
-        assert not torch.equal(layer.weight_orig, before[f"{name}.weight_orig"])  # it trained
+        layer = model.get_submodule(name)
+        assert layer.weight is params[name]  # in place again, the same parameter object
+        assert torch.equal(mask_of(layer), mask)
+        assert torch.equal(layer.weight[~mask], torch.zeros(int((~mask).sum())))
+        assert not torch.equal(layer.weight, before[f"{name}.weight"])  # it trained
     assert not model.training
+
+
+def test_a_model_in_torchs_form_trains_in_it(mlp):
+    model, data, masks = _pruned(mlp)
+    l0prune.torch_prune(model)
+    masked_finetune(model, Finetune(data=data.loader("train"), steps=3, lr=1e-2,
+                                    keep_best=True), cross_entropy, CPU,
+                    validate=lambda: mean_loss(model, data.loader("val"), cross_entropy, CPU))
+    for name, mask in masks.items():
+        layer = model.get_submodule(name)
+        assert torch_prune.is_pruned(layer) and torch.equal(layer.weight_mask, mask.float())
+        assert torch.equal(layer.weight, masked_weight(layer))  # refreshed after the last load
 
 
 def test_steps_cycle_over_the_data_and_the_rng_is_left_alone():

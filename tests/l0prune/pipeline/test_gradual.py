@@ -15,8 +15,7 @@ from l0prune.pipeline.schedules import scheduled_sparsity
 
 
 def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: m.weight_mask.bool().clone() for name, m in model.named_modules()
-            if hasattr(m, "weight_mask")}
+    return l0prune.masks_of(model)
 
 
 def _record_masks(monkeypatch, model) -> list[dict[str, torch.Tensor]]:
@@ -51,12 +50,12 @@ def test_pruned_weights_stay_pruned_and_each_step_meets_its_schedule(mlp, monkey
         target = scheduled_sparsity(t, steps, 0.0, final)
         for mask in masks.values():
             assert int(mask.sum()) == round((1 - target) * mask.numel())
-    # The model as left: the last step's masks, exactly zero off them, stored the torch way.
-    for name, module in model.named_modules():
-        if name in seen[-1]:
-            assert torch_prune.is_pruned(module)
-            assert torch.equal(module.weight_mask.bool(), seen[-1][name])
-            assert torch.all(module.weight[~seen[-1][name]] == 0)
+    # The model as left: the last step's masks, exactly zero off them, weights in place.
+    assert sorted(seen[-1]) == ["1", "3"] and not torch_prune.is_pruned(model)
+    for name, mask in seen[-1].items():
+        module = model.get_submodule(name)
+        assert torch.equal(l0prune.mask_of(module), mask)
+        assert torch.all(module.weight[~mask] == 0)
     assert [t.stage for t in report.trials] == ["gradual"] * steps
     assert report.sparsity == pytest.approx(final, abs=1e-4)
     assert report.trials[-1].sparsity == report.sparsity
@@ -132,7 +131,7 @@ def test_a_failed_or_interrupted_run_leaves_the_model_exactly_as_it_was(mlp, err
                         validation=data.loader("val"), steps=3, method="magnitude",
                         finetune=Finetune(steps=2), loss_fn=_failing_loss(12, error),
                         progress=False)
-    assert not torch_prune.is_pruned(model)
+    assert l0prune.masks_of(model) == {}
     assert list(model.state_dict()) == list(state)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert [id(p) for p in model.parameters()] == params

@@ -59,6 +59,20 @@ def test_new_statistics_build_new_problems(monkeypatch):
     assert len(calls) == 2 * len(targets) - 1  # the first layer's (dense) statistics are reused
 
 
+def test_problems_go_with_their_statistics():
+    """Block by block the statistics of a group are freed once it is solved: its problems
+    (and their factorisations) must not stay cached beside the next group's."""
+    pruner, targets = _pruner(sequential=False)
+    pruner.run(uniform(targets, Unstructured(), 0.5))
+    first = targets[0]
+    moments = pruner.statistics[first.name]
+    problems = pruner._problems(first, moments)
+    assert pruner._problems(first, moments) is problems  # built once per statistics
+    pruner.statistics.clear()
+    del moments
+    assert first.name not in pruner._cache
+
+
 def test_prune_runs_a_registered_method():
     def halve(problem):
         mask = problem.budget.select(problem.W * problem.W)
@@ -72,5 +86,5 @@ def test_prune_runs_a_registered_method():
                            sequential=False, progress=False)
     assert report.method == "test_halve"
     for t in targets:
-        kept = t.module.weight_mask.bool()
+        kept = l0prune.mask_of(t.module)
         assert torch.equal(t.module.weight.detach()[kept], dense[t.name][kept] / 2)

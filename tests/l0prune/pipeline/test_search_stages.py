@@ -23,8 +23,8 @@ def _model_and_data():
 
 
 def _layer_sparsity(module: nn.Module) -> float:
-    mask = getattr(module, "weight_mask", None)
-    return 0.0 if mask is None else 1.0 - float(mask.mean())
+    mask = l0prune.mask_of(module)
+    return 0.0 if mask is None else 1.0 - float(mask.float().mean())
 
 
 def _mask_reading_loss(model):
