@@ -228,7 +228,9 @@ class Target:
         spatial = len(m.kernel_size)
         if x.ndim == spatial + 1:  # unbatched input
             x = x.unsqueeze(0)
-        if features is not None:  # the channels of the features, in each group
+        if features is not None and m.groups == 1:  # the channels of the features
+            x = x[:, features[0]:features[1]]
+        elif features is not None:  # ... in each group
             width = m.in_channels // m.groups
             channels = torch.arange(*features, device=x.device)
             channels = (torch.arange(m.groups, device=x.device)[:, None] * width + channels)

@@ -219,11 +219,11 @@ def _group(group: list[Target], statistics: str, paired: bool, cost: Cost,
         kept += g * k
         extra = max(extra, e)
     if statistics == "full":
-        shape = (f"a float64 H of {cols:,} x {cols:,}" if bounds is None else
-                 f"float64 H blocks of up to {max(widths):,} of its {cols:,} columns")
-        what = shape + (" and its paired statistics" if paired else "")
+        what = (f"a float64 H of {cols:,} x {cols:,}" if bounds is None else
+                f"float64 H blocks of up to {max(widths):,} of its {cols:,} columns")
+        what += ", paired" if paired else ""
     else:
-        what = "no H" if statistics == "none" else "the diagonal of H"
+        what = "none" if statistics == "none" else "the diagonal of H"
     return _Group(group, held, taking, kept, extra, what)
 
 
@@ -336,7 +336,7 @@ def check_memory(targets: Sequence[Target], discovery: Discovery, *, statistics:
         ...                                                   # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: layer 'fc' needs about 40 MB for a float64 H of 1,024 x 1,024 ... (--h-block 512)
+        ValueError: layer 'fc' needs about 40 MB for its statistics (a float64 H ... (--h-block 512)
     """
     if available is None:
         available = available_memory(device)
@@ -358,9 +358,10 @@ def check_memory(targets: Sequence[Target], discovery: Discovery, *, statistics:
     if width is not None:
         ways.append(f"take block-diagonal statistics with h_block={width} (--h-block {width})")
     raise ValueError(
-        f"layer {found.layer!r} needs about {_gigabytes(found.need)} for {found.what} and its "
-        f"{method} solve, the run about {_gigabytes(found.total)} in all, but "
-        f"{_gigabytes(available)} are free on {device}: {', '.join(ways[:-1])}, or {ways[-1]}"
+        f"layer {found.layer!r} needs about {_gigabytes(found.need)} for its statistics "
+        f"({found.what}) and its {method} solve, the run about {_gigabytes(found.total)} in "
+        f"all, but {_gigabytes(available)} are free on {device}: {', '.join(ways[:-1])}, or "
+        f"{ways[-1]}"
     )
 
 
