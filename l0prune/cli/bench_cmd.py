@@ -34,6 +34,7 @@ BENCHMARKS = {
     "llmcompressor": "l0prune.bench.llmcompressor_side",
     "admm": "l0prune.bench.admm",
     "statistics": "l0prune.bench.layer_statistics",
+    "wide": "l0prune.bench.wide",
 }
 
 #: What ``l0prune bench`` runs when no benchmark is named.
@@ -59,7 +60,9 @@ def add_parser(subparsers) -> None:
                     "language model per solver), llmcompressor (side by side with "
                     "llm-compressor's SparseGPT on a BERT encoder, given --llmcompressor-python "
                     "PATH), admm (ADMM's schedules against the published one) and statistics "
-                    "(each layer's statistics against one X^T X product); solvers and models "
+                    "(each layer's statistics against one X^T X product), wide (block-diagonal "
+                    "statistics against the full H, the full-size pitch network end to end, the "
+                    "solvers' working memory); solvers and models "
                     "when no name is given. Tables are "
                     "printed and written as "
                     "markdown (bench-results/NAME.md unless --out FILE is given). "

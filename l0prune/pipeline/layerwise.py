@@ -159,10 +159,12 @@ class LayerPruner:
         cached = self._cache.get(target.name)
         if cached is not None and cached[0]() is moments:
             return cached[1]
+        # problems of statistics gone go first, before these are built
+        self._cache = {k: v for k, v in self._cache.items()
+                       if v[0]() is not None and k != target.name}
         W = self._dense_matrix(target)
         problems = target_problems(W, moments.H, moments.dense_cross(W), moments.energy,
                                    check_psd=False)  # H = X^T X (or its diagonal), summed here
-        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
         self._cache[target.name] = (weakref.ref(moments), problems)
         return problems
 
