@@ -64,6 +64,11 @@ class PruneConfig:
         sequential: prune layer after layer, each fitted to reproduce the dense model's output
             from what it sees with the layers before it pruned; ``False``: every layer's
             statistics from the dense model, in one pass.
+        h_block: take block-diagonal statistics, blocks of at most this many input columns
+            (whole input channels of a convolution, with all their taps), for every layer wider
+            than that, and solve each block on its own at the layer's sparsity: for a layer
+            whose full ``H`` does not fit in memory (a run that cannot fit is refused before
+            any work, naming a value that fits). ``None``: the full ``H`` of every layer.
         blockwise: prune block by block (``None``: when the model is a stack of repeated
             blocks; ``True``: block by block or an error saying why not; ``False``: the
             whole-model path).
@@ -97,6 +102,7 @@ class PruneConfig:
     targets: str | tuple[str, ...] | None = None
     ignore: str | tuple[str, ...] | None = None
     sequential: bool = True
+    h_block: int | None = None
     blockwise: bool | None = None
     finetune: Finetune | Mapping | None = None
     seed: int = 0
@@ -145,6 +151,8 @@ class PruneConfig:
                                           exists=name == "rollback_dir"))
         if self.threads is not None:
             validate.integer(self.threads, "threads", 1)
+        if self.h_block is not None:
+            validate.integer(self.h_block, "h_block", 1)
         self._check_together()
 
     def _check_together(self) -> None:

@@ -8,7 +8,9 @@ The run, in order (DESIGN.md 2.6 and 3):
    (:mod:`l0prune.data.regroup`), so padding costs their forward passes nothing;
 2. one forward pass on a calibration batch finds the prunable layers, the order they run in and
    which of them read the same input (:func:`~l0prune.model.statistics.discover`); the targets
-   are chosen from them (:func:`~l0prune.model.targets.select_targets`);
+   are chosen from them (:func:`~l0prune.model.targets.select_targets`), and a run whose
+   statistics and solves cannot fit in memory is refused
+   (:func:`~l0prune.pipeline.footprint.check_memory`);
 3. a :class:`~l0prune.pipeline.interface.Pipeline` prunes them: block by block
    (:class:`~l0prune.pipeline.blockwise.BlockPruner`) for a model built as a stack of repeated
    blocks (a transformer), else on the whole model
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 
 from torch import nn
 
@@ -45,6 +47,7 @@ from .pipeline import allocation, workflow
 from .pipeline.allocation import IncompatibleBudget
 from .pipeline.blockwise import BlockPruner, outside_problem
 from .pipeline.executors import LayerSolves, layer_solves
+from .pipeline.footprint import check_memory
 from .pipeline.layerwise import LayerPruner
 from .pipeline.resume import Checkpoint
 from .pipeline.session import RunSession
@@ -191,12 +194,19 @@ def _pipeline(model, calibration, config: PruneConfig, session: RunSession, stac
         chosen = select_targets(model, discovery.order, config.targets, config.ignore)
     chosen, skipped = allocation.fitting(chosen, config.budget, config.skip_incompatible)
     solves.check(targets=chosen, sequential=config.sequential, fixed=config.fixed)
+    settled = None if stack is None else _settle(
+        stack, problem or outside_problem(stack, chosen, discovery), config)
+    check_memory(chosen, discovery, statistics=solves.statistics(config.method,
+                                                                 config.solver_options),
+                 method=config.method, sequential=config.sequential, fixed=config.fixed,
+                 family=config.budget, h_block=config.h_block, device=session.device,
+                 stack=settled, batches=len(calibration) if isinstance(calibration, Sized) else 1)
     if stack is not None:
-        stack = _settle(stack, problem or outside_problem(stack, chosen, discovery), config)
-        if stack is None or config.finetune is not None:  # the whole model changes
+        if settled is None or config.finetune is not None:  # the whole model changes
             session.snapshot.capture(model)
-        if stack is None:
+        if settled is None:
             session.move_model_to_device()
+        stack = settled
     if stack is None:
         return LayerPruner(model, calibration, chosen, discovery, session.snapshot, config,
                            device=session.device, solves=solves), skipped

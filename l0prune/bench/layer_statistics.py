@@ -1,7 +1,7 @@
 """The statistics benchmark: each layer's statistics against the matrix-product floor.
 
-``l0prune bench statistics [--quick] [--frames N] [--batch B] [--repeat R] [--threads N]
-[--out FILE]``
+``l0prune bench statistics [--quick] [--frames N] [--batch B] [--repeat R] [--h-block N]
+[--threads N] [--out FILE]``
 
 For every target of two models, the time to build its statistics with
 :func:`l0prune.model.statistics.collect` (the hooks' work and the layer's own forward on its
@@ -16,6 +16,11 @@ the dense side ``G = Y_0^T X`` or ``C = X^T X_0``; here the layer's input is bot
   frames of 1024 samples, in batches of ``--batch``;
 - a random-init BERT-class encoder block (hidden 384, intermediate 1536, MiniLM's widths) on
   token batches of 128 with a quarter of them padding (statistics take the real tokens only).
+
+With ``--h-block N`` every layer wider than ``N`` columns takes block-diagonal statistics
+(blocks of at most ``N`` columns, whole channels: :func:`l0prune.model.statistics.column_blocks`)
+and its floor is one float32 product ``X_b^T X_b`` per block, each block's rows materialised
+beforehand.
 
 Each time is the fastest of ``--repeat`` runs; the table gives both and their ratio, and is
 printed and written as markdown (default ``bench-results/statistics.md``).
@@ -32,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from l0prune.model.statistics import collect, discover, input_groups
+from l0prune.model.statistics import collect, column_blocks, discover, input_groups
 from l0prune.model.targets import Target
 
 from . import add_threads_option, use_threads
@@ -45,9 +50,9 @@ class Row:
     """One layer's figures (seconds are the fastest of the repeats)."""
 
     def __init__(self, model: str, name: str, width: int, rows: int, floor: float,
-                 parallel: float, paired: float):
+                 parallel: float, paired: float, blocks: int = 1):
         self.model, self.name, self.width, self.rows = model, name, width, rows
-        self.floor, self.parallel, self.paired = floor, parallel, paired
+        self.floor, self.parallel, self.paired, self.blocks = floor, parallel, paired, blocks
 
 
 def layer_inputs(model: nn.Module, batches: list, names: list[str]) -> dict[str, list]:
@@ -88,7 +93,7 @@ def _fastest(work, repeat: int) -> float:
 
 
 def measure(model_name: str, target: Target, inputs: list, masks: list | None,
-            repeat: int) -> Row:
+            repeat: int, h_block: int | None = None) -> Row:
     """The floor and the two statistics times of one layer (see the module docstring)."""
     cpu = torch.device("cpu")
     alone = _Alone(target.module)
@@ -100,23 +105,30 @@ def measure(model_name: str, target: Target, inputs: list, masks: list | None,
     X = torch.cat([solo.rows(x, None if masks is None else m)
                    for x, m in zip(inputs, masks or [None] * len(inputs), strict=True)])
     X = X.float().contiguous()
-    floor = _fastest(lambda: X.T @ X, repeat)
-    parallel = _fastest(lambda: collect(alone, data, groups, cpu, discovery), repeat)
+    width = X.shape[1]
+    bounds = (0, width) if h_block is None else column_blocks(width, h_block, solo.kernel)
+    parts = [X[:, a:b].contiguous() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    del X
+    floor = _fastest(lambda: [part.T @ part for part in parts], repeat)
+    blocks = {"layer": bounds} if len(bounds) > 2 else None
+    parallel = _fastest(lambda: collect(alone, data, groups, cpu, discovery, blocks=blocks),
+                        repeat)
     paired = _fastest(lambda: collect(alone, data, groups, cpu, discovery,
-                                      reference=nullcontext), repeat)
-    return Row(model_name, target.name, X.shape[1], X.shape[0], floor, parallel, paired)
+                                      reference=nullcontext, blocks=blocks), repeat)
+    return Row(model_name, target.name, width, parts[0].shape[0], floor, parallel, paired,
+               len(bounds) - 1)
 
 
-def _pitch_rows(count: int, batch: int, repeat: int) -> list[Row]:
+def _pitch_rows(count: int, batch: int, repeat: int, h_block: int | None) -> list[Row]:
     model = pitch_net("tiny")
     batches = list(frames(count).split(batch))
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     inputs = layer_inputs(model, batches, names)
     return [measure("pitch (tiny)", Target(n, dict(model.named_modules())[n]), inputs[n], None,
-                    repeat) for n in names]
+                    repeat, h_block) for n in names]
 
 
-def _bert_rows(batches: int, repeat: int) -> list[Row]:
+def _bert_rows(batches: int, repeat: int, h_block: int | None) -> list[Row]:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -134,7 +146,7 @@ def _bert_rows(batches: int, repeat: int) -> list[Row]:
     inputs = layer_inputs(model, data, names)
     masks = [batch["attention_mask"] for batch in data]
     return [measure("BERT block", Target(n, dict(model.named_modules())[n]), inputs[n], masks,
-                    repeat) for n in names]
+                    repeat, h_block) for n in names]
 
 
 def table(rows: list[Row], command: str, threads: int) -> str:
@@ -143,14 +155,14 @@ def table(rows: list[Row], command: str, threads: int) -> str:
         f"Command: `{command}`; torch threads: {threads}; seconds: the fastest of the repeats.",
         "",
         "| model | layer | width | rows | floor X^T X s | H s | H / floor | paired s | "
-        "paired / floor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "paired / floor | H blocks |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.name} | {r.width:,} | {r.rows:,} | {r.floor:.3f} | "
             f"{r.parallel:.3f} | {r.parallel / r.floor:.2f} | {r.paired:.3f} | "
-            f"{r.paired / r.floor:.2f} |")
+            f"{r.paired / r.floor:.2f} | {r.blocks} |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,12 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=128, help="pitch frames (default: 128)")
     parser.add_argument("--batch", type=int, default=32, help="frames per batch (default: 32)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per time (default: 3)")
+    parser.add_argument("--h-block", type=int, help="block-diagonal statistics of layers "
+                        "wider than N columns, in blocks of at most N")
     parser.add_argument("--out", default="bench-results/statistics.md")
     add_threads_option(parser)
     args = parser.parse_args(argv)
     use_threads(args.threads if args.threads is not None else 1)
     count, batches = (16, 1) if args.quick else (args.frames, 8)
-    rows = _pitch_rows(count, args.batch, args.repeat) + _bert_rows(batches, args.repeat)
+    rows = (_pitch_rows(count, args.batch, args.repeat, args.h_block)
+            + _bert_rows(batches, args.repeat, args.h_block))
     command = shlex.join(["l0prune", "bench", "statistics", *(argv or [])])
     text = table(rows, command, torch.get_num_threads())
     print(text)

@@ -35,6 +35,7 @@ BENCHMARKS = {
     "admm": "l0prune.bench.admm",
     "statistics": "l0prune.bench.layer_statistics",
     "convnet": "l0prune.bench.convnet",
+    "wide": "l0prune.bench.wide",
 }
 
 #: What ``l0prune bench`` runs when no benchmark is named.
@@ -61,9 +62,10 @@ def add_parser(subparsers) -> None:
                     "llm-compressor's SparseGPT on a BERT encoder, given --llmcompressor-python "
                     "PATH), admm (ADMM's schedules against the published one) and statistics "
                     "(each layer's statistics against one X^T X product), convnet (a pitch "
-                    "estimator pruned by every method); solvers and models "
-                    "when no name is given. Tables are "
-                    "printed and written as "
+                    "estimator pruned by every method), wide (block-diagonal statistics against "
+                    "the full H, the full-size pitch network end to end, the solvers' working "
+                    "memory); solvers and models when no name is given. Tables are printed and "
+                    "written as "
                     "markdown (bench-results/NAME.md unless --out FILE is given). "
                     "`l0prune bench NAME --help` lists a benchmark's options, such as --quick "
                     "and --threads N.",

@@ -129,6 +129,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("sequential", flag, "take each layer's statistics with the layers before it "
            "already pruned (default); --no-sequential: all from the dense model", kind="flag",
            run=True),
+    Option("h-block", integer(1), "block-diagonal statistics for layers wider than N input "
+           "columns: blocks of at most N (whole channels of a convolution), each solved on its "
+           "own at the layer's sparsity; for a layer whose full H does not fit in memory "
+           "(default: the full H)", metavar="N", run=True),
     Option("blockwise", flag, "prune a model built as a stack of repeated blocks (a "
            "transformer) block by block: one calibration pass, one block at a time on the "
            "device (default when such a stack is found); --no-blockwise: the whole-model path",
@@ -417,6 +421,9 @@ def _check_scale_out(values: Mapping[str, object]) -> None:
         if values.get("alpha") is not None:
             raise UsageError(f"{flag_name} needs a fixed budget (--sparsity S or an N:M "
                              f"--budget), got alpha {values['alpha']:g}")
+        if values.get("h_block") is not None:
+            raise UsageError(f"{flag_name} writes and reads each layer's whole H; it does not "
+                             f"take --h-block (got --h-block {values['h_block']})")
     if values.get("save_problems") is not None and (workers or scheduler):
         raise UsageError("--save-problems solves nothing: give --workers / --scheduler to "
                          "l0prune solve DIR instead")

@@ -172,26 +172,33 @@ class Target:
             tuple(m.dilation), tuple(m._reversed_padding_repeated_twice), m.padding_mode,
         )
 
-    def rows(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def rows(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+             features: tuple[int, int] | None = None) -> torch.Tensor:
         """The layer's input as ``(n, groups * cols)`` rows (patches for a convolution).
 
         Args:
             x: the layer's input.
             mask: an ``attention_mask`` (batch x sequence); rows at its zeros (padding) are
                 dropped when ``x`` is batch x sequence x features.
+            features: only the columns of input features ``start:stop`` (of each convolution
+                group; a convolution's input channel spans :attr:`kernel` columns), unfolded
+                from those channels alone: a block of a block-diagonal ``H``.
 
         Returns:
-            The rows whose second moment is ``H``.
+            The rows whose second moment is ``H`` (or its block).
 
         Example:
             >>> Target("c", nn.Conv2d(2, 4, 3)).rows(torch.zeros(1, 2, 5, 5)).shape
             torch.Size([9, 18])
+            >>> Target("c", nn.Conv2d(2, 4, 3)).rows(torch.zeros(1, 2, 5, 5), features=(1, 2)).shape
+            torch.Size([9, 9])
         """
         if self.is_conv:
-            return self._patches(x)
+            return self._patches(x, features)
         if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
             x = x[mask.to(device=x.device) != 0]
-        return x.reshape(-1, x.shape[-1])
+        x = x.reshape(-1, x.shape[-1])
+        return x if features is None else x[:, features[0]:features[1]]
 
     def output_rows(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output less its bias as ``(n, out)`` rows, row ``i`` the output of
@@ -222,11 +229,18 @@ class Target:
         bias = getattr(self.module, "bias", None)
         return y if bias is None else y - bias.detach()
 
-    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+    def _patches(self, x: torch.Tensor, features: tuple[int, int] | None) -> torch.Tensor:
         m = self.module
         spatial = len(m.kernel_size)
         if x.ndim == spatial + 1:  # unbatched input
             x = x.unsqueeze(0)
+        if features is not None and m.groups == 1:  # the channels of the features
+            x = x[:, features[0]:features[1]]
+        elif features is not None:  # ... in each group
+            width = m.in_channels // m.groups
+            channels = torch.arange(*features, device=x.device)
+            channels = (torch.arange(m.groups, device=x.device)[:, None] * width + channels)
+            x = x.index_select(1, channels.reshape(-1))
         mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
         x = nn.functional.pad(x, list(m._reversed_padding_repeated_twice), mode=mode)
         kernel, stride, dilation = m.kernel_size, m.stride, m.dilation

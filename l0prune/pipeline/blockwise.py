@@ -495,9 +495,10 @@ class BlockPruner:
             self._solve(groups, budgets, {t.name: Moments(None) for g in groups for t in g},
                         done, curves)
             return lambda: done
+        blocks = self.layers.column_blocks
         if not self.sequential:
             moments = collect(runner, data, groups, self.device, self.discovery,
-                              diagonal=diagonal)
+                              diagonal=diagonal, blocks=blocks)
             if not final:
                 self._advance(block, inputs, dense, pruned, {})
             if self._defer(curves):
@@ -525,7 +526,7 @@ class BlockPruner:
                                              done))
             side = rows.pop(id(group), None)
             moments = collect(runner, data, [group], self.device, self.discovery,
-                              dense=None if side is None else [side])
+                              dense=None if side is None else [side], blocks=blocks)
             self._solve([group], budgets, moments, done, curves)
             del moments, side
         if not final:
@@ -540,7 +541,7 @@ class BlockPruner:
         runner = _Runner(block, inputs, dense, dense if advance else None)
         with self._dense(done):
             found = capture_dense(runner, data, run, self.device, self.discovery,
-                                  stop=not advance)
+                                  stop=not advance, blocks=self.layers.column_blocks)
         return {id(group): side for group, side in zip(run, found, strict=True)}
 
     @torch.no_grad()
@@ -589,7 +590,8 @@ class BlockPruner:
         """Whole-model statistics of ``groups`` (where the model is), moved to the device."""
         self.passes += 1
         found = collect(self.model, self.calibration, groups, self.home, self.discovery,
-                        reference, diagonal=self.kind == "diagonal")
+                        reference, diagonal=self.kind == "diagonal",
+                        blocks=self.layers.column_blocks)
         return _moved(found, self.device)
 
     def _submit(self, groups, budgets, moments):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from l0prune.model.statistics import Moments
+from l0prune.model.statistics import BlockDiagonal, Moments
 from l0prune.model.targets import Target
 from solvers import Budget, LayerProblem, method_info
 from solvers.many import is_dask_client, portable, submit_tasks
@@ -140,12 +140,9 @@ class LayerSolves:
         """Hand ``tasks`` over now (an executor starts on them while this process goes on);
         the function returned waits for their solutions, as :meth:`__call__` gives them (here,
         the solves run when it is called)."""
-        if self.executor is None:
-            calls = [(t.problems() if t.problems is not None else target_problems(
-                t.W, t.moments.H, t.moments.dense_cross(t.W), t.moments.energy), t.budgets,
-                t.method, t.options, t.errors_only) for t in tasks]
-            return submit_tasks(solve_problems, calls, None).gather
-        shared: dict[int, torch.Tensor] = {}  # a group's H moved once, shared by its layers
+        if self.executor is None:  # each task's problems built when it runs, not all at once
+            return submit_tasks(_solve_here, [(t,) for t in tasks], None).gather
+        shared: dict[int, torch.Tensor | BlockDiagonal] = {}  # a group's H moved once
         calls = [_arguments(t, None if t.moments.H is None else shared.setdefault(
             id(t.moments.H), t.moments.H.cpu())) for t in tasks]
         submitted = submit_tasks(solve_target, calls, self.executor,
@@ -163,7 +160,14 @@ class LayerSolves:
         return solutions
 
 
-def _arguments(task: LayerTask, H: torch.Tensor | None) -> tuple:
+def _solve_here(task: LayerTask) -> list[TargetSolution]:
+    """``task`` solved in this process, on its pruner's problems when it has them."""
+    problems = task.problems() if task.problems is not None else target_problems(
+        task.W, task.moments.H, task.moments.dense_cross(task.W), task.moments.energy)
+    return solve_problems(problems, task.budgets, task.method, task.options, task.errors_only)
+
+
+def _arguments(task: LayerTask, H: torch.Tensor | BlockDiagonal | None) -> tuple:
     """The arguments of :func:`~l0prune.pipeline.solves.solve_target` for ``task`` (its ``H`` on
     the CPU), on the CPU: the sequential problem's ``G`` per layer (``out x in``)."""
     cross, energy = task.moments.dense_cross(task.W), task.moments.energy

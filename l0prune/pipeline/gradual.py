@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 
 import torch
 from torch import nn
@@ -44,10 +44,11 @@ from l0prune.model.masks import mask_of
 from l0prune.model.snapshot import Snapshot
 from l0prune.model.targets import Target
 from l0prune.report import LayerReport, PruneReport, Trial
-from solvers import NM, Budget
+from solvers import NM, Budget, method_info
 
 from . import allocation
 from .finetune import masked_finetune
+from .footprint import check_memory
 from .layerwise import LayerPruner
 from .progress import progress as progress_bar
 from .restricted import within
@@ -126,6 +127,11 @@ def gradual(
         chosen, discovery = targets_of(model, train, config, session.device)
         for t in chosen:
             allocation.layer_family(t, config.budget).max_count(t.shape)
+        check_memory(chosen, discovery,
+                     statistics=method_info(config.method).statistics_for(config.options),
+                     method=config.method, sequential=config.sequential, fixed=config.fixed,
+                     family=config.budget, h_block=config.h_block, device=session.device,
+                     batches=len(train) if isinstance(train, Sized) else 1)
         run = _Gradual(model, train, chosen, discovery, session.snapshot, config,
                        loss_fn=loss_fn or cross_entropy, validation=validation,
                        device=session.device)

@@ -48,6 +48,7 @@ from solvers import Budget, LayerProblem, kept_at
 
 from .allocation import Curve, layer_family, least_count
 from .executors import LayerSolves, LayerTask
+from .footprint import column_plan
 from .interface import LayerResult
 from .progress import progress
 from .solves import TargetSolution, target_problems
@@ -117,19 +118,21 @@ class LayerPruner:
         self.options = config.solver_options
         self.sequential, self.device = config.sequential, device
         self.kind = self.solves.statistics(config.method, self.options)
+        self.column_blocks = column_plan(self.targets, config.budget, config.h_block, self.kind)
         self.model_device = device
         self.groups = input_groups(self.targets, discovery)
         self.weights = {t.name: t.module.weight for t in self.targets}
         self.passes = 0
         self.statistics: dict[str, Moments] = {}
         self._first: dict[str, Moments] = {}
-        self._cache: dict[str, tuple[weakref.ref, list[LayerProblem]]] = {}
+        self._cache: dict[str, tuple[weakref.ref, list[list[LayerProblem]]]] = {}
 
     def _collect(self, groups, reference=None) -> dict[str, Moments]:
         self.passes += 1
         diagonal = self.kind == "diagonal"
         return collect(self.model, self.calibration, groups, self.device, self.discovery,
-                       None if diagonal else reference, diagonal=diagonal)
+                       None if diagonal else reference, diagonal=diagonal,
+                       blocks=self.column_blocks)
 
     @contextmanager
     def _dense(self, results: Mapping[str, LayerResult]) -> Iterator[None]:
@@ -145,14 +148,16 @@ class LayerPruner:
                 for name, result in results.items():
                     modules[name].weight.copy_(result.weight)
 
-    def _problems(self, target: Target, moments: Moments) -> list[LayerProblem]:
-        """``target``'s problems (one per convolution group) for ``moments``, built once.
+    def _problems(self, target: Target, moments: Moments) -> list[list[LayerProblem]]:
+        """``target``'s problems (per convolution group, one per column block) for
+        ``moments``, built once.
 
         A problem caches its scaled form and eigendecomposition (and, from paired statistics,
         its sequential target solve), so every budget tried on the same statistics (an
         allocation's error curve, a search's trials) reuses them. One entry per target: new
         statistics replace it, and it goes as soon as its statistics are freed (block by
-        block, once its group is solved), so no stale problem holds memory.
+        block, once its group is solved), so no stale problem holds memory; a run at a fixed
+        budget drops it once the layer is solved.
         """
         cached = self._cache.get(target.name)
         if cached is not None and cached[0]() is moments:
@@ -253,6 +258,8 @@ class LayerPruner:
                     with torch.no_grad():
                         target.module.weight.copy_(result.weight)
                     results[target.name] = result
+                    if self.config.fixed:  # solved once: its factorisations are done with
+                        self._cache.pop(target.name, None)
         for target in self.targets:
             result = results[target.name]
             attach(target.module, result.weight, result.mask)

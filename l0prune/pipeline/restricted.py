@@ -17,7 +17,7 @@ import torch
 
 from solvers import Budget
 
-__all__ = ["within"]
+__all__ = ["allowed_of", "within"]
 
 
 class _Within:
@@ -62,3 +62,15 @@ def within(budget: Budget, allowed: torch.Tensor) -> Budget:
     object.__setattr__(restricted, "__class__", _within_type(family))
     object.__setattr__(restricted, "allowed", allowed.bool())
     return restricted
+
+
+def allowed_of(budget: Budget) -> torch.Tensor | None:
+    """The entries a budget of :func:`within` may keep, or ``None`` for any other budget.
+
+    Example:
+        >>> from solvers import Unstructured
+        >>> allowed_of(Unstructured(k=1)) is None, allowed_of(
+        ...     within(Unstructured(k=1), torch.ones(1, 2, dtype=torch.bool))).tolist()
+        (True, [[True, True]])
+    """
+    return budget.allowed if isinstance(budget, _Within) else None

@@ -23,3 +23,11 @@ def test_token_rows_leave_the_padding_out():
     inputs = [torch.randn(2, 5, 4)]
     masks = [torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])]
     assert bench.measure("m", Target("l", layer), inputs, masks, repeat=1).rows == 8
+
+
+def test_block_diagonal_statistics_are_measured_against_their_blocks_products():
+    model = pitch_net("tiny")
+    inputs = bench.layer_inputs(model, list(frames(2).split(2)), ["6"])["6"]
+    row = bench.measure("pitch", Target("6", model[6]), inputs, None, repeat=1, h_block=2048)
+    assert (row.width, row.rows, row.blocks) == (128 * 64, 2 * 128, 4)
+    assert "| 4 |" in bench.table([row], "l0prune bench statistics --h-block 2048", 1)

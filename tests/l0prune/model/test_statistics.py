@@ -10,9 +10,11 @@ from torch import nn
 from l0prune.model.statistics import (
     GRAM_BLOCK,
     PRODUCT_ROWS,
+    BlockDiagonal,
     add_gram,
     capture_dense,
     collect,
+    column_blocks,
     discover,
     input_groups,
     mirrored,
@@ -269,3 +271,94 @@ def test_a_statistics_pass_stops_at_the_groups_first_member(bert, tokens):
         for h in handles:
             h.remove()
     assert list(runs.values()) == [len(tokens)] * 3  # the dense side needs every output
+
+
+# --- block-diagonal statistics ---------------------------------------------------------------
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0)), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, groups=2, padding=1, padding_mode="reflect"),
+                         nn.Flatten(), nn.Linear(4 * 3 * 4, 10), nn.ReLU(), nn.Linear(10, 2))
+
+
+@pytest.mark.parametrize(("name", "bounds"), [
+    ("2", (0, 12, 24, 36)),  # 6 channels x 6 taps: two channels a block
+    ("2", (0, 24, 36)),  # uneven: four channels, then two
+    ("4", (0, 9, 18)),  # grouped: each group's two channels split in two
+    ("6", (0, 16, 32, 48)),  # a linear layer's inputs
+])
+def test_block_diagonal_statistics_are_the_diagonal_blocks_of_H(name, bounds):
+    """Each block is ``X_b^T X_b / N`` of the block's own columns, from the patches of its own
+    channels (padding, strides and groups as the layer has them): the full ``H``'s diagonal
+    block, nothing off it."""
+    model = _conv_net()
+    batches = [(torch.randn(5, 3, 6, 5),), (torch.randn(2, 3, 6, 5),)]
+    discovery = discover(model, batches[0], CPU)
+    groups = input_groups(select_targets(model, discovery.order, name), discovery)
+    full = collect(model, batches, groups, CPU, discovery)[name].H
+    H = collect(model, batches, groups, CPU, discovery, blocks={name: bounds})[name].H
+    assert isinstance(H, BlockDiagonal) and H.bounds == bounds
+    rows = _inputs(model, batches, [name])[name]
+    g = full.shape[0]
+    for (a, b), block in zip(H.spans, H.blocks, strict=True):
+        assert block.shape == (g, b - a, b - a)
+        for i in range(g):
+            cols = rows[:, i * full.shape[1]:(i + 1) * full.shape[1]]
+            _assert_products(block[i], cols[:, a:b])
+            assert torch.allclose(block[i], full[i, a:b, a:b], rtol=1e-6, atol=1e-9)
+    assert torch.allclose(H.dense(), torch.where(H.dense() != 0, full, 0.0), atol=1e-9)
+
+
+def test_paired_block_statistics_pair_each_block_with_its_own_dense_output():
+    """Paired, a block pairs its rows with the dense rows of its own columns
+    (``C_b = X_b^T X_0b / N``), and each member's energy is that of its block's own part of the
+    dense output, ``||X_0b W_b^T||^2 / N``; a dense pass captured once gives the same bits as a
+    reference pass per batch."""
+    from contextlib import contextmanager
+
+    model = _conv_net()
+    dense = copy.deepcopy(model)
+    with torch.no_grad():
+        model[0].weight[:, :1] = 0
+    pruned = model[0].weight.detach().clone()
+    batches = [(torch.randn(5, 3, 6, 5),), (torch.randn(3, 3, 6, 5),)]
+
+    @contextmanager
+    def reference():
+        model[0].weight.data.copy_(dense[0].weight.data)
+        yield
+        model[0].weight.data.copy_(pruned)
+
+    discovery = discover(model, batches[0], CPU)
+    groups = input_groups(select_targets(model, discovery.order, "2"), discovery)
+    bounds = {"2": (0, 12, 24, 36)}
+    found = collect(model, batches, groups, CPU, discovery, reference, blocks=bounds)["2"]
+    X, X0 = _inputs(model, batches, ["2"])["2"], _inputs(dense, batches, ["2"])["2"]
+    W = dense[2].weight.detach().reshape(1, 4, -1)
+    for j, (a, b) in enumerate(found.cross.spans):
+        _assert_products(found.cross.blocks[j][0], X[:, a:b], X0[:, a:b])
+        part = X0[:, a:b] @ W[0, :, a:b].double().T
+        assert float(found.energy[0, j]) == pytest.approx(
+            float((part ** 2).sum()) / X.shape[0], rel=1e-6)
+    G = torch.cat([part @ c.transpose(1, 2) for part, c in
+                   zip(W.double().split(12, dim=2), found.cross.blocks, strict=True)], dim=2)
+    assert torch.equal(found.dense_cross(W), G)
+    with reference():
+        sides = capture_dense(model, batches, groups, CPU, discovery, blocks=bounds)
+    again = collect(model, batches, groups, CPU, discovery, dense=sides, blocks=bounds)["2"]
+    for a, b in zip([*again.H.blocks, *again.cross.blocks, again.energy],
+                    [*found.H.blocks, *found.cross.blocks, found.energy], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("cols", "width", "unit", "bounds"), [
+    (10, 4, 1, (0, 4, 7, 10)),
+    (10, 100, 1, (0, 10)),
+    (6 * 64, 128, 64, (0, 128, 256, 384)),
+    (6 * 64, 100, 64, tuple(range(0, 385, 64))),  # narrower than a channel: one a block
+    (12, 5, 4, (0, 4, 8, 12)),  # N:M groups of 4 never split
+])
+def test_column_blocks_are_even_whole_units_within_the_width(cols, width, unit, bounds):
+    assert column_blocks(cols, width, unit) == bounds

@@ -15,14 +15,17 @@ from l0prune.pipeline.search import GRID
 from solvers import Unstructured, register_method
 
 
-def _pruner(sequential: bool):
+def _pruner(sequential: bool, fixed: bool = False):
+    """A pruner of a search (``alpha``: its problems kept for the curves), or of a run at a
+    fixed sparsity."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
                           nn.Linear(8, 2)).eval()
     data = [torch.randn(64, 12) for _ in range(2)]
     discovery = discover(model, data[0], torch.device("cpu"))
     targets = select_targets(model, discovery.order)
-    config = PruneConfig(sparsity=0.5, sequential=sequential, progress=False)
+    target = {"sparsity": 0.5} if fixed else {"alpha": 1.05}
+    config = PruneConfig(**target, sequential=sequential, progress=False)
     pruner = LayerPruner(model, data, targets, discovery, Snapshot(model), config,
                          device=torch.device("cpu"))
     return pruner, targets
@@ -47,6 +50,15 @@ def test_an_error_curve_decomposes_each_layer_once(monkeypatch):
     curves = pruner.curves(Unstructured(), GRID, pruner.curve_basis())  # the run's statistics
     assert all(len(c.counts) > 5 for c in curves)
     assert sorted(calls) == sorted(t.shape[1] for t in targets)  # one per layer, not per point
+
+
+def test_a_run_at_a_fixed_sparsity_drops_each_layers_factorisation_once_solved(monkeypatch):
+    pruner, targets = _pruner(sequential=False, fixed=True)
+    calls = _counting_eigh(monkeypatch)
+    pruner.run(uniform(targets, Unstructured(), 0.5))
+    assert len(calls) == len(targets)
+    pruner.curves(Unstructured(), GRID, pruner.curve_basis())
+    assert len(calls) == 2 * len(targets)  # nothing was kept for a curve no such run asks
 
 
 def test_new_statistics_build_new_problems(monkeypatch):
