@@ -29,7 +29,8 @@ a valid bound however inexactly the point was found:
   bound): a row's bound is the lowest over its tree's open nodes, so it is valid and never below
   the row's root. Per-row and N:M budgets branch on each row's own counts; a layer budget is
   split at the root's shared multiplier ``tau`` into penalised rows, ``f* >= sum_i min_v (f_i(v)
-  + tau ||v_i||_0) - tau k``, and each row's penalised problem is branched. A Structured budget
+  + tau ||v_i||_0) - tau k``, and each row's penalised problem is branched; where every row's
+  tree is proven, ``tau`` is moved towards the best split (:func:`_split`). A Structured budget
   (a gate spanning the rows) gets the ``"row_sdp"`` bound.
 
 Every tier is at least the separable bound for its diagonal.
@@ -57,6 +58,8 @@ BOUNDS = ("separable", "lagrangian", "perspective", "sdp", "row_sdp", "branch")
 PERSPECTIVE_MAX_WEIGHTS = 4096
 SDP_MAX_INPUTS = 256
 SDP_MAX_WEIGHTS = 32768
+#: Splits of a layer budget tried by ``"branch"`` (only while every row's tree is proven).
+SPLIT_TRIES = 8
 
 
 def lower_bound(
@@ -198,8 +201,27 @@ def _branch(W, A, card, budget, tol, nodes, start) -> float:
         trees = search(W.unsqueeze(1), A, set_size=card.set_size, count=count, **limits)
         return max(root, sum(tree.bound for tree in trees))
     tau = max(float(point.tau.reshape(-1)[0]), 0.0)  # the split is valid for tau >= 0 only
-    trees = search(W.unsqueeze(1), A, set_size=inp, penalty=torch.full((out,), tau,
-                   dtype=torch.float64), **limits)
-    rows = sum(tree.bound for tree in trees)
-    penalised = rows - tau * card.count - ROUNDING * (abs(rows) + tau * card.count)
-    return max(root, penalised)
+    return max(root, _split(W, A, card.count, tau, limits))
+
+
+def _split(W, A, k, tau, limits) -> float:
+    """The highest split ``sum_i min_v (f_i(v) + tau ||v_i||_0) - tau k`` found from the root's
+    ``tau``, each row's penalised problem bounded by its tree. The split is concave in ``tau``;
+    while every tree is proven, the optimal supports' total size less ``k`` is its slope, so
+    ``tau`` doubles (more kept than ``k``) or halves until the slope changes sign, then bisects
+    the bracket in log scale; at most :data:`SPLIT_TRIES` splits. Any ``tau >= 0`` is valid."""
+    from .branch_bound import search
+
+    out, inp = W.shape
+    best, low, high = -math.inf, 0.0, math.inf
+    for _ in range(SPLIT_TRIES):
+        trees = search(W.unsqueeze(1), A, set_size=inp,
+                       penalty=torch.full((out,), tau, dtype=torch.float64), **limits)
+        rows = sum(tree.bound for tree in trees)
+        best = max(best, rows - tau * k - ROUNDING * (abs(rows) + tau * k))
+        kept = sum(int(tree.mask.sum()) for tree in trees)
+        if tau <= 0 or kept == k or not all(tree.proven for tree in trees):
+            break
+        low, high = (tau, high) if kept > k else (low, tau)
+        tau = 2 * tau if high == math.inf else tau / 2 if low == 0 else math.sqrt(low * high)
+    return best

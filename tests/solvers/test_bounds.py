@@ -58,12 +58,13 @@ def test_branch_bound_is_valid_on_real_like_h(problem, nodes):
 
 @pytest.mark.parametrize(
     ("budget", "least"),
-    [(Unstructured(sparsity=0.6), 0.83), (PerRow(k=3), 0.99), (NM(2, 4), 0.99)],
+    [(Unstructured(sparsity=0.6), 0.92), (PerRow(k=3), 0.99), (NM(2, 4), 0.99)],
     ids=repr,
 )
 def test_branching_closes_most_of_the_row_sdp_gap_on_ill_conditioned_h(budget, least):
     # A fast-decaying spectrum leaves row_sdp 16-38 % below the optimum; 16 nodes a row take a
-    # row budget to it, and a layer budget to its split at the shared multiplier.
+    # row budget to it, and a layer budget to its best split (16 % below at the root's
+    # multiplier, 7 % once the multiplier is moved).
     H = decaying_h(8, seed=1, decay=0.3)
     W = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     problem = LayerProblem(W, H, budget=budget)
