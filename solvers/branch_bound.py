@@ -80,8 +80,8 @@ def support_cost(A: torch.Tensor, w: torch.Tensor, keep: torch.Tensor) -> float:
 class _Forest:
     """The trees' data and the node operations (see the module docstring)."""
 
-    def __init__(self, W, A, set_size, count, penalty, shared):
-        self.W, self.A, self.m = W.double(), A.double(), set_size
+    def __init__(self, W, A, set_size, count, penalty, shared, tol):
+        self.W, self.A, self.m, self.tol = W.double(), A.double(), set_size, tol
         self.count, self.penalty, self.shared = count, penalty, shared
         self.n = W.shape[-1]
 
@@ -168,7 +168,7 @@ class _Forest:
             options["shared"] = (self.shared[trees] - kept.sum((1, 2))).to(torch.float64)
         else:
             options["count"] = (self.count[trees] - kept).reshape(len(nodes) * r, -1).double()
-        point = maximise(w, A, set_size=self.m, **options)
+        point = maximise(w, A, set_size=self.m, tol=self.tol, **options)
         values = row_bounds(w, A, point.d, point.X, self.m, **options)
         values = values.reshape(len(nodes), -1).sum(1) + constant
         P = (point.X.unsqueeze(1) @ A).squeeze(1) - point.X * point.d
@@ -225,6 +225,7 @@ def search(
     max_nodes: int | None = None,
     gap: float = 1e-6,
     batch: int = 8,
+    tol: float = 1e-5,
 ) -> list[Tree]:
     """Branch and bound on every tree of a forest (see the module docstring).
 
@@ -240,12 +241,14 @@ def search(
         max_nodes: nodes bounded per tree at most; ``None`` for no limit.
         gap: relative gap at which a tree counts as proven.
         batch: nodes per tree branched together.
+        tol: each node's bound stops when a barrier stage raises it by less than this
+            (relative; :func:`~solvers.row_sdp.maximise`): looser is faster and still valid.
 
     Returns:
         One :class:`Tree` per tree.
     """
     begin = time.monotonic()
-    forest = _Forest(W, A, set_size, count, penalty, shared)
+    forest = _Forest(W, A, set_size, count, penalty, shared, tol)
     trees = W.shape[0]
     best = [(forest.leaf_value(t, start[t]), start[t].clone()) for t in range(trees)]
     heaps: list[list] = [[] for _ in range(trees)]

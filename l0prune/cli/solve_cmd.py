@@ -37,7 +37,7 @@ def add_parser(subparsers, parents: list[argparse.ArgumentParser]) -> None:
                         help="also compute a certified lower bound on the optimum and the gap")
     parser.add_argument("--bound", metavar="TIER", default="lagrangian",
                         help="the lower bound tier --certify computes, such as separable, "
-                             "lagrangian (default), perspective or sdp")
+                             "lagrangian (default), perspective, sdp, row_sdp or branch")
     parser.add_argument("--time-limit", metavar="S",
                         help="--method exact: seconds for the branch and bound (default: 300)")
     parser.add_argument("--max-binaries", metavar="N",

@@ -5,11 +5,13 @@ import time
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from solvers import NM, LayerProblem, PerRow, Structured, Unstructured, lower_bound, solve
 from solvers.bounds import PERSPECTIVE_MAX_WEIGHTS, SDP_MAX_INPUTS
 
 from .brute_force import assert_below, optimum, tiny_problems
+from .test_row_sdp import decaying_h, real_like
 
 BUDGETS = [Unstructured(sparsity=0.6), PerRow(k=3), NM(2, 4), Structured(k=2, group=2)]
 FAST = {"max_iter": 300}
@@ -31,6 +33,56 @@ def test_cone_and_sdp_bounds_are_valid(problem):
     truth = optimum(problem)
     assert_below(lower_bound(problem, "perspective"), problem, truth)
     assert_below(lower_bound(problem, "sdp", **FAST), problem, truth)
+
+
+@settings(max_examples=20, deadline=None)
+@given(tiny_problems(), st.integers(1, 6), st.booleans())
+def test_branch_bound_is_valid_and_above_its_root_on_random_h(problem, nodes, dense_start):
+    # Any node count, and a first incumbent that keeps every weight (infeasible, objective 0):
+    # the bound stays below the optimum and never under the row_sdp bound it starts from.
+    truth = optimum(problem)
+    init = problem.W if dense_start else None
+    bound = lower_bound(problem, "branch", nodes=nodes, init=init)
+    assert_below(bound, problem, truth)
+    assert bound >= lower_bound(problem, "row_sdp")
+
+
+@settings(max_examples=12, deadline=None)
+@given(real_like(), st.integers(1, 12))
+def test_branch_bound_is_valid_on_real_like_h(problem, nodes):
+    start = solve(problem, "admm").weight
+    bound = lower_bound(problem, "branch", nodes=nodes, init=start)
+    assert_below(bound, problem, optimum(problem))
+    assert bound >= lower_bound(problem, "row_sdp")
+
+
+@pytest.mark.parametrize(
+    ("budget", "least"),
+    [(Unstructured(sparsity=0.6), 0.92), (PerRow(k=3), 0.99), (NM(2, 4), 0.99)],
+    ids=repr,
+)
+def test_branching_closes_most_of_the_row_sdp_gap_on_ill_conditioned_h(budget, least):
+    # A fast-decaying spectrum leaves row_sdp 16-38 % below the optimum; 16 nodes a row take a
+    # row budget to it, and a layer budget to its best split (16 % below at the root's
+    # multiplier, 7 % once the multiplier is moved).
+    H = decaying_h(8, seed=1, decay=0.3)
+    W = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    problem = LayerProblem(W, H, budget=budget)
+    truth = optimum(problem)
+    root = lower_bound(problem, "row_sdp")
+    bound = lower_bound(problem, "branch", nodes=16)
+    assert root < 0.85 * truth
+    assert least * truth <= bound <= truth * (1 + 1e-9)
+
+
+def test_structured_branch_bound_is_the_row_sdp_bound():
+    # The gate spans the rows, so the rows cannot be branched apart.
+    H = decaying_h(8, seed=0, decay=0.3)
+    W = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    problem = LayerProblem(W, H, budget=Structured(k=2, group=2))
+    bound = lower_bound(problem, "branch", nodes=16)
+    assert bound == lower_bound(problem, "row_sdp")
+    assert_below(bound, problem, optimum(problem))
 
 
 @pytest.mark.parametrize("budget", BUDGETS, ids=repr)
@@ -124,6 +176,9 @@ def test_certify_fills_lower_bound_and_gap(layer, monkeypatch):
         ({"max_iter": 0}, "max_iter must be a positive integer"),
         ({"tol": -1.0}, "tol must be a positive number"),
         ({"init": torch.zeros(2, 2)}, "init must have W's shape"),
+        ({"method": "branch", "nodes": 0}, "nodes must be a positive integer, got 0"),
+        ({"method": "branch", "nodes": 2.5}, "nodes must be a positive integer, got 2.5"),
+        ({"method": "branch", "nodes": True}, "nodes must be a positive integer, got True"),
     ],
 )
 def test_bad_arguments_are_named(layer, kwargs, match):

@@ -47,6 +47,10 @@ def test_bad_options_are_refused(tmp_path, capsys):
         certify.main(["--time-limit", "0", "--out", str(tmp_path / "x.md")])
     assert info.value.code == 2
     assert "--time-limit must be a positive number, got 0.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        certify.main(["--branch-nodes", "0", "--out", str(tmp_path / "x.md")])
+    assert info.value.code == 2
+    assert "--branch-nodes must be a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x.md").exists()
 
 
@@ -56,14 +60,27 @@ def test_real_table_has_every_tier_and_the_medians():
                                budgets=[("70%", Unstructured(sparsity=0.7))])
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[-2:] == ["gap row_sdp (s)", "best gap"]
+    assert header[-3:] == ["gap row_sdp (s)", "gap branch (s)", "best gap"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:4]]
     for cells in rows:
         gaps = [float(c.split("%")[0]) for c in cells[5:-1]]
         assert float(cells[-1][:-1]) == pytest.approx(min(gaps), abs=0.01)
         assert gaps[4] <= gaps[1] + 0.01  # row_sdp at least as tight as lagrangian
+        assert gaps[5] <= gaps[4]  # branch never below its row_sdp root
     medians = [c.strip() for c in lines[-1].strip("|").split("|")]
     assert medians[0] == "70%" and medians[1].endswith("(2)")
+
+
+def test_budget_option_picks_the_real_tables_budgets(tmp_path, capsys):
+    out = tmp_path / "real.md"
+    certify.main(["--quick", "--table", "real", "--budget", "2:4", "--row-sdp-max-inputs", "1",
+                  "--branch-nodes", "2", "--out", str(out)])
+    medians = out.read_text().split("| budget | median best gap")[1].splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in medians if line.startswith("|")] == ["2:4"]
+    with pytest.raises(SystemExit) as info:
+        certify.main(["--table", "real", "--budget", "60%", "--out", str(tmp_path / "x.md")])
+    assert info.value.code == 2
+    assert "--budget: invalid choice: '60%'" in capsys.readouterr().err
 
 
 def test_proven_table_proves_a_small_row():
