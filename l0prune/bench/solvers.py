@@ -43,6 +43,7 @@ VARIANTS: list[tuple[str, str, dict]] = [
     ("obs+refit", "obs", {"refit": True}),
     ("iht", "iht", {}),
     ("admm", "admm", {}),
+    ("admm (default schedule)", "admm", {"schedule": "default"}),
     ("admm (fast)", "admm", {"schedule": "fast"}),
     ("admm (published ALPS)", "admm", {"schedule": "alps", "swap_rounds": 0}),
     ("hard_concrete", "hard_concrete", {}),
