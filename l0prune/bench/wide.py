@@ -327,8 +327,8 @@ def _working(methods) -> list[str]:
         "its float64 H, and what it holds after the solve with the problem alive, per b^2 "
         "(b the columns) and, for the layer with more rows, per weight beyond the narrow "
         "layer's b^2 figure.", "",
-        "| method | peak / b^2 (4096 x 128) | kept / b^2 | peak / weight (4096 x 2048) | "
-        "kept / weight |",
+        "| method | peak / b^2 (4,096 in, 128 out) | kept / b^2 | "
+        "peak / weight (2,048 in, 4,096 out) | kept / weight |",
         "|---|---:|---:|---:|---:|",
     ]
     for method in methods:

@@ -71,7 +71,7 @@ class Cost:
         return kept, extra
 
 
-#: Working memory per method, measured on one thread by ``python -m l0prune.bench.footprint``
+#: Working memory per method, measured on one thread by ``l0prune bench wide --working``
 #: (the peak resident memory of a solve above its float64 statistics, and what stays while its
 #: problem lives) on layers of 2,048 and 4,096 inputs with 128 and 4,096 rows; a method not
 #: listed counts as ADMM (the largest of those that read ``H``).
