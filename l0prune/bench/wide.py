@@ -2,23 +2,24 @@
 network end to end, and the solvers' working memory that the memory check counts.
 
 ``l0prune bench wide [--quick] [--frames N] [--methods M ...] [--h-blocks B ...] [--threads N]
-[--out FILE]``: on the random-init pitch estimator of CREPE's tiny layout
-(:mod:`l0prune.bench.pitch`, whose second convolution unfolds to 8,192 columns), pruned at 90 %
-unstructured (sequential, the default) by each method with the full ``H`` and with
-``h_block=B``: per layer, the relative output error against the dense model on held-out frames
-(``||Y - Y_0||^2 / ||Y_0||^2``, bias left out) and the one the run reports (under the statistics
-it took); for the network, the relative output error against the dense one and how often the
-pruned model's pitch bin is the dense one's, on the same held-out frames; and the run's time.
+[--out FILE]``: CREPE's tiny layout trained on synthetic tones (:func:`l0prune.bench.pitch.
+trained_pitch_net`, cached; its second convolution unfolds to 8,192 columns), pruned at 90 %
+unstructured (sequential, the default) from ``--frames`` calibration frames by each method with
+the full ``H`` and with ``h_block=B`` (a method that does not read ``H``, Wanda or magnitude,
+once): per layer, the relative output error against the dense model on 256 held-out frames
+(``||Y - Y_0||^2 / ||Y_0||^2``, bias left out) and the one the run reports (under the
+statistics it took); for the network, the relative error of its outputs on the same frames
+(:func:`output_error`) and the raw pitch accuracy on 2,048 held-out tones; and the run's time.
 A second table splits one layer's budget over its blocks two ways, on the statistics of the
-dense model (the whole network pruned with ``sequential=False``): in proportion to the blocks'
-sizes (what ``h_block`` does) and by the blocks' error curves as :func:`l0prune.pipeline.
-allocation.spread` spreads a budget across layers, each judged by the layer's relative error
-under its full ``H``.
+dense model: in proportion to the blocks' sizes (what ``h_block`` does) and by the blocks'
+error curves as :func:`l0prune.pipeline.allocation.spread` spreads a budget across layers, each
+judged by the layer's relative error under its full ``H``.
 
 ``l0prune bench wide --full --method M --h-block B [--frames N]``: the full-size layout (22M
 parameters, a second convolution of 1,024 channels x 64 taps, 65,536 columns) pruned end to end
-at 90 % in this process: the wall time, the peak resident memory (``ru_maxrss``), the memory
-check's estimate for the run, and the network's output error on held-out frames.
+at 90 % in this process (random-init: the shapes and the memory are what count): the wall time,
+the peak resident memory (``ru_maxrss``), the memory check's estimate for the run, and on
+held-out frames the network's output error and how often its pitch bin is the dense one's.
 
 ``l0prune bench wide --working``: the working memory of each method's solve, as
 :data:`l0prune.pipeline.footprint.WORKING` records it: per method and layer shape, a fresh
@@ -32,6 +33,7 @@ markdown (default ``bench-results/wide.md``, ``wide-full.md``, ``wide-working.md
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import shlex
@@ -49,12 +51,12 @@ from l0prune.model.targets import Target, select_targets
 from l0prune.pipeline.allocation import Curve, spread
 from l0prune.pipeline.footprint import column_plan, estimate
 from l0prune.pipeline.solves import block_budgets, target_problems
-from solvers import Unstructured, solve
+from solvers import Unstructured, method_info, solve
 
 from . import add_threads_option, use_threads
-from .pitch import frames, pitch_net
+from .pitch import Tones, frames, pitch_accuracy, pitch_net, tones, trained_pitch_net
 
-__all__ = ["layer_errors", "main", "output_error"]
+__all__ = ["layer_errors", "main", "output_error", "same_bin"]
 
 SPARSITY = 0.9
 #: Sparsities of the blocks' error curves (the allocation table).
@@ -98,70 +100,88 @@ def layer_errors(pruned: nn.Module, dense: nn.Module, x: torch.Tensor,
             for n in names}
 
 
-def output_error(pruned: nn.Sequential, dense: nn.Sequential,
-                 x: torch.Tensor) -> tuple[float, float]:
-    """The relative error of the pruned network's features (what its dense head reads: its
-    outputs less the head's bias, which is most of a random-init network's output) against the
-    dense one's on ``x``, and the fraction of frames whose most likely pitch bin is the dense
-    one's.
+def output_error(pruned: nn.Module, dense: nn.Module, x: torch.Tensor) -> float:
+    """The relative error of the pruned network's outputs against the dense one's on ``x``,
+    ``||Y - Y_0||^2 / ||Y_0 - mean(Y_0)||^2`` with the mean over the frames.
+
+    Measured against the outputs' spread, not ``||Y_0||^2``: a part of the output that does
+    not depend on the input (the biases carried through, nearly all of a random-init pitch
+    network's features) would make any error look negligible.
 
     Example:
         >>> net = pitch_net("tiny")
         >>> output_error(net, net, frames(3))
-        (0.0, 1.0)
+        0.0
     """
     with torch.no_grad():
-        f, f0 = pruned[:-1](x).double(), dense[:-1](x).double()
-        same = pruned[-1](f.float()).argmax(1) == dense[-1](f0.float()).argmax(1)
-    return float((f - f0).square().sum() / f0.square().sum()), float(same.double().mean())
+        y, y0 = pruned(x).double(), dense(x).double()
+    return float((y - y0).square().sum() / (y0 - y0.mean(0)).square().sum())
+
+
+def same_bin(pruned: nn.Module, dense: nn.Module, x: torch.Tensor) -> float:
+    """The fraction of frames whose most likely pitch bin is the dense network's.
+
+    Example:
+        >>> net = pitch_net("tiny")
+        >>> same_bin(net, net, frames(3))
+        1.0
+    """
+    with torch.no_grad():
+        return float((pruned(x).argmax(1) == dense(x).argmax(1)).double().mean())
 
 
 # --- the tiny network: block sizes against the full H ------------------------------------------
 
-def _quality(methods, widths, count: int, held: torch.Tensor) -> list[dict]:
-    data = list(frames(count).split(32))
-    dense = pitch_net("tiny")
-    names = [n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)]
+def _widths_for(method: str, widths: list[int | None]) -> list[int | None]:
+    """The full ``H`` alone for a method that does not read it (``h_block`` changes nothing)."""
+    return widths if method_info(method).statistics == "full" else [None]
+
+
+def _quality(model: nn.Module, methods, widths, data: list[torch.Tensor],
+             held: Tones) -> list[dict]:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    x = held.frames[:256]
     rows = []
     for method in methods:
-        for width in widths:
-            model = pitch_net("tiny")
+        for width in _widths_for(method, widths):
+            pruned = copy.deepcopy(model)
             start = time.perf_counter()
-            report = l0prune.prune(model, data, sparsity=SPARSITY, method=method, h_block=width,
-                                   progress=False)
+            report = l0prune.prune(pruned, data, sparsity=SPARSITY, method=method,
+                                   h_block=width, progress=False)
             seconds = time.perf_counter() - start
-            held_out = layer_errors(model, dense, held, names)
-            error, agree = output_error(model, dense, held)
             rows.append({"method": method, "h_block": width, "seconds": seconds,
                          "reported": {r.name: r.relative_error for r in report.layers},
-                         "held_out": held_out, "output": error, "agree": agree})
+                         "held_out": layer_errors(pruned, model, x, names),
+                         "output": output_error(pruned, model, x),
+                         "accuracy": pitch_accuracy(pruned, held)})
     return rows
 
 
-def _quality_table(rows: list[dict]) -> list[str]:
+def _quality_table(rows: list[dict], dense_accuracy: float, count: int, held: int) -> list[str]:
     names = list(rows[0]["reported"])
     lines = [
         "## The tiny network: block-diagonal statistics against the full H", "",
-        f"{SPARSITY:.0%} unstructured, sequential; per layer the relative output error against "
-        "the dense model on held-out frames (the run's own figure, under the statistics it "
-        "took, in brackets); the network's: the relative error of the features its dense head "
-        "reads, and the frames whose pitch bin is the dense model's.", "",
+        f"CREPE's tiny layout trained on synthetic tones, {SPARSITY:.0%} unstructured, "
+        f"sequential, {count} calibration frames; per layer the relative output error against "
+        "the dense model on 256 held-out frames (the run's own figure, under the statistics it "
+        "took, in brackets); the network's relative output error on the same frames (against "
+        "the spread of the dense outputs); the raw pitch accuracy on "
+        f"{held:,} held-out tones (dense {dense_accuracy:.3f}). Wanda and magnitude read no "
+        "full H, so h_block does not change them: one row each.", "",
         "| method | h_block | " + " | ".join(f"layer {n}" for n in names)
-        + " | network | same bin | seconds |",
+        + " | network | accuracy | seconds |",
         "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
     ]
     for r in rows:
         cells = [f"{r['held_out'][n]:.4f} ({r['reported'][n]:.4f})" for n in names]
         lines.append(f"| {r['method']} | {r['h_block'] or 'full H'} | " + " | ".join(cells)
-                     + f" | {r['output']:.4f} | {r['agree']:.1%} | {r['seconds']:.1f} |")
+                     + f" | {r['output']:.4f} | {r['accuracy']:.3f} | {r['seconds']:.1f} |")
     return lines + [""]
 
 
-def _block_problems(layer: str, count: int, width: int):
+def _block_problems(model: nn.Module, layer: str, data: list[torch.Tensor], width: int):
     """The layer's dense weight, its full ``H`` and its block problems, on the dense model's
     statistics."""
-    model = pitch_net("tiny")
-    data = list(frames(count).split(32))
     cpu = torch.device("cpu")
     discovery = discover(model, data[0], cpu)
     target = select_targets(model, discovery.order, layer)[0]
@@ -189,10 +209,11 @@ def _curve_counts(problems, method: str, kept: int) -> list[int]:
     return [budgets[f"block {j}"].k for j in range(len(problems))]
 
 
-def _allocation(methods, widths, count: int, layer: str = "6") -> list[dict]:
+def _allocation(model: nn.Module, methods, widths, data: list[torch.Tensor],
+                layer: str = "6") -> list[dict]:
     rows = []
     for width in widths:
-        target, W, H, problems = _block_problems(layer, count, width)
+        target, W, H, problems = _block_problems(model, layer, data, width)
         kept = round((1 - SPARSITY) * W.numel())
         uniform = [b.k for b in block_budgets(Unstructured(k=kept), W.shape[0],
                                                [p.shape[1] for p in problems])]
@@ -246,12 +267,13 @@ def _full(method: str, width: int | None, count: int) -> list[str]:
                            progress=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    error, agree = output_error(model, pitch_net("full"), held)
+    dense = pitch_net("full")
+    error, agree = output_error(model, dense, held), same_bin(model, dense, held)
     lines = [
         "## The full-size pitch network end to end", "",
         f"22M parameters, 90 % unstructured, sequential, {count} calibration frames in batches "
         f"of 32; method {method}, h_block {width or 'none (the full H)'}.", "",
-        "| seconds | peak resident memory | the check's estimate | network | same bin |",
+        "| seconds | peak resident memory | the check's estimate | network error | same bin |",
         "|---:|---:|---:|---:|---:|",
         f"| {seconds:.0f} | {peak / 1e9:.2f} GB | {planned.total / 1e9:.2f} GB | {error:.4f} | "
         f"{agree:.1%} |", "",
@@ -305,8 +327,8 @@ def _working(methods) -> list[str]:
         "its float64 H, and what it holds after the solve with the problem alive, per b^2 "
         "(b the columns) and, for the layer with more rows, per weight beyond the narrow "
         "layer's b^2 figure.", "",
-        "| method | peak / b^2 (4096 x 128) | kept / b^2 | peak / weight (4096 x 2048) | "
-        "kept / weight |",
+        "| method | peak / b^2 (4,096 in, 128 out) | kept / b^2 | "
+        "peak / weight (2,048 in, 4,096 out) | kept / weight |",
         "|---|---:|---:|---:|---:|",
     ]
     for method in methods:
@@ -319,13 +341,25 @@ def _working(methods) -> list[str]:
     return lines + [""]
 
 
+def _tiny(methods: list[str], widths: list[int], count: int) -> list[str]:
+    """The tiny network's tables: each method with the full ``H`` and each width, and the
+    budget's split over layer 6's blocks."""
+    model = trained_pitch_net("tiny")
+    data = list(tones(count, seed=3).frames.split(32))
+    held = tones(2048, seed=7)
+    rows = _quality(model, methods, [None, *widths], data, held)
+    lines = _quality_table(rows, pitch_accuracy(model, held), count, len(held.bins))
+    full = [m for m in methods if method_info(m).statistics == "full"]
+    return lines + _allocation_table(_allocation(model, full, widths, data)) if full else lines
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="l0prune bench wide")
     parser.add_argument("--quick", action="store_true",
                         help="32 frames, OBS, blocks of 2048 (a smoke run)")
     parser.add_argument("--frames", type=int, default=128, help="calibration frames")
-    parser.add_argument("--methods", nargs="+", default=["obs", "admm"])
+    parser.add_argument("--methods", nargs="+", default=["obs", "admm", "wanda", "magnitude"])
     parser.add_argument("--h-blocks", type=int, nargs="+", default=[4096, 2048, 1024])
     parser.add_argument("--full", action="store_true", help="the full-size network, one run")
     parser.add_argument("--method", default="obs", help="--full: the method")
@@ -349,10 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         count, methods, widths = ((32, ["obs"], [2048]) if args.quick
                                   else (args.frames, args.methods, args.h_blocks))
-        held = frames(256, seed=1)
-        lines = _quality_table(_quality(methods, [None, *widths], count, held))
-        lines += _allocation_table(_allocation(methods, widths, count))
-        name = "wide"
+        lines, name = _tiny(methods, widths, count), "wide"
     text = "\n".join(["# Wide layers", "", *header, *lines])
     print(text)
     out = Path(args.out or f"bench-results/{name}.md")
