@@ -84,7 +84,7 @@ def _same(a, b) -> bool:
 
 def scale_table(count: int, method: str, workers: int, options: dict) -> str:
     """The markdown table of the scale benchmark (see the module docstring)."""
-    from distributed import Client, LocalCluster
+    from l0prune.pipeline.executors import local_cluster
 
     batch = problems(count)
     tiny = [LayerProblem(torch.randn(8, 16, generator=torch.Generator().manual_seed(i)), None,
@@ -95,9 +95,7 @@ def scale_table(count: int, method: str, workers: int, options: dict) -> str:
     tiny_here, _ = _timed(lambda: solve_many(tiny, "magnitude", progress=False))
     rows = [("this process, 1 thread", here, True, 0.0)]
     iterations = [s.info.get("iterations") for s in expected]
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}
-                      ) as cluster, Client(cluster) as client:
+    with local_cluster(workers) as client:  # as l0prune's --workers starts one
         solve_many(tiny[:4], "magnitude", client, progress=False)  # workers warm
         wall, found = _timed(lambda: solve_many(batch, method, client, progress=False,
                                                 **options))

@@ -251,11 +251,30 @@ def local_cluster(workers: int, *, retries: int = 3) -> Iterator:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     distributed = _dask()
-    with distributed.LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        scheduler_kwargs={"allowed_failures": retries, "dashboard_address": _HTTP},
-    ) as cluster, distributed.Client(cluster) as client:
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}), \
+            distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                scheduler_kwargs={"allowed_failures": retries, "dashboard_address": _HTTP},
+            ) as cluster, distributed.Client(cluster) as client:
         yield client
+
+
+def _worker_environment() -> dict:
+    """The environment dask gives the worker processes it spawns, less
+    ``MALLOC_TRIM_THRESHOLD_``.
+
+    dask sets that variable (65,536) to give memory back to the system sooner; setting it turns
+    off glibc's adaptive mmap threshold, so every temporary of more than 128 KiB is mapped and
+    unmapped afresh. A layer solve allocates such temporaries at every iteration: an ADMM solve of
+    a 1536 x 384 layer took 2.4 s on such a worker against 0.9 s in this process, and 1.0 s
+    without the variable.
+    """
+    import dask
+
+    found = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {k: v for k, v in found.items() if k != "MALLOC_TRIM_THRESHOLD_"}
 
 
 @contextmanager

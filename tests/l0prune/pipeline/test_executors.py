@@ -182,6 +182,16 @@ def test_local_cluster_checks_its_arguments():
             pass
 
 
+def test_local_cluster_workers_keep_glibcs_adaptive_allocator():
+    """dask's MALLOC_TRIM_THRESHOLD_ would map every large temporary of a solve afresh (2.5x
+    slower solves); the one-thread settings stay."""
+    pytest.importorskip("distributed")
+    with local_cluster(1) as client:
+        found = client.run(lambda: {k: os.environ.get(k) for k in (
+            "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
+    assert list(found.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+
+
 def test_the_alpha_search_on_the_cluster_takes_the_same_path(dask_client, digits_mlp_trained):
     model, calibration = _digits(digits_mlp_trained)
     validation = [next(iter(digits_mlp_trained[1].loader("val")))]
