@@ -14,6 +14,7 @@ Only what was measured is drawn.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from l0prune.report import PruneReport
+
+# A font matplotlib falls back from (its cache may not list its own STIX fonts) is no news for
+# the run's user: the figures are drawn either way, and the run's stderr stays the run's.
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
 __all__ = ["FEW_LAYERS", "Grid", "block_grid", "frontier", "layers_plot", "sparsity_loss_plot"]
 

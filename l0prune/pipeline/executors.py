@@ -30,6 +30,7 @@ loss-tolerance search, all at once.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -253,7 +254,8 @@ def local_cluster(workers: int, *, retries: int = 3) -> Iterator:
     distributed = _dask()
     import dask
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}), \
+    with _adaptive_allocator(), \
+            dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}), \
             distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                 scheduler_kwargs={"allowed_failures": retries, "dashboard_address": _HTTP},
@@ -261,20 +263,33 @@ def local_cluster(workers: int, *, retries: int = 3) -> Iterator:
         yield client
 
 
-def _worker_environment() -> dict:
-    """The environment dask gives the worker processes it spawns, less
-    ``MALLOC_TRIM_THRESHOLD_``.
+#: Set by dask for its workers (65,536) to give memory back to the system sooner. Setting it
+#: turns off glibc's adaptive mmap threshold, so every temporary of more than 128 KiB is mapped
+#: and unmapped afresh; a layer solve allocates such temporaries at every iteration: an ADMM
+#: solve of a 1536 x 384 layer took 2.4 s on such a worker against 0.9 s in this process, and
+#: 1.0 s without the variable.
+TRIM = "MALLOC_TRIM_THRESHOLD_"
 
-    dask sets that variable (65,536) to give memory back to the system sooner; setting it turns
-    off glibc's adaptive mmap threshold, so every temporary of more than 128 KiB is mapped and
-    unmapped afresh. A layer solve allocates such temporaries at every iteration: an ADMM solve of
-    a 1536 x 384 layer took 2.4 s on such a worker against 0.9 s in this process, and 1.0 s
-    without the variable.
-    """
+
+def _worker_environment() -> dict:
+    """The environment dask gives the worker processes it spawns, less :data:`TRIM`."""
     import dask
 
     found = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
-    return {k: v for k, v in found.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    return {k: v for k, v in found.items() if k != TRIM}
+
+
+@contextmanager
+def _adaptive_allocator() -> Iterator[None]:
+    """:data:`TRIM` out of this process's environment while the cluster lives, so its workers
+    do not inherit it (a dask cluster started before in this process leaves it there), put back
+    after."""
+    saved = os.environ.pop(TRIM, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[TRIM] = saved
 
 
 @contextmanager
