@@ -78,6 +78,21 @@ def model(kind: str, hidden: int = 32, seed: int = 0):
     return cls(config(kind, hidden)).eval()
 
 
+def windows(seed: int = 0, n: int = 3, length: int = 16) -> list[dict]:
+    """``n`` batches of one random token window each (seeded), as calibration."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, VOCAB, (1, length), generator=g)} for _ in range(n)]
+
+
+def pruned(kind: str, hidden: int = 64, **budget):
+    """A random-init model of ``kind`` pruned by OBS on :func:`windows` under ``budget``."""
+    import l0prune
+
+    pruned_model = model(kind, hidden)
+    l0prune.prune(pruned_model, windows(), method="obs", progress=False, **budget)
+    return pruned_model
+
+
 def save(kind: str, folder: Path, tok=None, hidden: int = 32) -> Path:
     """Save a model of ``kind`` (and ``tok``, if given) to ``folder``."""
     model(kind, hidden).save_pretrained(folder)

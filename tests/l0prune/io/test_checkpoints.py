@@ -14,21 +14,9 @@ from tests.l0prune import tiny_hf
 pytest.importorskip("transformers")
 
 
-def _windows(seed=0, n=3, length=16):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (1, length), generator=g)}
-            for _ in range(n)]
-
-
-def _pruned(kind, hidden=64, **budget):
-    model = tiny_hf.model(kind, hidden)
-    l0prune.prune(model, _windows(), method="obs", progress=False, **budget)
-    return model
-
-
 def _logits(model, seed=1):
     with torch.no_grad():
-        return model(_windows(seed)[0]["input_ids"]).logits
+        return model(tiny_hf.windows(seed)[0]["input_ids"]).logits
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -38,7 +26,7 @@ def _logits(model, seed=1):
     ({"budget": l0prune.NM(2, 4)}, "2:4", 0.55),
 ])
 def test_compressed_folder_reloads_to_identical_outputs(tmp_path, kind, budget, layout, limit):
-    model = _pruned(kind, **budget)
+    model = tiny_hf.pruned(kind, **budget)
     expected = _logits(model)
     masks = l0prune.masks_of(model)
     saved = l0prune.save_pretrained(model, tmp_path, format="compressed")
@@ -68,7 +56,7 @@ def test_compressed_folder_reloads_to_identical_outputs(tmp_path, kind, budget, 
 
 
 def test_plain_from_pretrained_refuses_a_compressed_folder(tmp_path):
-    model = _pruned("llama", sparsity=0.5)
+    model = tiny_hf.pruned("llama", sparsity=0.5)
     l0prune.save_pretrained(model, tmp_path, format="compressed")
     with pytest.raises(OSError, match="model.safetensors"):
         type(model).from_pretrained(tmp_path)
@@ -76,7 +64,7 @@ def test_plain_from_pretrained_refuses_a_compressed_folder(tmp_path):
 
 @pytest.mark.parametrize("kind", ["gpt2", "opt"])
 def test_dense_folder_is_the_models_own_with_plain_weights(tmp_path, kind):
-    model = _pruned(kind, hidden=32, sparsity=0.7)
+    model = tiny_hf.pruned(kind, hidden=32, sparsity=0.7)
     expected = _logits(model)
     saved = l0prune.save_pretrained(model, tmp_path)
     assert saved.format == "dense" and (tmp_path / "model.safetensors").is_file()
@@ -88,7 +76,7 @@ def test_dense_folder_is_the_models_own_with_plain_weights(tmp_path, kind):
 
 
 def test_compressed_and_dense_sizes(tmp_path):
-    model = _pruned("llama", sparsity=0.9)
+    model = tiny_hf.pruned("llama", sparsity=0.9)
     dense = l0prune.save_pretrained(model, tmp_path / "dense")
     compressed = l0prune.save_pretrained(model, tmp_path / "compressed", format="compressed")
     assert compressed.weight_bytes < 0.5 * dense.weight_bytes
@@ -96,7 +84,7 @@ def test_compressed_and_dense_sizes(tmp_path):
 
 
 def test_bad_calls_write_nothing(tmp_path):
-    model = _pruned("llama", hidden=32, sparsity=0.5)
+    model = tiny_hf.pruned("llama", hidden=32, sparsity=0.5)
     with pytest.raises(ValueError, match="format must be one of dense, compressed, "
                                          "compressed-tensors, got 'zip'"):
         l0prune.save_pretrained(model, tmp_path / "a", format="zip")
@@ -114,7 +102,7 @@ def test_bad_calls_write_nothing(tmp_path):
                                      "link.safetensors"])
 def test_compressed_weights_outside_the_folder_are_refused(tmp_path, weights):
     folder = tmp_path / "model"
-    l0prune.save_pretrained(_pruned("gpt2", sparsity=0.5), folder, format="compressed")
+    l0prune.save_pretrained(tiny_hf.pruned("gpt2", sparsity=0.5), folder, format="compressed")
     (folder / WEIGHTS_NAME).rename(tmp_path / "outside.safetensors")
     (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
     config = json.loads((folder / "config.json").read_text())
@@ -129,7 +117,7 @@ def test_a_weight_dropped_from_a_compressed_folder_is_refused(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    l0prune.save_pretrained(_pruned("gpt2", hidden=32, sparsity=0.5), tmp_path,
+    l0prune.save_pretrained(tiny_hf.pruned("gpt2", hidden=32, sparsity=0.5), tmp_path,
                             format="compressed")
     path = tmp_path / WEIGHTS_NAME
     with safe_open(str(path), framework="pt") as file:
@@ -147,7 +135,8 @@ def test_a_weight_dropped_from_a_compressed_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize("format", ["dense", "compressed"])
 def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(tmp_path, format):
-    l0prune.save_pretrained(_pruned("gpt2", hidden=32, sparsity=0.5), tmp_path, format=format)
+    model = tiny_hf.pruned("gpt2", hidden=32, sparsity=0.5)
+    l0prune.save_pretrained(model, tmp_path, format=format)
     config = json.loads((tmp_path / "config.json").read_text())
     config["n_layer"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -157,7 +146,7 @@ def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(tmp_pa
 
 
 def test_weights_of_another_shape_than_the_config_gives_are_refused(tmp_path):
-    l0prune.save_pretrained(_pruned("gpt2", hidden=32, sparsity=0.5), tmp_path)
+    l0prune.save_pretrained(tiny_hf.pruned("gpt2", hidden=32, sparsity=0.5), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["n_embd"] = 16
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -166,7 +155,7 @@ def test_weights_of_another_shape_than_the_config_gives_are_refused(tmp_path):
 
 
 def test_keyword_arguments_reach_from_pretrained(tmp_path):
-    model = _pruned("llama", hidden=32, sparsity=0.5)
+    model = tiny_hf.pruned("llama", hidden=32, sparsity=0.5)
     reference = l0prune.model.masks.permanent_state_dict(model)
     for format in ("dense", "compressed", "compressed-tensors"):
         l0prune.save_pretrained(model, tmp_path / format, format=format)
@@ -177,7 +166,7 @@ def test_keyword_arguments_reach_from_pretrained(tmp_path):
 
 
 def test_the_recipe_is_written_with_the_folder(tmp_path):
-    model = _pruned("llama", hidden=32, sparsity=0.5)
+    model = tiny_hf.pruned("llama", hidden=32, sparsity=0.5)
     config = l0prune.PruneConfig(sparsity=0.5, method="obs")
     l0prune.save_pretrained(model, tmp_path, recipe=config)
     assert l0prune.PruneConfig.from_toml((tmp_path / "recipe.toml").read_text()) == config

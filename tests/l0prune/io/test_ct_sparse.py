@@ -17,21 +17,9 @@ from tests.l0prune import tiny_hf
 pytest.importorskip("transformers")
 
 
-def _windows(seed=0, n=3, length=16):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (1, length), generator=g)}
-            for _ in range(n)]
-
-
-def _pruned(kind, hidden=64, **budget):
-    model = tiny_hf.model(kind, hidden)
-    l0prune.prune(model, _windows(), method="obs", progress=False, **budget)
-    return model
-
-
 def _logits(model):
     with torch.no_grad():
-        return model(_windows(1)[0]["input_ids"]).logits
+        return model(tiny_hf.windows(1)[0]["input_ids"]).logits
 
 
 def _stored(folder):
@@ -79,7 +67,7 @@ def test_two_four_parts_are_those_compressed_tensors_writes():
     ("gpt2", {"budget": "2:4"}, "sparse-bitmask"),  # Conv1D's 2:4 groups run down its columns
 ])
 def test_folder_round_trips_bit_for_bit(tmp_path, kind, budget, format):
-    model = _pruned(kind, **budget)
+    model = tiny_hf.pruned(kind, **budget)
     expected = _logits(model)
     reference = permanent_state_dict(model)
     saved = l0prune.save_pretrained(model, tmp_path, format="compressed-tensors",
@@ -113,7 +101,7 @@ def test_folder_round_trips_bit_for_bit(tmp_path, kind, budget, format):
 
 
 def test_shards_and_their_index_round_trip(tmp_path):
-    model = _pruned("llama", sparsity=0.5)
+    model = tiny_hf.pruned("llama", sparsity=0.5)
     reference = permanent_state_dict(model)
     l0prune.save_pretrained(model, tmp_path, format="compressed-tensors", max_shard_size=40_000)
     index = json.loads((tmp_path / ct_sparse.INDEX_NAME).read_text())
@@ -137,7 +125,7 @@ def test_shards_and_their_index_round_trip(tmp_path):
 
 
 def _saved(tmp_path, kind="llama", **budget):
-    model = _pruned(kind, hidden=32, **(budget or {"sparsity": 0.5}))
+    model = tiny_hf.pruned(kind, hidden=32, **(budget or {"sparsity": 0.5}))
     l0prune.save_pretrained(model, tmp_path, format="compressed-tensors")
     return model
 

@@ -9,19 +9,13 @@ import l0prune
 from tests.l0prune import tiny_hf
 
 
-def _windows(seed=0, n=3, length=16):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (1, length), generator=g)}
-            for _ in range(n)]
-
-
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_finalized_model_saves_and_reloads_with_identical_logits(kind, tmp_path):
     pytest.importorskip("transformers")
     model = tiny_hf.model(kind)
     dense_keys = set(model.state_dict())
-    l0prune.prune(model, _windows(), sparsity=0.6, method="obs", progress=False)
-    ids = _windows(seed=1)[0]["input_ids"]
+    l0prune.prune(model, tiny_hf.windows(), sparsity=0.6, method="obs", progress=False)
+    ids = tiny_hf.windows(seed=1)[0]["input_ids"]
     with torch.no_grad():
         before = model(ids).logits
     masks = l0prune.masks_of(model)

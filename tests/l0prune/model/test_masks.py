@@ -176,12 +176,6 @@ def test_masked_weight_and_refresh_follow_weight_orig_in_torchs_form():
     assert torch.equal(layer.weight, expected)
 
 
-def _windows(seed=0, n=3, length=16):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, tiny_hf.VOCAB, (1, length), generator=g)}
-            for _ in range(n)]
-
-
 def _outputs(model, ids):
     with torch.no_grad():
         out = model(ids)
@@ -190,7 +184,7 @@ def _outputs(model, ids):
 
 def _pruned_hf(kind):
     model = tiny_hf.model(kind)
-    l0prune.prune(model, _windows(), sparsity=0.6, method="obs", progress=False)
+    l0prune.prune(model, tiny_hf.windows(), sparsity=0.6, method="obs", progress=False)
     return model
 
 
@@ -198,7 +192,7 @@ def _pruned_hf(kind):
 def test_plain_save_pretrained_after_prune_reloads_the_pruned_model(kind, tmp_path):
     pytest.importorskip("transformers")
     model = _pruned_hf(kind)
-    ids = _windows(seed=1)[0]["input_ids"]
+    ids = tiny_hf.windows(seed=1)[0]["input_ids"]
     expected = _outputs(model, ids)
     pruned = masks_of(model)
     model.save_pretrained(tmp_path)  # the model's own method, no finalize
@@ -217,7 +211,7 @@ def test_plain_save_pretrained_after_prune_reloads_the_pruned_model(kind, tmp_pa
 def test_torch_save_of_the_state_dict_loads_into_a_fresh_model(kind, tmp_path):
     pytest.importorskip("transformers")
     model = _pruned_hf(kind)
-    ids = _windows(seed=1)[0]["input_ids"]
+    ids = tiny_hf.windows(seed=1)[0]["input_ids"]
     torch.save(model.state_dict(), tmp_path / "model.pt")
     fresh = tiny_hf.model(kind, seed=1)
     fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # strict
@@ -229,7 +223,7 @@ def test_safetensors_of_the_state_dict_loads_into_a_fresh_model(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = _pruned_hf("llama")
-    ids = _windows(seed=1)[0]["input_ids"]
+    ids = tiny_hf.windows(seed=1)[0]["input_ids"]
     save_file(model.state_dict(), tmp_path / "model.safetensors")
     fresh = tiny_hf.model("llama", seed=1)
     fresh.load_state_dict(load_file(tmp_path / "model.safetensors"))
